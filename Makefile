@@ -1,0 +1,30 @@
+# Set-up is part of each target: a fresh machine needs only `make demo` or `make test`.
+# The virtual environment lives in .venv; where no torch is installed, the CPU build comes first,
+# so that resolving `torch` for sdekit does not pull a CUDA build.  Use any recent torch you like:
+# install it into .venv before the first `make`, and it is kept.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH_CPU ?= torch==2.13.0
+
+.PHONY: demo test test-all install clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_CPU)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m sdekit.validation.demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-all: $(VENV)/.installed
+	$(PY) -m pytest -q -m "slow or not slow"
+
+clean:
+	rm -rf $(VENV)

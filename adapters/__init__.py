@@ -1,0 +1,1 @@
+"""Adapters from trained networks to score functions (coming next)."""

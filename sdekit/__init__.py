@@ -1,0 +1,32 @@
+r"""sdekit: score-based generative modelling through stochastic differential equations.
+
+Forward SDEs (:class:`VPSDE`, :class:`SubVPSDE`, :class:`VESDE`, or any :class:`SDE`), their
+reverse-time SDE (:func:`reverse`) and probability-flow ODE (:func:`probability_flow`), solved by
+torchsde, torchdiffeq or scipy through one :func:`solve`::
+
+    import sdekit
+    sde = sdekit.VPSDE()
+    x_T = sde.prior_sampling((512, 2))
+    sol = sdekit.reverse(sde, score_fn).solve(x_T, method="euler", steps=500, seed=0)
+    sol.x, sol.nfe
+"""
+
+from ._brownian import brownian_motion
+from ._errors import (InvalidParameterError, MethodArgumentError, ScoreFunctionError, SDEKitError, ShapeError,
+                      SolveError, UnknownMethodError)
+from ._grid import step_grid, uniform_grid
+from ._methods import Method, methods
+from ._process import ForwardSDE, ProbabilityFlowODE, Process, ReverseSDE, forward, probability_flow, reverse
+from ._sde import SDE, LinearSDE, SubVPSDE, VESDE, VPSDE
+from ._solution import Result, Solution
+from ._solve import solve
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE",
+    "Process", "ReverseSDE", "ProbabilityFlowODE", "ForwardSDE", "reverse", "probability_flow", "forward",
+    "solve", "Solution", "Result", "Method", "methods", "brownian_motion", "uniform_grid", "step_grid",
+    "SDEKitError", "InvalidParameterError", "ShapeError", "ScoreFunctionError", "UnknownMethodError",
+    "MethodArgumentError", "SolveError",
+]

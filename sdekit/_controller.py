@@ -1,0 +1,27 @@
+r"""Step-size control shared by every adaptive loop that sdekit runs itself.
+
+The error of a step is the RMS over all entries of :math:`(y_1 - y_2)/(\text{atol} + \text{rtol}\max(|y_1|, |y_2|))`,
+where :math:`y_1, y_2` are two estimates of the same step (one full step against two half steps).
+A step is accepted when the error is at most 1; the next step is
+:math:`h\,\min(\text{fac}_{max}, \max(\text{fac}_{min}, 0.9\,\text{err}^{-1/(p+1)}))` for a method of order :math:`p`.
+"""
+
+import torch
+
+SAFETY, FAC_MIN, FAC_MAX = 0.9, 0.2, 5.0
+
+
+def error_ratio(y1: torch.Tensor, y2: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
+    """The scaled RMS difference of two estimates (a 0-dim tensor; no host sync)."""
+    scale = atol + rtol * torch.maximum(y1.abs(), y2.abs())
+    return ((y1 - y2) / scale).pow(2).mean().sqrt()
+
+
+def next_step(h: float, err: float, order: float, accepted: bool) -> float:
+    """The next step size after a step of size ``h`` with error ratio ``err``."""
+    if err == 0.0:
+        factor = FAC_MAX
+    else:
+        factor = SAFETY * err ** (-1.0 / (order + 1.0))
+    factor = min(FAC_MAX if accepted else 1.0, max(FAC_MIN, factor))
+    return h * factor

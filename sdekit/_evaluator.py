@@ -1,0 +1,83 @@
+"""The guarded call of the expensive function of a process (the score network).
+
+One :class:`Evaluator` wraps ``fn(x, t)`` for the life of one solve.  It keeps every call
+inside the time domain, checks the first output's type, shape, dtype and device, counts
+the evaluations (NFE), and records which samples came back non-finite, without a host
+synchronisation: the record is read once, at the end of the solve.
+"""
+
+from typing import Callable, NamedTuple, Optional
+
+import torch
+
+from ._errors import ScoreFunctionError
+
+
+class NonFiniteRecord(NamedTuple):
+    """Where non-finite values first appeared: NFE count, solver step, time, and the samples hit."""
+    evaluation: int
+    step: Optional[int]
+    time: float
+    samples: list
+
+
+class Evaluator:
+    """Call ``fn(x, t)`` with ``t`` clamped into ``[t_min, t_max]``, counting and checking each call.
+
+    **Arguments**
+
+    - ``fn``: the function, ``fn(x, t) -> tensor shaped like x`` (a score network).
+    - ``t_min``, ``t_max``: the domain; a backend that asks for a time outside it (torchdiffeq's
+      initial-step selection, an adaptive step that overshoots) gets the nearest time inside.
+    - ``name``: how error messages call the function.
+    """
+
+    def __init__(self, fn: Callable, t_min: float, t_max: float, name: str = "score_fn"):
+        self.fn = fn
+        self.t_min, self.t_max = float(t_min), float(t_max)
+        self.name = name
+        self.nfe = 0
+        self.step: Optional[int] = None  # set by the method's loop, for error messages
+        self._finite = []
+        self._times = []
+        self._steps = []
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = t.clamp(self.t_min, self.t_max)
+        out = self.fn(x, t)
+        if self.nfe == 0:
+            self._check_output(out, x)
+        self.nfe += 1
+        self._finite.append(torch.isfinite(out).reshape(out.shape[0], -1).all(1))
+        self._times.append(t[:1])
+        self._steps.append(self.step)
+        return out
+
+    def _check_output(self, out, x):
+        if not isinstance(out, torch.Tensor):
+            raise ScoreFunctionError(f"{self.name} must return a torch.Tensor, got {type(out).__name__}")
+        if out.shape != x.shape:
+            raise ScoreFunctionError(
+                f"{self.name} returned shape {tuple(out.shape)} for input of shape {tuple(x.shape)}; "
+                "it must return a tensor shaped like x"
+            )
+        if out.dtype != x.dtype:
+            raise ScoreFunctionError(
+                f"{self.name} returned dtype {out.dtype} for input of dtype {x.dtype}; cast its output to x.dtype"
+            )
+        if out.device != x.device:
+            raise ScoreFunctionError(
+                f"{self.name} returned a tensor on {out.device} for input on {x.device}; keep it on x.device"
+            )
+
+    def first_non_finite(self) -> Optional[NonFiniteRecord]:
+        """The first evaluation that returned a non-finite value, or ``None``; one host sync."""
+        if not self._finite:
+            return None
+        finite = torch.stack(self._finite)
+        bad_calls = (~finite.all(1)).nonzero()
+        if bad_calls.numel() == 0:
+            return None
+        k = int(bad_calls[0, 0])
+        samples = (~finite[k]).nonzero().flatten().tolist()
+        return NonFiniteRecord(k + 1, self._steps[k], float(self._times[k][0]), samples)

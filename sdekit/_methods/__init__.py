@@ -1,0 +1,71 @@
+"""The registry of integration methods: one plain dict, filled by one module per backend."""
+
+from typing import Dict, List
+
+from .._errors import UnknownMethodError
+from ._base import Method, Outcome, Problem
+
+REGISTRY: Dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add a method under ``backend.name``; its short ``name`` resolves to it where unambiguous."""
+    REGISTRY[method.qualified_name] = method
+    return method
+
+
+def lookup(name: str, kind: str) -> Method:
+    """The method called ``name`` (short or ``backend.name``) for a process of ``kind`` ("sde"/"ode").
+
+    A short name shared by two backends (``euler``, ``midpoint``) resolves to the one of the
+    process's own kind: torchsde's for a reverse SDE, torchdiffeq's for a probability-flow ODE.
+    """
+    if not isinstance(name, str):
+        raise UnknownMethodError(f"method must be a string, got {type(name).__name__}; valid: {_names()}")
+    if name in REGISTRY:
+        return REGISTRY[name]
+    found = [m for m in REGISTRY.values() if m.name == name]
+    if not found:
+        lowered = [m for m in REGISTRY.values() if m.name.lower() == name.lower()]
+        if len(lowered) == 1:
+            return lowered[0]
+        raise UnknownMethodError(f"unknown method {name!r}; valid methods: {_names()}")
+    if len(found) == 1:
+        return found[0]
+    same_kind = [m for m in found if m.kind == kind]
+    return same_kind[0]
+
+
+def _names() -> str:
+    return ", ".join(sorted({m.name for m in REGISTRY.values()} | set(REGISTRY), key=str.lower))
+
+
+class MethodTable(list):
+    """A list of :class:`Method` that prints as a table."""
+
+    def __str__(self):
+        def fmt(v):
+            return "-" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
+        head = ("method", "backend", "kind", "order", "additive", "weak", "stepping", "calculus")
+        rows = [(m.name, m.backend, m.kind.upper(), fmt(m.order), fmt(m.order_additive), fmt(m.weak_order),
+                 m.stepping, fmt(m.sde_type)) for m in self]
+        widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def methods(kind: str = None, backend: str = None) -> List[Method]:
+    """Every registered method (optionally of one ``kind`` or ``backend``), printable as a table.
+
+    Columns: name, backend, SDE or ODE, order (strong order under diagonal noise for SDE
+    methods), strong order under additive noise, weak order, fixed/adaptive stepping, calculus.
+    """
+    return MethodTable(m for m in REGISTRY.values()
+                       if (kind is None or m.kind == kind) and (backend is None or m.backend == backend))
+
+
+from . import _torchsde, _torchdiffeq, _scipy  # noqa: E402,F401  (fill the registry)
+
+__all__ = ["Method", "Problem", "Outcome", "REGISTRY", "register", "lookup", "methods"]

@@ -1,0 +1,90 @@
+"""What a method is (:class:`Method`), what it is given (:class:`Problem`) and what it gives back (:class:`Outcome`)."""
+
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+import torch
+
+from .._solution import Result
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered integration method.
+
+    **Fields**
+
+    - ``name``: what ``solve(method=...)`` accepts; ``backend.name`` is also accepted.
+    - ``backend``: ``"torchsde"``, ``"torchdiffeq"`` or ``"scipy"``.
+    - ``kind``: ``"sde"`` or ``"ode"``: what it integrates (an SDE method also takes an ODE, whose noise is zero).
+    - ``order``: the ODE order, or for an SDE method the strong order with diagonal noise.
+    - ``order_additive``: an SDE method's strong order with additive noise (g independent of x),
+      the case of VP, sub-VP and VE; ``weak_order``: its weak order.
+    - ``stepping``: ``"fixed"``, ``"adaptive"`` or ``"either"`` (adaptive when tolerances are given).
+    - ``sde_type``: the calculus the method needs (``"ito"``/``"stratonovich"``), ``None`` for ODE methods.
+    - ``levy_area``: the Lévy-area approximation its Brownian motion must carry.
+    - ``integrate``: ``integrate(method, problem) -> Outcome``.
+    """
+
+    name: str
+    backend: str
+    kind: str
+    order: Optional[float]
+    stepping: str
+    integrate: Callable = field(repr=False, compare=False)
+    weak_order: Optional[float] = None
+    order_additive: Optional[float] = None
+    sde_type: Optional[str] = None
+    levy_area: str = "none"
+    description: str = ""
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.backend}.{self.name}"
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the method can adapt its step."""
+        return self.stepping in ("adaptive", "either")
+
+
+@dataclass
+class Problem:
+    """A solve normalised for a method: a bound process, times in float64, stepping resolved.
+
+    ``grid`` (fixed stepping) already contains the ``save_at`` times; ``rtol is not None``
+    means adaptive stepping, with ``dt0`` the first step (``None``: the method chooses).
+    """
+
+    process: object
+    x0: torch.Tensor
+    t_start: float
+    t_end: float
+    grid: Optional[torch.Tensor] = None
+    save_at: Optional[torch.Tensor] = None
+    rtol: Optional[float] = None
+    atol: Optional[float] = None
+    dt0: Optional[float] = None
+    dt_min: Optional[float] = None
+    max_steps: Optional[int] = None
+    noise: object = None
+    generator: Optional[torch.Generator] = None
+    seed: Optional[int] = None
+    options: dict = field(default_factory=dict)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.rtol is not None
+
+
+@dataclass
+class Outcome:
+    """What a method reached: the state ``x`` at time ``t``, the saved states, step counts, a result code."""
+
+    x: torch.Tensor
+    t: float
+    path: List[torch.Tensor] = field(default_factory=list)
+    steps: Optional[int] = None
+    rejected: Optional[int] = None
+    result: Result = Result.SUCCESS
+    detail: str = ""

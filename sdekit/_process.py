@@ -1,0 +1,263 @@
+r"""The processes that :func:`sdekit.solve` integrates, each readable by torchsde and torchdiffeq as it is.
+
+- :class:`ReverseSDE`, from :func:`reverse`: :math:`dx = [f - \nabla\!\cdot(gg^\top) - gg^\top\nabla\log p_t]\,dt + g\,d\bar w`,
+  integrated from ``T`` down to ``eps``.
+- :class:`ProbabilityFlowODE`, from :func:`probability_flow`:
+  :math:`dx = [f - \tfrac12\nabla\!\cdot(gg^\top) - \tfrac12 gg^\top\nabla\log p_t]\,dt`, same marginals, deterministic.
+- :class:`ForwardSDE`, from :func:`forward`: the forward SDE itself, from ``0`` to ``T``.
+
+Each speaks two dialects.  In natural time and natural shape, :meth:`Process.drift` and
+:meth:`Process.diffusion` take ``t`` of shape ``(batch,)``; the probability-flow ODE is also a
+torchdiffeq function ``ode(t, x)``.  For torchsde (increasing times, 2-D states) each is an SDE
+with ``f(s, y)`` and ``g(s, y)`` on the clock ``s = T - t`` (reverse processes) or ``s = t``
+(forward), with the state flattened to ``(batch, prod(event_shape))``.
+"""
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ._broadcast import batch_times, per_sample
+from ._evaluator import Evaluator
+from ._sde import SDE
+
+__all__ = ["Process", "ReverseSDE", "ProbabilityFlowODE", "ForwardSDE", "reverse", "probability_flow", "forward"]
+
+_SDE_TYPES = ("ito", "stratonovich")
+_NOISE_TYPES = ("diagonal", "additive")
+
+
+class Process:
+    """A drift (and diffusion) integrated between two times; base of the three processes.
+
+    Subclasses define :meth:`_natural_drift`, :attr:`kind`, the clock and the default interval.
+    """
+
+    kind = "sde"            # "sde" or "ode"
+    _direction = -1.0       # ds/dt on the torchsde clock
+    _expensive = "score_fn"
+
+    def __init__(self, sde: SDE, fn: Callable, event_shape: Optional[Sequence[int]] = None,
+                 sde_type: str = "ito", t_min: Optional[float] = None, t_max: Optional[float] = None,
+                 noise_type: str = "diagonal"):
+        if not isinstance(sde, SDE):
+            raise TypeError(f"expected an sdekit.SDE, got {type(sde).__name__}; subclass sdekit.SDE with f and g")
+        if not callable(fn):
+            raise TypeError(f"{self._expensive} must be callable as {self._expensive}(x, t)")
+        if sde_type not in _SDE_TYPES:
+            raise ValueError(f"sde_type must be 'ito' or 'stratonovich', got {sde_type!r}")
+        if noise_type not in _NOISE_TYPES:
+            raise ValueError(f"noise_type must be 'diagonal' or 'additive', got {noise_type!r}")
+        self.sde = sde
+        self.fn = fn
+        self.noise_type = noise_type
+        self.event_shape = None if event_shape is None else tuple(int(n) for n in event_shape)
+        self.sde_type = sde_type
+        lo, hi = self.default_interval()
+        self.evaluator = Evaluator(fn, lo if t_min is None else t_min, hi if t_max is None else t_max,
+                                   self._expensive)
+        self._x_dependent = None  # whether g depends on x; probed on first use
+
+    # -- construction ---------------------------------------------------------------------
+    def default_interval(self):
+        """The interval ``(low, high)`` of natural time on which the process lives."""
+        return self.sde.eps, self.sde.T
+
+    def default_span(self):
+        """``(t_start, t_end)`` of a solve when the user gives neither."""
+        return self.sde.T, self.sde.eps
+
+    def replace(self, **changes) -> "Process":
+        """A copy with some of ``event_shape``, ``sde_type``, ``noise_type``, ``t_min``, ``t_max`` changed.
+
+        The copy has fresh counters.  ``noise_type="additive"`` (valid when g does not depend on x)
+        lets torchsde's srk use its additive-noise scheme SRA1: 3 drift evaluations a step instead of 10;
+        its ``g`` then materialises the diagonal matrix, so keep it for small states.
+        """
+        kw = dict(event_shape=self.event_shape, sde_type=self.sde_type, noise_type=self.noise_type,
+                  t_min=self.evaluator.t_min, t_max=self.evaluator.t_max)
+        kw.update(changes)
+        return type(self)(self.sde, self.fn, **kw)
+
+    def as_stratonovich(self) -> "Process":
+        """The same process declared Stratonovich for torchsde (drift corrected when g depends on x)."""
+        return self.replace(sde_type="stratonovich")
+
+    def as_ito(self) -> "Process":
+        """The same process declared Itô for torchsde."""
+        return self.replace(sde_type="ito")
+
+    @property
+    def nfe(self) -> int:
+        """Evaluations of the expensive function (the score network) so far."""
+        return self.evaluator.nfe
+
+    # -- natural time and shape -----------------------------------------------------------
+    def drift(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The Itô drift :math:`dx/dt` at times ``t`` (shape ``(batch,)``), shaped like ``x``."""
+        return self._natural_drift(t, x)
+
+    def diffusion(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The diffusion at ``t``: shape ``(batch,)`` or shaped like ``x``; zeros for an ODE."""
+        return self.sde.g(t, x)
+
+    def solve(self, x: torch.Tensor, method: Optional[str] = None, **options):
+        """Integrate from ``t_start`` to ``t_end`` with any registered method; see :func:`sdekit.solve`."""
+        from ._solve import solve
+        return solve(self, x, method=method, **options)
+
+    # -- helpers --------------------------------------------------------------------------
+    def diffusion_depends_on_x(self, t: torch.Tensor, x: torch.Tensor) -> bool:
+        """Whether ``sde.g`` depends on ``x`` (probed once with autograd, then cached)."""
+        if self._x_dependent is None:
+            with torch.enable_grad():
+                xr = x.detach().requires_grad_(True)
+                g = self.sde.g(t, xr)
+                grad = None
+                if isinstance(g, torch.Tensor) and g.requires_grad:
+                    grad = torch.autograd.grad(g.sum(), xr, allow_unused=True)[0]
+            self._x_dependent = grad is not None
+        return self._x_dependent
+
+    def _g_squared_divergence(self, t, x):
+        r""":math:`\partial_i (g_i^2)` for an elementwise diffusion :math:`g_i(t, x_i)`."""
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            g = self.sde.g(t, xr)
+            (div,) = torch.autograd.grad((g * g).sum(), xr, create_graph=torch.is_grad_enabled())
+        return div
+
+    def _g_dg(self, t, x):
+        r""":math:`g_i \partial_i g_i`, the Itô–Stratonovich drift correction (times two)."""
+        return 0.5 * self._g_squared_divergence(t, x)
+
+    # -- torchsde dialect -----------------------------------------------------------------
+    def _natural(self, s, y):
+        x = y if self.event_shape is None else y.view((y.shape[0],) + self.event_shape)
+        t = self._t_of_s(s)
+        return batch_times(t, x), x
+
+    def _t_of_s(self, s):
+        return (self.sde.T - s) if self._direction < 0 else s
+
+    def f(self, s, y: torch.Tensor) -> torch.Tensor:
+        """torchsde drift on the clock ``s`` with the flattened state ``y``."""
+        t, x = self._natural(s, y)
+        out = self._direction * self.drift(t, x)
+        if self.sde_type == "stratonovich" and self.kind == "sde" and self.diffusion_depends_on_x(t, x):
+            out = out - 0.5 * self._g_dg(t, x)
+        return out.reshape(y.shape)
+
+    def g(self, s, y: torch.Tensor) -> torch.Tensor:
+        """torchsde diffusion on the clock ``s``: ``(batch, d)`` if diagonal, ``(batch, d, d)`` if additive."""
+        t, x = self._natural(s, y)
+        g = per_sample(self.diffusion(t, x), x).expand(x.shape).reshape(y.shape)
+        return torch.diag_embed(g) if self.noise_type == "additive" else g
+
+    def g_prod(self, s, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """torchsde's product of the diffusion with a noise increment ``v`` of shape ``(batch, d)``."""
+        t, x = self._natural(s, y)
+        return (per_sample(self.diffusion(t, x), x) * v.view(x.shape)).reshape(y.shape)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.sde!r}, {getattr(self.fn, '__name__', self.fn)!r})"
+
+
+class _ScoreDriven(Process):
+    r"""Drift :math:`f - c\,[\nabla\!\cdot(gg^\top) + gg^\top \nabla\log p_t]` with :math:`c = 1` or :math:`\tfrac12`."""
+
+    _score_weight = 1.0
+
+    def _natural_drift(self, t, x):
+        g = per_sample(self.sde.g(t, x), x)
+        correction = g * g * self.evaluator(x, t)
+        if self.diffusion_depends_on_x(t, x):
+            correction = correction + self._g_squared_divergence(t, x)
+        return self.sde.f(t, x) - self._score_weight * correction
+
+
+class ReverseSDE(_ScoreDriven):
+    r"""The reverse-time SDE :math:`dx = [f - g^2\nabla\log p_t(x)]\,dt + g\,d\bar w`, run from ``T`` to ``eps``.
+
+    Anderson (1982); Song et al. (2021), eq. 6.  For a diffusion that depends on ``x`` the
+    drift also carries :math:`-\partial_i(g_i^2)` (Song et al. 2021, eq. 16).  For torchsde it is
+    a diagonal-noise SDE on the clock ``s = T - t`` with drift :math:`-(f - g^2 s_\theta)(T - s)`
+    and diffusion :math:`g(T - s)`; ``as_stratonovich()`` gives the twin that torchsde's
+    Stratonovich methods (heun, midpoint, reversible_heun, log_ode, euler_heun) accept.
+    """
+
+    kind = "sde"
+    _score_weight = 1.0
+
+
+class ProbabilityFlowODE(_ScoreDriven):
+    r"""The probability-flow ODE :math:`dx/dt = f - \tfrac12 g^2 \nabla\log p_t(x)`, run from ``T`` to ``eps``.
+
+    Song et al. (2021), eq. 13: deterministic, with the same marginals as the SDE.  Call it as
+    ``ode(t, x)`` (torchdiffeq: ``t`` a scalar, natural time and shape, decreasing times allowed).
+    For torchsde it is an SDE whose diffusion is zeros of the state's shape.
+    """
+
+    kind = "ode"
+    _score_weight = 0.5
+
+    def diffusion(self, t, x):
+        return torch.zeros_like(x)
+
+    def __call__(self, t, x):
+        return self.drift(batch_times(t, x), x)
+
+
+class ForwardSDE(Process):
+    r"""The forward SDE :math:`dx = f\,dt + g\,dw` as a process from ``0`` to ``T``; NFE counts drift calls."""
+
+    kind = "sde"
+    _direction = 1.0
+    _expensive = "f"
+
+    def __init__(self, sde: SDE, fn: Optional[Callable] = None, **kw):
+        super().__init__(sde, fn if fn is not None else _drift_of(sde), **kw)
+
+    def default_interval(self):
+        return 0.0, self.sde.T
+
+    def default_span(self):
+        return 0.0, self.sde.T
+
+    def _natural_drift(self, t, x):
+        return self.evaluator(x, t)
+
+
+def _drift_of(sde):
+    def drift(x, t):
+        return sde.f(t, x)
+    drift.__name__ = f"{type(sde).__name__}.f"
+    return drift
+
+
+def reverse(sde: SDE, score_fn: Callable, event_shape: Optional[Sequence[int]] = None,
+            sde_type: str = "ito") -> ReverseSDE:
+    r"""The reverse-time SDE of ``sde`` driven by ``score_fn(x, t)`` :math:`\approx \nabla\log p_t(x)`.
+
+    **Arguments**
+
+    - ``sde``: the forward :class:`sdekit.SDE`.
+    - ``score_fn``: ``score_fn(x, t)``, ``x`` of shape ``(batch, *event_shape)``, ``t`` of shape ``(batch,)``.
+    - ``event_shape``: the shape of one sample, needed only to hand the object to torchsde
+      directly with a flattened state; :meth:`Process.solve` takes it from its input.
+    - ``sde_type``: ``"ito"`` (default) or ``"stratonovich"``, as torchsde reads it.
+    """
+    return ReverseSDE(sde, score_fn, event_shape=event_shape, sde_type=sde_type)
+
+
+def probability_flow(sde: SDE, score_fn: Callable, event_shape: Optional[Sequence[int]] = None) -> ProbabilityFlowODE:
+    r"""The probability-flow ODE :math:`dx/dt = f - \tfrac12 g^2\,\mathrm{score\_fn}(x, t)` of ``sde``.
+
+    Arguments as in :func:`reverse`.
+    """
+    return ProbabilityFlowODE(sde, score_fn, event_shape=event_shape)
+
+
+def forward(sde: SDE, event_shape: Optional[Sequence[int]] = None, sde_type: str = "ito") -> ForwardSDE:
+    """The forward SDE as a process from ``0`` to ``T``, solvable with any SDE method."""
+    return ForwardSDE(sde, event_shape=event_shape, sde_type=sde_type)

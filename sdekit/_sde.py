@@ -1,0 +1,242 @@
+r"""Forward SDEs: :math:`dx = f(t, x)\,dt + g(t, x)\,dw` on :math:`t \in [0, T]`.
+
+:class:`SDE` is the general base: a subclass supplies only ``f`` and ``g`` and can be
+reversed, turned into a probability-flow ODE and solved.  :class:`LinearSDE` is the
+family :math:`dx = f(t)\,x\,dt + g(t)\,dw` of diffusion models, whose transition law
+from time 0 is Gaussian, :math:`x_t \mid x_0 \sim N(\alpha(t) x_0, \sigma(t)^2 I)`.
+:class:`VPSDE`, :class:`SubVPSDE` and :class:`VESDE` are the three SDEs of Song et al.
+(2021) with their closed-form marginals.
+"""
+
+import math
+
+import torch
+
+from ._broadcast import batch_times, per_sample
+from ._errors import InvalidParameterError
+
+__all__ = ["SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE"]
+
+
+class SDE:
+    r"""An Itô SDE :math:`dx = f(t, x)\,dt + g(t, x)\,dw` on :math:`[0, T]`, acting on ``(batch, *event_shape)``.
+
+    Subclasses supply :meth:`f` and :meth:`g`.  ``g`` is a diagonal (elementwise) diffusion:
+    it returns a tensor of shape ``(batch,)`` (the same noise scale for every coordinate of a
+    sample) or shaped like ``x``.  A diffusion that depends on ``x`` must act elementwise,
+    :math:`g_i = g_i(t, x_i)`; the reverse drift then gains :math:`-\partial_i (g_i^2)`.
+
+    **Arguments**
+
+    - ``T``: end time of the forward process.
+    - ``eps``: the time at which sampling stops (the reverse process runs ``T -> eps``);
+      it keeps scores away from the singularity at ``t = 0``.
+    """
+
+    def __init__(self, T: float = 1.0, eps: float = 1e-3):
+        T, eps = float(T), float(eps)
+        if not math.isfinite(T) or T <= 0:
+            raise InvalidParameterError(f"T must be a positive finite number, got {T}")
+        if not (0 < eps < T):
+            raise InvalidParameterError(f"eps must satisfy 0 < eps < T = {T}, got {eps}")
+        self.T = T
+        self.eps = eps
+
+    def f(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Drift :math:`f(t, x)`: ``t`` of shape ``(batch,)``, result shaped like ``x``."""
+        raise NotImplementedError(f"{type(self).__name__} must define f(t, x), the drift")
+
+    def g(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Diffusion :math:`g(t, x)`: shape ``(batch,)`` or shaped like ``x``."""
+        raise NotImplementedError(f"{type(self).__name__} must define g(t, x), the diffusion")
+
+    def marginal_prob(self, x0: torch.Tensor, t):
+        """Mean and standard deviation of :math:`x_t \\mid x_0`; only SDEs with a closed form have it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no closed-form marginal; subclass LinearSDE and define "
+            "log_alpha(t) and sigma(t), or use sdekit.validation.LinearMoments for a numerical one"
+        )
+
+    def prior_sampling(self, shape, generator=None, dtype=None, device=None) -> torch.Tensor:
+        """Draw ``shape = (batch, *event_shape)`` samples from the prior :math:`p_T`."""
+        raise NotImplementedError(f"{type(self).__name__} defines no prior; override prior_sampling")
+
+    def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
+        """Log-density of the prior at ``z``, one value per sample."""
+        raise NotImplementedError(f"{type(self).__name__} defines no prior; override prior_logp")
+
+    def solve(self, x0: torch.Tensor, method: str = "euler", **options):
+        """Integrate the forward SDE from ``t_start = 0`` to ``t_end = T``; see :func:`sdekit.solve`."""
+        from ._process import forward
+        return forward(self).solve(x0, method=method, **options)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(T={self.T}, eps={self.eps})"
+
+
+class LinearSDE(SDE):
+    r"""A linear SDE :math:`dx = f(t)\,x\,dt + g(t)\,dw` with scalar coefficients.
+
+    Its transition law from time 0 is :math:`N(\alpha(t) x_0, \sigma(t)^2 I)` with
+    :math:`\log\alpha(t) = \int_0^t f`, :math:`\sigma(t)^2 = \alpha(t)^2 \int_0^t g^2/\alpha^2`.
+    Subclasses supply :meth:`drift_coef` and :meth:`diffusion_coef`; those with a closed form
+    also supply :meth:`log_alpha` and :meth:`sigma` (``sdekit.validation`` integrates the
+    moment ODEs for the others).  The prior is :math:`N(0, \text{prior\_std}^2 I)`.
+    """
+
+    prior_std = 1.0
+
+    def drift_coef(self, t: torch.Tensor) -> torch.Tensor:
+        """The scalar :math:`f(t)`, elementwise in ``t``."""
+        raise NotImplementedError(f"{type(self).__name__} must define drift_coef(t)")
+
+    def diffusion_coef(self, t: torch.Tensor) -> torch.Tensor:
+        """The scalar :math:`g(t)`, elementwise in ``t``."""
+        raise NotImplementedError(f"{type(self).__name__} must define diffusion_coef(t)")
+
+    def f(self, t, x):
+        return per_sample(self.drift_coef(t), x) * x
+
+    def g(self, t, x):
+        return self.diffusion_coef(t)
+
+    def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log \alpha(t)`, the log mean coefficient of :math:`x_t \mid x_0`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no closed-form log_alpha(t); "
+            "sdekit.validation.LinearMoments integrates it from the moment ODEs"
+        )
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        r""":math:`\sigma(t)`, the standard deviation of :math:`x_t \mid x_0`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no closed-form sigma(t); "
+            "sdekit.validation.LinearMoments integrates it from the moment ODEs"
+        )
+
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
+        r""":math:`\alpha(t) = \exp \log\alpha(t)`."""
+        return torch.exp(self.log_alpha(t))
+
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        r"""Log signal-to-noise ratio :math:`\lambda(t) = \log\alpha(t) - \log\sigma(t)`."""
+        return self.log_alpha(t) - torch.log(self.sigma(t))
+
+    def marginal_prob(self, x0, t):
+        """``(mean, std)`` of :math:`x_t \\mid x_0`: mean shaped like ``x0``, std of shape ``(batch,)``."""
+        t = batch_times(t, x0)
+        return per_sample(self.alpha(t), x0) * x0, self.sigma(t)
+
+    def prior_sampling(self, shape, generator=None, dtype=None, device=None):
+        z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+        return self.prior_std * z
+
+    def prior_logp(self, z):
+        n = z[0].numel()
+        sq = z.reshape(z.shape[0], -1).pow(2).sum(1)
+        return -0.5 * n * math.log(2 * math.pi * self.prior_std ** 2) - 0.5 * sq / self.prior_std ** 2
+
+
+def _check_beta(beta_min, beta_max):
+    beta_min, beta_max = float(beta_min), float(beta_max)
+    if not (math.isfinite(beta_min) and math.isfinite(beta_max)):
+        raise InvalidParameterError(f"beta_min and beta_max must be finite, got {beta_min}, {beta_max}")
+    if beta_min < 0:
+        raise InvalidParameterError(f"beta_min must be >= 0, got {beta_min}")
+    if beta_max < beta_min or beta_max <= 0:
+        raise InvalidParameterError(f"beta_max must be positive and >= beta_min = {beta_min}, got {beta_max}")
+    return beta_min, beta_max
+
+
+class VPSDE(LinearSDE):
+    r"""Variance-preserving SDE: :math:`dx = -\tfrac12\beta(t)x\,dt + \sqrt{\beta(t)}\,dw`.
+
+    :math:`\beta(t) = \beta_0 + t(\beta_1 - \beta_0)`,
+    :math:`\log\alpha(t) = -\tfrac14 t^2(\beta_1-\beta_0) - \tfrac12 t\beta_0`,
+    :math:`\sigma = \sqrt{1 - \alpha^2}` (computed as ``sqrt(-expm1(2 log_alpha))``).
+    Prior :math:`N(0, I)`.  Song et al. (2021), eq. 11; the continuous DDPM.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0, eps: float = 1e-3):
+        super().__init__(T=T, eps=eps)
+        self.beta_min, self.beta_max = _check_beta(beta_min, beta_max)
+
+    def beta(self, t):
+        r""":math:`\beta(t) = \beta_0 + t(\beta_1 - \beta_0)`."""
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def drift_coef(self, t):
+        return -0.5 * self.beta(t)
+
+    def diffusion_coef(self, t):
+        return torch.sqrt(self.beta(t))
+
+    def log_alpha(self, t):
+        return -0.25 * t ** 2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def sigma(self, t):
+        return torch.sqrt(-torch.expm1(2 * self.log_alpha(t)))
+
+    def __repr__(self):
+        return f"VPSDE(beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T}, eps={self.eps})"
+
+
+class SubVPSDE(VPSDE):
+    r"""Sub-VP SDE: :math:`dx = -\tfrac12\beta(t)x\,dt + \sqrt{\beta(t)(1 - e^{-2\int_0^t\beta})}\,dw`.
+
+    Same :math:`\alpha` as :class:`VPSDE`; :math:`\sigma = 1 - \alpha^2` (its variance is
+    :math:`(1-\alpha^2)^2`, below the VP one).  Prior :math:`N(0, I)`.  Song et al. (2021), eq. 29.
+    Near :math:`t = 0`, :math:`\sigma \approx \beta_0 t`: keep ``eps`` well above zero.
+    """
+
+    def diffusion_coef(self, t):
+        return torch.sqrt(self.beta(t) * -torch.expm1(4 * self.log_alpha(t)))
+
+    def sigma(self, t):
+        return -torch.expm1(2 * self.log_alpha(t))
+
+    def __repr__(self):
+        return f"SubVPSDE(beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T}, eps={self.eps})"
+
+
+class VESDE(LinearSDE):
+    r"""Variance-exploding SDE: :math:`dx = \sigma_r(t)\sqrt{2\ln(\sigma_{max}/\sigma_{min})}\,dw`.
+
+    :math:`\sigma_r(t) = \sigma_{min}(\sigma_{max}/\sigma_{min})^t` is the reference noise level
+    (:meth:`noise_level`, what score_sde networks are conditioned on).  sdekit's marginal is the
+    exact transition law of this SDE from :math:`t = 0`: :math:`\alpha = 1`,
+    :math:`\sigma(t)^2 = \sigma_r(t)^2 - \sigma_{min}^2`, computed as
+    :math:`\sigma_{min}\sqrt{\mathrm{expm1}(2t\ln(\sigma_{max}/\sigma_{min}))}`.
+    Prior :math:`N(0, \sigma_{max}^2 I)` as in the reference (exact variance at T is
+    :math:`\sigma_{max}^2 - \sigma_{min}^2` plus the data's).  Song et al. (2021), eq. 9.
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0, eps: float = 1e-5):
+        super().__init__(T=T, eps=eps)
+        sigma_min, sigma_max = float(sigma_min), float(sigma_max)
+        if not (0 < sigma_min < sigma_max < math.inf):
+            raise InvalidParameterError(
+                f"VESDE needs 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}"
+            )
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self._log_ratio = math.log(sigma_max / sigma_min)
+        self.prior_std = sigma_max
+
+    def noise_level(self, t):
+        r"""The reference's :math:`\sigma_r(t) = \sigma_{min}(\sigma_{max}/\sigma_{min})^{t/T}`."""
+        return self.sigma_min * torch.exp(t * (self._log_ratio / self.T))
+
+    def drift_coef(self, t):
+        return torch.zeros_like(t)
+
+    def diffusion_coef(self, t):
+        return self.noise_level(t) * math.sqrt(2 * self._log_ratio / self.T)
+
+    def log_alpha(self, t):
+        return torch.zeros_like(t)
+
+    def sigma(self, t):
+        return self.sigma_min * torch.sqrt(torch.expm1(2 * t * (self._log_ratio / self.T)))
+
+    def __repr__(self):
+        return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, T={self.T}, eps={self.eps})"

@@ -1,0 +1,67 @@
+"""What a solve returns: :class:`Solution`, always the same type, with a :class:`Result` code."""
+
+import enum
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+__all__ = ["Result", "Solution"]
+
+
+class Result(enum.Enum):
+    """How a solve ended; each member carries a message that says what to do."""
+
+    SUCCESS = "reached t_end"
+    MAX_STEPS = "stopped after max_steps accepted steps before t_end; raise max_steps or loosen rtol/atol"
+    NON_FINITE = ("non-finite values appeared; check score_fn at that time, use smaller steps, "
+                  "or keep t_end away from 0 (eps)")
+    DT_TOO_SMALL = ("the step size fell below its minimum; the problem is stiff or the score is rough there: "
+                    "loosen rtol/atol, raise eps, or use a fixed-step method")
+
+    @property
+    def message(self) -> str:
+        return self.value
+
+
+@dataclass
+class Solution:
+    """The outcome of :func:`sdekit.solve`.
+
+    **Fields**
+
+    - ``x``: the state at ``t`` (the final state), in the input's shape, dtype and device.
+    - ``t``: the time reached (``t_end`` on success).
+    - ``ts``, ``path``: the ``save_at`` times (float64) and the states there, ``path[k]`` at ``ts[k]``,
+      shape ``(len(ts), *x.shape)``; ``None`` when nothing was asked for.
+    - ``nfe``: evaluations of the score network (per sample), start-up calls of the backend included.
+    - ``steps``, ``rejected``: accepted and rejected steps, ``None`` where the backend does not say.
+    - ``method``, ``backend``: what integrated it; ``wall_time``: seconds.
+    - ``result``: a :class:`Result`; ``detail``: a sentence on what went wrong, if anything.
+    """
+
+    x: torch.Tensor
+    t: float
+    nfe: int
+    method: str
+    backend: str
+    wall_time: float
+    steps: Optional[int] = None
+    rejected: Optional[int] = None
+    ts: Optional[torch.Tensor] = None
+    path: Optional[torch.Tensor] = None
+    result: Result = Result.SUCCESS
+    detail: str = ""
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def success(self) -> bool:
+        """Whether the solve reached ``t_end`` with finite values."""
+        return self.result is Result.SUCCESS
+
+    def __repr__(self):
+        steps = "" if self.steps is None else f", steps={self.steps}"
+        rej = "" if self.rejected is None else f", rejected={self.rejected}"
+        return (f"Solution(method={self.method!r}, backend={self.backend!r}, result={self.result.name}, "
+                f"t={self.t:.6g}, x=<{tuple(self.x.shape)} {self.x.dtype}>, nfe={self.nfe}{steps}{rej}, "
+                f"wall_time={self.wall_time:.4g}s)")
