@@ -30,6 +30,9 @@ class Evaluator:
     - ``t_min``, ``t_max``: the domain; a backend that asks for a time outside it (torchdiffeq's
       initial-step selection, an adaptive step that overshoots) gets the nearest time inside.
     - ``name``: how error messages call the function.
+
+    A function that evaluates a network more than once per call (classifier-free guidance: twice)
+    says so with an attribute ``fn.nfe_per_call``; NFE counts network evaluations per sample.
     """
 
     def __init__(self, fn: Callable, t_min: float, t_max: float, name: str = "score_fn"):
@@ -37,6 +40,7 @@ class Evaluator:
         self.t_min, self.t_max = float(t_min), float(t_max)
         self.name = name
         self.nfe = 0
+        self.cost = int(getattr(fn, "nfe_per_call", 1))
         self.step: Optional[int] = None  # set by the method's loop, for error messages
         self._finite = []
         self._times = []
@@ -47,7 +51,7 @@ class Evaluator:
         out = self.fn(x, t)
         if self.nfe == 0:
             self._check_output(out, x)
-        self.nfe += 1
+        self.nfe += self.cost
         self._finite.append(torch.isfinite(out).reshape(out.shape[0], -1).all(1))
         self._times.append(t[:1])
         self._steps.append(self.step)

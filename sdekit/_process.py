@@ -88,6 +88,11 @@ class Process:
         return self.replace(sde_type="ito")
 
     @property
+    def runs_forward(self) -> bool:
+        """Whether the process runs forward in natural time (a forward SDE) rather than from T down."""
+        return self._direction > 0
+
+    @property
     def nfe(self) -> int:
         """Evaluations of the expensive function (the score network) so far."""
         return self.evaluator.nfe

@@ -67,14 +67,14 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
             f"method {m.name!r} integrates ODEs but {type(process).__name__} is an SDE; "
             f"use an SDE method ({', '.join(n for n in _names('sde'))}) or probability_flow(...)"
         )
+    if grid is not None:
+        if t_start is not None or t_end is not None:
+            raise InvalidParameterError("a grid fixes t_start and t_end (its first and last times); give the grid alone")
+        grid = as_grid(grid, 0.0, process.sde.T)
+        t_start, t_end = float(grid[0]), float(grid[-1])
     default_start, default_end = process.default_span()
     t_start = default_start if t_start is None else float(t_start)
     t_end = default_end if t_end is None else float(t_end)
-    if grid is not None:
-        grid = as_grid(grid, 0.0, process.sde.T)
-        if t_start != default_start and t_start != float(grid[0]) or t_end != default_end and t_end != float(grid[-1]):
-            raise InvalidParameterError("grid must start at t_start and end at t_end; give the grid alone")
-        t_start, t_end = float(grid[0]), float(grid[-1])
     _check_span(process, m, t_start, t_end)
     saves = _check_save_at(save_at, t_start, t_end)
 
@@ -123,7 +123,8 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
     solution = Solution(
         x=outcome.x, t=t_reached, nfe=bound.evaluator.nfe, method=m.name, backend=m.backend, wall_time=wall,
         steps=outcome.steps, rejected=outcome.rejected,
-        ts=saves, path=torch.stack(outcome.path) if saves is not None and len(outcome.path) == len(saves) else None,
+        ts=None if saves is None else saves[:len(outcome.path)],
+        path=torch.stack(outcome.path) if outcome.path else None,
         result=result, detail=detail,
     )
     if throw and result is not Result.SUCCESS:
@@ -156,14 +157,14 @@ def _check_span(process, m, t_start, t_end):
             raise InvalidParameterError(f"{name}={t} lies outside [0, T={T}]")
     if t_start == t_end:
         raise InvalidParameterError(f"t_start and t_end are both {t_start}; nothing to integrate")
-    if process.kind != "ode" and process.default_span()[0] == 0.0 and t_end < t_start:
-        raise InvalidParameterError("a forward SDE runs forward in time: give t_start < t_end")
-    if process.kind != "ode" and process.default_span()[0] != 0.0 and t_end > t_start:
-        raise InvalidParameterError("a reverse-time SDE runs from T down to eps: give t_start > t_end")
-    if m.backend == "torchsde" and process.kind == "ode" and t_end > t_start:
-        raise MethodArgumentError(f"torchsde methods run the probability-flow ODE only from T down; "
-                                  f"use an ODE method such as dopri5 to integrate upwards")
-    if process.default_span()[0] != 0.0 and min(t_start, t_end) <= 0:
+    upwards = t_end > t_start
+    if process.kind == "sde" and upwards != process.runs_forward:
+        raise InvalidParameterError("a forward SDE runs from 0 up to T: give t_start < t_end" if process.runs_forward
+                                    else "a reverse-time SDE runs from T down to eps: give t_start > t_end")
+    if m.backend == "torchsde" and process.kind == "ode" and upwards:
+        raise MethodArgumentError("torchsde methods run the probability-flow ODE only from T down; "
+                                  "use an ODE method such as dopri5 to integrate upwards")
+    if not process.runs_forward and min(t_start, t_end) <= 0:
         raise InvalidParameterError("the score is singular at t = 0: keep t_end > 0 (the default is sde.eps)")
 
 
@@ -213,3 +214,10 @@ def _resolve_stepping(m, steps, dt, grid, rtol, atol) -> bool:
         raise MethodArgumentError(f"{m.name} needs its stepping: exactly one of steps=, dt= or grid= for fixed "
                                   f"steps, or rtol=/atol= for adaptive steps")
     return False
+
+
+def _non_finite_message(record) -> str:
+    shown = ", ".join(str(i) for i in record.samples[:8]) + (", ..." if len(record.samples) > 8 else "")
+    step = "" if record.step is None else f"step {record.step}, "
+    return (f"score_fn returned non-finite values first at t={record.time:.6g} ({step}score evaluation "
+            f"{record.evaluation}) for samples [{shown}]: {Result.NON_FINITE.message}")
