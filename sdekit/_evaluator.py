@@ -52,7 +52,11 @@ class Evaluator:
         if self.nfe == 0:
             self._check_output(out, x)
         self.nfe += self.cost
-        self._finite.append(torch.isfinite(out).reshape(out.shape[0], -1).all(1))
+        # Per-sample finiteness without a host sync.  (out - out) is 0 where out is finite and NaN where it
+        # is inf or NaN, so a row sums to a finite value exactly when the whole row is finite (no overflow:
+        # it sums zeros).  Same answer as isfinite(out).all(1), which costs ~10x more on CPU (torch's CPU
+        # isfinite is not vectorised: ~0.75 ms for a 64 x 3072 float32 batch against ~0.08 ms).
+        self._finite.append(torch.isfinite((out - out).reshape(out.shape[0], -1).sum(1)))
         self._times.append(t[:1])
         self._steps.append(self.step)
         return out

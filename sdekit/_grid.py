@@ -39,7 +39,8 @@ def step_grid(t_start: float, t_end: float, dt: float) -> torch.Tensor:
 
 def as_grid(grid: Union[torch.Tensor, Sequence[float]], low: float, high: float) -> torch.Tensor:
     """Check a user's grid: 1-D, at least two times, strictly monotone, inside ``[low, high]``."""
-    g = torch.as_tensor(grid).detach().to(device="cpu", dtype=torch.float64).flatten()
+    # dtype=float64 here, not only in .to(): a list of floats would otherwise pass through float32
+    g = torch.as_tensor(grid, dtype=torch.float64).detach().to(device="cpu").flatten()
     if torch.as_tensor(grid).dim() != 1 or g.numel() < 2:
         raise InvalidParameterError("grid must be a 1-D tensor of at least two times, from t_start to t_end")
     if not torch.isfinite(g).all():

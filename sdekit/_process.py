@@ -126,10 +126,13 @@ class Process:
 
     def _g_squared_divergence(self, t, x):
         r""":math:`\partial_i (g_i^2)` for an elementwise diffusion :math:`g_i(t, x_i)`."""
+        # Keep a graph only when the caller differentiates through x; otherwise every step of a solve
+        # would hang its graph on the result (which then requires grad and holds all steps in memory).
+        keep = torch.is_grad_enabled() and x.requires_grad
         with torch.enable_grad():
-            xr = x.detach().requires_grad_(True)
+            xr = x if keep else x.detach().requires_grad_(True)
             g = self.sde.g(t, xr)
-            (div,) = torch.autograd.grad((g * g).sum(), xr, create_graph=torch.is_grad_enabled())
+            (div,) = torch.autograd.grad((g * g).sum(), xr, create_graph=keep)
         return div
 
     def _g_dg(self, t, x):
@@ -175,10 +178,13 @@ class _ScoreDriven(Process):
 
     def _natural_drift(self, t, x):
         g = per_sample(self.sde.g(t, x), x)
-        correction = g * g * self.evaluator(x, t)
+        score = self.evaluator(x, t)
         if self.diffusion_depends_on_x(t, x):
-            correction = correction + self._g_squared_divergence(t, x)
-        return self.sde.f(t, x) - self._score_weight * correction
+            correction = g * g * score + self._g_squared_divergence(t, x)
+            return self.sde.f(t, x) - self._score_weight * correction
+        # g does not depend on x: fold the weight (1 or 1/2: exact) into g^2 while it is still per-sample,
+        # so the state-sized work is one product and one difference (the result is the same).
+        return self.sde.f(t, x) - (self._score_weight * (g * g)) * score
 
 
 class ReverseSDE(_ScoreDriven):

@@ -171,7 +171,7 @@ def _check_span(process, m, t_start, t_end):
 def _check_save_at(save_at, t_start, t_end):
     if save_at is None:
         return None
-    s = torch.as_tensor(save_at).detach().to(device="cpu", dtype=torch.float64).flatten()
+    s = torch.as_tensor(save_at, dtype=torch.float64).detach().to(device="cpu").flatten()  # lists: never via float32
     lo, hi = min(t_start, t_end), max(t_start, t_end)
     if s.numel() == 0:
         raise InvalidParameterError("save_at is empty; leave it out or give the times to keep")

@@ -28,6 +28,25 @@ class _Func:
         return self.process.drift(_batch(t, x), x)
 
 
+class _FixedFunc(_Func):
+    """For fixed grids: numbers each step as it begins (for error messages) and stops at ``max_steps``."""
+
+    def __init__(self, process, max_steps):
+        super().__init__(process)
+        self.max_steps = max_steps
+        self.accepted = 0
+        self.rejected = 0
+        self.last = None
+
+    def callback_step(self, t0, y0, dt):
+        # Called before each step with its start: the state after `accepted` steps.
+        self.last = (float(t0), y0)
+        if self.max_steps is not None and self.accepted >= self.max_steps:
+            raise _Stop()
+        self.accepted += 1
+        self.process.evaluator.step = self.accepted
+
+
 class _CountingFunc(_Func):
     def __init__(self, process, max_steps):
         super().__init__(process)
@@ -67,7 +86,7 @@ def integrate(method: Method, pb: Problem) -> Outcome:
             options.setdefault("first_step", pb.dt0)
         kwargs = dict(rtol=pb.rtol, atol=pb.atol)
     else:
-        func = _Func(pb.process)
+        func = _FixedFunc(pb.process, pb.max_steps)
         grid = pb.grid.to(device=x0.device)
         options["grid_constructor"] = lambda f, y0, t: grid
     pb.process.evaluator.step = 1

@@ -1,0 +1,151 @@
+"""Shared helpers of the core test suite: an exact Gaussian score and a recording score wrapper.
+
+Kept deliberately independent of ``sdekit.validation`` (which has a fuller version): the
+formulas here are the textbook ones, written out so the tests check sdekit against them.
+
+For data :math:`N(\\mu, \\Sigma)` under a linear SDE with mean coefficient :math:`\\alpha(t)` and
+std :math:`\\sigma(t)`, :math:`p_t = N(\\alpha\\mu, \\alpha^2\\Sigma + \\sigma^2 I)` and the score is
+:math:`-(\\alpha^2\\Sigma + \\sigma^2 I)^{-1}(x - \\alpha\\mu)`.
+"""
+
+import math
+
+import pytest
+import torch
+
+
+class Gaussian:
+    """Data ``N(mu, Sigma)`` on an event of shape ``mu.shape``; ``Sigma`` diagonal (``var``) or full (``cov``).
+
+    ``alpha(t)`` and ``sigma(t)`` are callables on a ``(batch,)`` tensor of times (e.g. ``sde.alpha``,
+    ``sde.sigma`` of a :class:`sdekit.LinearSDE`).
+    """
+
+    def __init__(self, mu, alpha, sigma, var=None, cov=None):
+        self.mu = torch.as_tensor(mu, dtype=torch.float64)
+        self.shape = tuple(self.mu.shape)
+        self.d = self.mu.numel()
+        if (var is None) == (cov is None):
+            raise ValueError("give var (diagonal) or cov (full)")
+        self.var = None if var is None else torch.as_tensor(var, dtype=torch.float64).expand(self.shape).clone()
+        self.cov = None if cov is None else torch.as_tensor(cov, dtype=torch.float64)
+        self.alpha, self.sigma = alpha, sigma
+
+    @classmethod
+    def under(cls, sde, mu, var=None, cov=None):
+        return cls(mu, sde.alpha, sde.sigma, var=var, cov=cov)
+
+    # -- the marginal p_t -----------------------------------------------------------------
+    def _coefs(self, t, x):
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        a = self.alpha(t).reshape((-1,) + (1,) * (x.dim() - 1))
+        s = self.sigma(t).reshape((-1,) + (1,) * (x.dim() - 1))
+        return a, s
+
+    def score(self, x, t):
+        """The exact score of p_t at x (natural shape), t of shape (batch,)."""
+        a, s = self._coefs(t, x)
+        mu = self.mu.to(x)
+        if self.var is not None:
+            return -(x - a * mu) / (a * a * self.var.to(x) + s * s)
+        n = x.shape[0]
+        a, s = a.reshape(n, 1, 1), s.reshape(n, 1, 1)
+        cov_t = a * a * self.cov.to(x) + s * s * torch.eye(self.d, dtype=x.dtype, device=x.device)
+        r = (x.reshape(n, self.d) - a.reshape(n, 1) * mu.reshape(1, -1)).unsqueeze(-1)
+        return -torch.linalg.solve(cov_t, r).reshape(x.shape)
+
+    def mean_cov(self, t):
+        """Mean (d,) and covariance (d, d) of p_t, float64, flattened event."""
+        tt = torch.tensor([float(t)], dtype=torch.float64)
+        a, s = float(self.alpha(tt)[0]), float(self.sigma(tt)[0])
+        base = torch.diag(self.var.flatten()) if self.var is not None else self.cov
+        return a * self.mu.flatten(), a * a * base + s * s * torch.eye(self.d, dtype=torch.float64)
+
+    def sample(self, t, n, generator, dtype=torch.float64):
+        """``n`` exact samples of p_t, shape ``(n, *event)``."""
+        mean, cov = self.mean_cov(t)
+        L = torch.linalg.cholesky(cov)
+        z = torch.randn(n, self.d, generator=generator, dtype=torch.float64)
+        return (mean + z @ L.T).reshape((n,) + self.shape).to(dtype)
+
+    def flow_map(self, x_t, t, s):
+        """The exact probability-flow map from time t to time s (diagonal Sigma), coordinatewise."""
+        assert self.var is not None, "the closed-form flow map is written for a diagonal Sigma"
+        a_t, s_t = self._coefs(t, x_t)
+        a_s, s_s = self._coefs(s, x_t)
+        mu, var = self.mu.to(x_t), self.var.to(x_t)
+        return a_s * mu + torch.sqrt(a_s ** 2 * var + s_s ** 2) / torch.sqrt(a_t ** 2 * var + s_t ** 2) * (x_t - a_t * mu)
+
+
+class Recorder:
+    """Wraps a score function: counts calls and records the times and shapes it was called with."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.calls = 0
+        self.t_min = math.inf
+        self.t_max = -math.inf
+        self.t_seen = []
+        self.x_shapes = set()
+        self.t_shapes = set()
+        self.t_dtypes = set()
+        self.x_dtypes = set()
+
+    def __call__(self, x, t):
+        self.calls += 1
+        self.t_min = min(self.t_min, float(t.min()))
+        self.t_max = max(self.t_max, float(t.max()))
+        self.t_seen.append(t.detach().clone())
+        self.x_shapes.add(tuple(x.shape))
+        self.t_shapes.add(tuple(t.shape))
+        self.t_dtypes.add(t.dtype)
+        self.x_dtypes.add(x.dtype)
+        return self.fn(x, t)
+
+
+def mc_tolerance_mean(var, n, k=4.0):
+    """k standard errors of a sample mean: k * sqrt(var / n)."""
+    return k * math.sqrt(var / n)
+
+
+def mc_tolerance_cov(var_i, var_j, cov_ij, n, k=4.0):
+    """k standard errors of a Gaussian sample covariance: Var(S_ij) = (S_ii S_jj + S_ij^2) / (n - 1)."""
+    return k * math.sqrt((var_i * var_j + cov_ij ** 2) / (n - 1))
+
+
+def assert_gaussian_moments(samples, mean, cov, k=4.0, bias=0.0):
+    """Check the sample mean and covariance of ``samples`` (n, d) against ``mean``/``cov`` within k SE.
+
+    ``bias`` is an extra allowance for a known discretisation bias (an absolute amount, stated by the caller).
+    """
+    x = samples.reshape(samples.shape[0], -1).to(torch.float64)
+    n, d = x.shape
+    m_hat = x.mean(0)
+    c_hat = torch.cov(x.T).reshape(d, d)
+    for i in range(d):
+        tol = mc_tolerance_mean(float(cov[i, i]), n, k) + bias
+        assert abs(float(m_hat[i] - mean[i])) < tol, f"mean[{i}] = {float(m_hat[i]):.5g}, expected {float(mean[i]):.5g} +- {tol:.3g}"
+        for j in range(d):
+            tol = mc_tolerance_cov(float(cov[i, i]), float(cov[j, j]), float(cov[i, j]), n, k) + bias
+            assert abs(float(c_hat[i, j] - cov[i, j])) < tol, \
+                f"cov[{i},{j}] = {float(c_hat[i, j]):.5g}, expected {float(cov[i, j]):.5g} +- {tol:.3g}"
+
+
+@pytest.fixture
+def gaussian():
+    """The :class:`Gaussian` helper class."""
+    return Gaussian
+
+
+@pytest.fixture
+def recorder():
+    """The :class:`Recorder` wrapper class."""
+    return Recorder
+
+
+@pytest.fixture
+def check_moments():
+    """:func:`assert_gaussian_moments`."""
+    return assert_gaussian_moments
