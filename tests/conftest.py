@@ -29,6 +29,7 @@ class Gaussian:
             raise ValueError("give var (diagonal) or cov (full)")
         self.var = None if var is None else torch.as_tensor(var, dtype=torch.float64).expand(self.shape).clone()
         self.cov = None if cov is None else torch.as_tensor(cov, dtype=torch.float64)
+        self._eig = None if cov is None else torch.linalg.eigh(self.cov)
         self.alpha, self.sigma = alpha, sigma
 
     @classmethod
@@ -50,11 +51,13 @@ class Gaussian:
         mu = self.mu.to(x)
         if self.var is not None:
             return -(x - a * mu) / (a * a * self.var.to(x) + s * s)
+        # Sigma = Q diag(lam) Q^T, so cov_t = Q diag(a^2 lam + s^2) Q^T: invert in the eigenbasis
         n = x.shape[0]
-        a, s = a.reshape(n, 1, 1), s.reshape(n, 1, 1)
-        cov_t = a * a * self.cov.to(x) + s * s * torch.eye(self.d, dtype=x.dtype, device=x.device)
-        r = (x.reshape(n, self.d) - a.reshape(n, 1) * mu.reshape(1, -1)).unsqueeze(-1)
-        return -torch.linalg.solve(cov_t, r).reshape(x.shape)
+        lam, Q = self._eig
+        lam, Q = lam.to(x), Q.to(x)
+        a, s = a.reshape(n, 1), s.reshape(n, 1)
+        r = x.reshape(n, self.d) - a * mu.reshape(1, -1)
+        return -(((r @ Q) / (a * a * lam + s * s)) @ Q.T).reshape(x.shape)
 
     def mean_cov(self, t):
         """Mean (d,) and covariance (d, d) of p_t, float64, flattened event."""
