@@ -13,10 +13,13 @@ with the same method, steps and tolerances three ways, timed in the same run:
 It checks that the three give the same NFE (``torchsde.sdeint`` makes one extra drift call to
 check shapes before it starts, so its NFE is one more than sdekit's, which drives torchsde's
 stepper itself) and the same samples (``allclose``), then prints the median wall time of several
-interleaved repeats after a warm-up and the ratios ``solve / raw`` and ``solve / proc``.
+interleaved repeats after a warm-up, the ratios ``solve / raw`` and ``solve / proc``, and
+``us/eval``, sdekit's extra time per score evaluation, ``(solve - raw) / nfe``.  Everything runs
+under ``torch.no_grad()`` in float32.
 
     python benchmarks/overhead.py                 # cuda if available, else cpu
     python benchmarks/overhead.py --device cpu --quick
+    python benchmarks/overhead.py --device cpu --threads 1     # steadier on a shared CPU
 """
 
 import argparse
@@ -117,12 +120,15 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+CLOCK = time.perf_counter
+
+
 def timed(fn, device):
     sync(device)
-    start = time.perf_counter()
+    start = CLOCK()
     out = fn()
     sync(device)
-    return time.perf_counter() - start, out
+    return CLOCK() - start, out
 
 
 def compare(name, shape, score_name, score, variants, device, repeats, check_nfe):
@@ -152,15 +158,48 @@ def compare(name, shape, score_name, score, variants, device, repeats, check_nfe
                 diff=max(diffs.values()))
 
 
-def sde_euler_case(x, steps, seed):
-    """Reverse SDE, torchsde Euler–Maruyama, ``steps`` equal steps from T to eps."""
+class TableNoise:
+    """A noise source with torchsde's interface that hands out precomputed N(0, 1) draws in order.
+
+    ``bm(ta, tb)`` returns ``sqrt(tb - ta) * z[k]`` for the k-th query: the same increments at the
+    same cost on both sides, whatever the query times (Euler queries once a step).
+    """
+
+    levy_area_approximation = "none"
+
+    def __init__(self, z):
+        self.z, self.k = z, 0
+        self.shape, self.dtype, self.device = tuple(z.shape[1:]), z.dtype, z.device
+
+    def __call__(self, ta, tb, return_U=False, return_A=False):
+        self.k += 1
+        return self.z[self.k - 1] * math.sqrt(float(tb) - float(ta))
+
+
+def sde_euler_case(x, steps, seed, table=False):
+    """Reverse SDE, torchsde Euler–Maruyama, ``steps`` equal steps from T to eps.
+
+    The Brownian motion is built as sdekit builds it (``BrownianInterval`` over ``[0, T - eps]``, entropy
+    ``seed``).  Its cost depends on the query times: it refines its tree as it goes, and sdekit's grid
+    ``T - linspace(T, eps)`` and torchsde's ``t += dt`` differ by ulps, enough for it to draw a different
+    number of normals (at 200 steps: 796 ``randn`` calls for sdekit's times, 908 for sdeint's).  With
+    ``table=True`` both sides get a :class:`TableNoise` instead (``solve`` through ``noise=``), so the
+    difference left is sdekit's own.
+    """
     span = T - EPS
     ts = torch.tensor([0.0, span], dtype=torch.float64, device=x.device)
-    dt = span / steps
+    # torchsde steps by accumulating t += dt; with dt = span / 200 the sum lands a few ulps short of the
+    # end and it takes a 201st step of ~1e-16 (one more score call).  A relative nudge of 1e-10 makes it
+    # take exactly `steps` steps, the last one shortened by ~1e-10 * dt.  sdekit steps its float64 grid.
+    dt = span / steps * (1 + 1e-10)
     y0 = x.reshape(x.shape[0], -1)
     sde = sdekit.VPSDE(BETA0, BETA1, T=T, eps=EPS)
+    if table:
+        z = torch.randn((steps,) + tuple(y0.shape), generator=torch.Generator().manual_seed(seed)).to(y0)
 
     def bm():
+        if table:
+            return TableNoise(z)
         return torchsde.BrownianInterval(t0=0.0, t1=span, size=y0.shape, dtype=y0.dtype, device=y0.device,
                                          entropy=seed, levy_area_approximation="none")
 
@@ -172,7 +211,8 @@ def sde_euler_case(x, steps, seed):
         return torchsde.sdeint(rsde, y0, ts, bm=bm(), method="euler", dt=dt)[-1], None
 
     def solve(score):
-        sol = sdekit.reverse(sde, score).solve(x, method="euler", steps=steps, seed=seed)
+        noise = dict(noise=bm()) if table else dict(seed=seed)
+        sol = sdekit.reverse(sde, score).solve(x, method="euler", steps=steps, **noise)
         return sol.x.reshape(y0.shape), sol.nfe
 
     def check(nfe):  # sdeint evaluates the drift once more, to check its shape, before the first step
@@ -220,8 +260,14 @@ def main():
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 5, quick 3)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice); 1 gives stable timings on a shared machine")
+    parser.add_argument("--clock", default="wall", choices=["wall", "process"],
+                        help="wall time (default) or this process's CPU time (steadier on a busy CPU; not for cuda)")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     device = torch.device(args.device)
+    if args.clock == "process" and device.type == "cuda":
+        parser.error("--clock process measures CPU time; use wall time on cuda")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 5)
@@ -233,7 +279,7 @@ def main():
           f"torchdiffeq {getattr(torchdiffeq, '__version__', '?')}; device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
              f" ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
-          + f"; {dtype}; median of {repeats} after a warm-up")
+          + f"; {dtype}; {args.clock} time, median of {repeats} after a warm-up")
     rows = []
     with torch.no_grad():
         for batch, dim, hidden in shapes:
@@ -244,6 +290,7 @@ def main():
             for score_name, score in scores:
                 cases = [
                     (f"reverse SDE  torchsde euler {sde_steps} steps", sde_euler_case(x, sde_steps, SEED)),
+                    ("  same, precomputed noise (TableNoise)", sde_euler_case(x, sde_steps, SEED, table=True)),
                     (f"PF ODE  torchdiffeq rk4 {rk4_steps} steps", ode_case(x, "rk4", steps=rk4_steps)),
                     (f"PF ODE  torchdiffeq dopri5 tol {tol:g}", ode_case(x, "dopri5", tol=tol)),
                 ]
@@ -252,18 +299,21 @@ def main():
                     rows.append(row)
                     print_row(row, header=len(rows) == 1)
     worst = max(r["time"]["solve"] / r["time"]["raw"] for r in rows)
-    print(f"\nworst solve/raw ratio: {worst:.3f} (target <= 1.05)")
+    mlp = [r["time"]["solve"] / r["time"]["raw"] for r in rows if r["score"].startswith("mlp")]
+    print(f"\nsolve/raw: worst {worst:.3f} over all cases, {max(mlp):.3f} with the MLP score (target <= 1.05)")
 
 
 def print_row(r, header):
     if header:
         print(f"\n{'case':<40} {'batch x dim':>11} {'score':<15} {'nfe raw/solve':>13} "
-              f"{'raw s':>8} {'proc s':>8} {'solve s':>8} {'solve/raw':>9} {'solve/proc':>10} {'max|diff|':>9}")
+              f"{'raw s':>8} {'proc s':>8} {'solve s':>8} {'solve/raw':>9} {'solve/proc':>10} {'us/eval':>8} "
+              f"{'max|diff|':>9}")
     n, t = r["nfe"], r["time"]
     nfe = f"{n['raw']}/{n['solve']}"
+    per_eval = (t["solve"] - t["raw"]) / n["solve"] * 1e6  # sdekit's extra time per score evaluation
     print(f"{r['case']:<40} {r['shape']:>11} {r['score']:<15} {nfe:>13} {t['raw']:8.4f} {t['proc']:8.4f} "
-          f"{t['solve']:8.4f} {t['solve'] / t['raw']:9.3f} {t['solve'] / t['proc']:10.3f} {r['diff']:9.2g}",
-          flush=True)
+          f"{t['solve']:8.4f} {t['solve'] / t['raw']:9.3f} {t['solve'] / t['proc']:10.3f} {per_eval:8.0f} "
+          f"{r['diff']:9.2g}", flush=True)
 
 
 if __name__ == "__main__":

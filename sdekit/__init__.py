@@ -14,7 +14,7 @@ torchsde, torchdiffeq or scipy through one :func:`solve`::
 from ._brownian import brownian_motion
 from ._errors import (InvalidParameterError, MethodArgumentError, ScoreFunctionError, SDEKitError, ShapeError,
                       SolveError, UnknownMethodError)
-from ._grid import step_grid, uniform_grid
+from ._grid import karras_grid, log_snr_grid, step_grid, uniform_grid
 from ._methods import Method, methods
 from ._process import ForwardSDE, ProbabilityFlowODE, Process, ReverseSDE, forward, probability_flow, reverse
 from ._sde import SDE, LinearSDE, SubVPSDE, VESDE, VPSDE
@@ -27,6 +27,7 @@ __all__ = [
     "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE",
     "Process", "ReverseSDE", "ProbabilityFlowODE", "ForwardSDE", "reverse", "probability_flow", "forward",
     "solve", "Solution", "Result", "Method", "methods", "brownian_motion", "uniform_grid", "step_grid",
+    "log_snr_grid", "karras_grid",
     "SDEKitError", "InvalidParameterError", "ShapeError", "ScoreFunctionError", "UnknownMethodError",
     "MethodArgumentError", "SolveError",
 ]

@@ -6,22 +6,22 @@ so a schedule (uniform in t, in log-SNR, Karras) is only a different grid.
 """
 
 import math
+import numbers
 from typing import Optional, Sequence, Union
 
 import torch
 
 from ._errors import InvalidParameterError
 
-__all__ = ["uniform_grid", "step_grid", "as_grid", "merge_times"]
+__all__ = ["uniform_grid", "step_grid", "log_snr_grid", "karras_grid", "as_grid", "merge_times"]
 
 
 def uniform_grid(t_start: float, t_end: float, steps: int) -> torch.Tensor:
     """``steps`` equal steps from ``t_start`` to ``t_end`` (either direction), endpoints exact."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InvalidParameterError(f"steps must be a positive integer, got {steps!r}")
+    steps = _check_steps(steps)
     grid = torch.linspace(float(t_start), float(t_end), steps + 1, dtype=torch.float64)
     grid[0], grid[-1] = float(t_start), float(t_end)
-    return grid
+    return _check_strict(grid, steps)
 
 
 def step_grid(t_start: float, t_end: float, dt: float) -> torch.Tensor:
@@ -34,7 +34,130 @@ def step_grid(t_start: float, t_end: float, dt: float) -> torch.Tensor:
     sign = 1.0 if t_end >= t_start else -1.0
     grid = float(t_start) + sign * dt * torch.arange(n + 1, dtype=torch.float64)
     grid[-1] = float(t_end)
+    if n > 1 and not sign * (float(t_end) - float(grid[-2])) > 0:   # rounding put the last full step at t_end
+        grid = torch.cat([grid[:-2], grid[-1:]])
+    return _check_strict(grid, grid.numel() - 1)
+
+
+def log_snr_grid(sde, steps: int, t_start: Optional[float] = None, t_end: Optional[float] = None) -> torch.Tensor:
+    r"""``steps`` equal steps in log-SNR :math:`\lambda(t) = \log\alpha(t) - \log\sigma(t)`, as times.
+
+    :math:`\lambda_i = \lambda(t_{start}) + \tfrac{i}{N}(\lambda(t_{end}) - \lambda(t_{start}))`,
+    :math:`t_i = \lambda^{-1}(\lambda_i)` by ``sde.t_of_log_snr``; DPM-Solver's time schedule
+    (Lu et al. 2022, "DPM-Solver", sec. 3.3).
+
+    **Arguments**
+
+    - ``sde``: a :class:`sdekit.LinearSDE` with closed-form ``log_alpha`` and ``sigma``.
+    - ``steps``: the number of steps, a positive integer.
+    - ``t_start``, ``t_end``: default ``sde.T`` and ``sde.eps``; either direction, both in ``[0, T]``
+      where :math:`\sigma > 0` (so not ``t = 0``).
+
+    Returns a float64 CPU tensor of ``steps + 1`` times, strictly monotone, endpoints exact.
+    """
+    steps = _check_steps(steps)
+    t_start, t_end, lam_start, lam_end = _schedule_span(sde, t_start, t_end, "log_snr_grid")
+    frac = torch.arange(steps + 1, dtype=torch.float64) / steps
+    return _times_of(sde, lam_start + frac * (lam_end - lam_start), t_start, t_end, steps)
+
+
+def karras_grid(sde, steps: int, rho: float = 7.0, t_start: Optional[float] = None,
+                t_end: Optional[float] = None) -> torch.Tensor:
+    r"""Karras et al. (2022), "Elucidating the design space of diffusion-based generative models", eq. 5, as times.
+
+    In the VE-frame noise level :math:`s(t) = \sigma(t)/\alpha(t) = e^{-\lambda(t)}`, with
+    :math:`s_{max} = s(t_{start})`, :math:`s_{min} = s(t_{end})`,
+
+    .. math::
+
+        s_i = \Big(s_{max}^{1/\rho} + \tfrac{i}{N}\big(s_{min}^{1/\rho} - s_{max}^{1/\rho}\big)\Big)^{\rho},
+        \qquad t_i = \lambda^{-1}(-\log s_i).
+
+    Unlike the paper, no final step to :math:`\sigma = 0` is appended: the grid ends at ``t_end``.
+
+    **Arguments**
+
+    - ``sde``: a :class:`sdekit.LinearSDE` with closed-form ``log_alpha`` and ``sigma``.
+    - ``steps``: the number of steps, a positive integer.
+    - ``rho``: :math:`\rho > 0` (default 7); larger concentrates steps at low noise.
+    - ``t_start``, ``t_end``: default ``sde.T`` and ``sde.eps``; either direction, both in ``[0, T]``
+      where :math:`\sigma > 0` (so not ``t = 0``).
+
+    Returns a float64 CPU tensor of ``steps + 1`` times, strictly monotone, endpoints exact.
+    """
+    steps = _check_steps(steps)
+    if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not (0 < float(rho) < math.inf):
+        raise InvalidParameterError(f"rho must be a positive finite number, got {rho!r}")
+    rho = float(rho)
+    t_start, t_end, lam_start, lam_end = _schedule_span(sde, t_start, t_end, "karras_grid")
+    # u = s^(1/rho) = exp(-lambda / rho): interpolate u, then lambda_i = -rho log(u_i); s itself is never formed
+    u_start, u_end = math.exp(-lam_start / rho), math.exp(-lam_end / rho)
+    frac = torch.arange(steps + 1, dtype=torch.float64) / steps
+    lam = -rho * torch.log((1 - frac) * u_start + frac * u_end)   # convex form: no cancellation, any rho
+    return _times_of(sde, lam, t_start, t_end, steps)
+
+
+def _check_steps(steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise InvalidParameterError(f"steps must be a positive integer, got {steps!r}")
+    return int(steps)
+
+
+def _check_strict(grid: torch.Tensor, steps: int) -> torch.Tensor:
+    d = grid.diff()
+    if not ((d > 0).all() or (d < 0).all()):
+        raise InvalidParameterError(
+            f"[{float(grid[0])}, {float(grid[-1])}] is too narrow for {steps} distinct steps in float64; "
+            "take fewer steps or a wider span"
+        )
     return grid
+
+
+def _schedule_span(sde, t_start, t_end, name):
+    """Check the SDE and the span of a schedule; return the times and their finite log-SNRs."""
+    from ._sde import LinearSDE
+    if not isinstance(sde, LinearSDE):
+        raise InvalidParameterError(f"{name} needs an sdekit.LinearSDE (it has a log-SNR), got {type(sde).__name__}")
+    T = sde.T
+    t_start = T if t_start is None else t_start
+    t_end = sde.eps if t_end is None else t_end
+    times = []
+    for what, t in (("t_start", t_start), ("t_end", t_end)):
+        try:
+            value = float(t)
+        except (TypeError, ValueError):
+            value = math.nan
+        if isinstance(t, bool) or not (0 <= value <= T):
+            raise InvalidParameterError(f"{what}={t!r} must be a number in [0, T={T}]")
+        times.append(value)
+    t_start, t_end = times
+    if t_start == t_end:
+        raise InvalidParameterError(f"t_start and t_end are both {t_start}; a grid needs two distinct times")
+    try:
+        lam = sde.log_snr(torch.tensor([t_start, t_end], dtype=torch.float64))
+    except NotImplementedError:
+        raise InvalidParameterError(f"{name} needs closed-form log_alpha(t) and sigma(t); "
+                                    f"{type(sde).__name__} does not define them") from None
+    lam_start, lam_end = float(lam[0]), float(lam[1])
+    for what, t, v in (("t_start", t_start, lam_start), ("t_end", t_end, lam_end)):
+        if not math.isfinite(v):
+            raise InvalidParameterError(f"the log-SNR at {what}={t} is {v} (sigma = 0 there?); "
+                                        f"keep both ends where sigma > 0, e.g. t_end=sde.eps={sde.eps}")
+    if lam_start == lam_end:
+        raise InvalidParameterError(f"the log-SNR is {lam_start} at both t_start={t_start} and t_end={t_end}; "
+                                    "it must change over the span")
+    return t_start, t_end, lam_start, lam_end
+
+
+def _times_of(sde, lam: torch.Tensor, t_start: float, t_end: float, steps: int) -> torch.Tensor:
+    """Times of the log-SNRs ``lam``, endpoints set exactly, clamped into the span, checked."""
+    lo, hi = min(t_start, t_end), max(t_start, t_end)
+    grid = sde.t_of_log_snr(lam[1:-1]).to(dtype=torch.float64, device="cpu").clamp(lo, hi)
+    grid = torch.cat([torch.tensor([t_start], dtype=torch.float64), grid,
+                      torch.tensor([t_end], dtype=torch.float64)])
+    if not bool(torch.isfinite(grid).all()):
+        raise InvalidParameterError(f"{type(sde).__name__}.t_of_log_snr gave non-finite times; check its inverse")
+    return _check_strict(grid, steps)
 
 
 def as_grid(grid: Union[torch.Tensor, Sequence[float]], low: float, high: float) -> torch.Tensor:

@@ -177,6 +177,9 @@ class _ScoreDriven(Process):
     _score_weight = 1.0
 
     def _natural_drift(self, t, x):
+        # The whole drift lives on [t_min, t_max], not only the score: a backend that steps past eps
+        # (torchdiffeq's dopri5 used directly) would otherwise meet beta(t) < 0 and a NaN g, then "underflow in dt".
+        t = t.clamp(self.evaluator.t_min, self.evaluator.t_max)
         g = per_sample(self.sde.g(t, x), x)
         score = self.evaluator(x, t)
         if self.diffusion_depends_on_x(t, x):

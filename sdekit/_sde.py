@@ -18,6 +18,19 @@ from ._errors import InvalidParameterError
 __all__ = ["SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE"]
 
 
+def _float64(value, name):
+    """``value`` as a float64 CPU tensor, with the tensor whose dtype and device the result should take."""
+    like = value if isinstance(value, torch.Tensor) and value.is_floating_point() else None
+    v = torch.as_tensor(value, dtype=torch.float64).detach().to(device="cpu")
+    if bool(torch.isnan(v).any()):
+        raise InvalidParameterError(f"{name} contains NaN")
+    return v, like
+
+
+def _like(result, like):
+    return result if like is None else result.to(dtype=like.dtype, device=like.device)
+
+
 class SDE:
     r"""An Itô SDE :math:`dx = f(t, x)\,dt + g(t, x)\,dw` on :math:`[0, T]`, acting on ``(batch, *event_shape)``.
 
@@ -122,6 +135,46 @@ class LinearSDE(SDE):
         r"""Log signal-to-noise ratio :math:`\lambda(t) = \log\alpha(t) - \log\sigma(t)`."""
         return self.log_alpha(t) - torch.log(self.sigma(t))
 
+    def t_of_log_snr(self, lam) -> torch.Tensor:
+        r"""The time :math:`t \in [0, T]` at which :math:`\lambda(t) = ` ``lam``: the inverse of :meth:`log_snr`.
+
+        Elementwise; the result has ``lam``'s shape, dtype and device, computed in float64.  This general
+        version bisects :math:`[0, T]` in float64 down to adjacent floats (vectorised over ``lam``), for any
+        :math:`\lambda` monotone in :math:`t` with closed-form :meth:`log_alpha` and :meth:`sigma`;
+        ``lam`` must lie between :math:`\lambda(T)` and :math:`\lambda(0)`.  :class:`VPSDE`,
+        :class:`SubVPSDE` and :class:`VESDE` override it with closed forms.
+        """
+        lam64, like = _float64(lam, "lam")
+        T = torch.tensor(self.T, dtype=torch.float64)
+        ends = torch.stack([torch.zeros((), dtype=torch.float64), T])
+        lam_0, lam_T = (float(v) for v in self.log_snr(ends))
+        if math.isnan(lam_0):   # 0/0 at t = 0, where sigma = 0: lambda(0) = +inf
+            lam_0 = math.inf if lam_T < math.inf else -math.inf
+        if not math.isfinite(lam_T) or lam_0 == lam_T:
+            raise InvalidParameterError(
+                f"{type(self).__name__}'s log-SNR is not invertible on [0, T]: lambda(0)={lam_0}, lambda(T)={lam_T}"
+            )
+        decreasing = lam_0 > lam_T
+        low, high = min(lam_0, lam_T), max(lam_0, lam_T)
+        if lam64.numel() and (float(lam64.min()) < low or float(lam64.max()) > high):
+            raise InvalidParameterError(
+                f"log-SNR values must lie in [{low:.6g}, {high:.6g}] (lambda over [0, T={self.T}]), "
+                f"got [{float(lam64.min()):.6g}, {float(lam64.max()):.6g}]"
+            )
+        lo, hi = torch.zeros_like(lam64), torch.full_like(lam64, self.T)
+        for _ in range(1100):   # float64 spans [0, T] in at most ~1075 halvings
+            mid = 0.5 * (lo + hi)
+            done = (mid <= lo) | (mid >= hi)
+            if bool(done.all()):
+                break
+            above = self.log_snr(mid) > lam64           # lambda(mid) above the target
+            right = above if decreasing else ~above      # the root lies to the right of mid
+            lo = torch.where(right & ~done, mid, lo)
+            hi = torch.where(~right & ~done, mid, hi)
+        err_lo = (self.log_snr(lo) - lam64).abs().nan_to_num(math.inf)
+        err_hi = (self.log_snr(hi) - lam64).abs().nan_to_num(math.inf)
+        return _like(torch.where(err_lo <= err_hi, lo, hi), like)
+
     def marginal_prob(self, x0, t):
         """``(mean, std)`` of :math:`x_t \\mid x_0`: mean shaped like ``x0``, std of shape ``(batch,)``."""
         t = batch_times(t, x0)
@@ -177,6 +230,25 @@ class VPSDE(LinearSDE):
     def sigma(self, t):
         return torch.sqrt(-torch.expm1(2 * self.log_alpha(t)))
 
+    def t_of_log_snr(self, lam):
+        r"""Closed-form inverse of :meth:`log_snr` (DPM-Solver's ``NoiseScheduleVP.inverse_lambda``).
+
+        :math:`-\log\alpha = \tfrac12\log(1 + e^{-2\lambda})`, then the root of
+        :math:`\tfrac14(\beta_1-\beta_0)t^2 + \tfrac12\beta_0 t = -\log\alpha` written without cancellation.
+        Computed in float64; the result has ``lam``'s shape, dtype and device.
+        """
+        lam64, like = _float64(lam, "lam")
+        neg_log_alpha = 0.5 * torch.logaddexp(-2 * lam64, torch.zeros_like(lam64))
+        return _like(self._t_of_neg_log_alpha(neg_log_alpha), like)
+
+    def _t_of_neg_log_alpha(self, L):
+        """The t >= 0 with ``-log_alpha(t) = L``: ``2L / (b0/2 + sqrt(b0^2/4 + (b1 - b0) L))``."""
+        b0, d = self.beta_min, self.beta_max - self.beta_min
+        den = 0.5 * b0 + torch.sqrt(0.25 * b0 ** 2 + d * L)
+        t = 2 * L / den
+        t = torch.where(L == 0, torch.zeros_like(t), t)
+        return torch.where(torch.isinf(L), torch.full_like(t, math.inf), t)
+
     def __repr__(self):
         return f"VPSDE(beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T}, eps={self.eps})"
 
@@ -194,6 +266,21 @@ class SubVPSDE(VPSDE):
 
     def sigma(self, t):
         return -torch.expm1(2 * self.log_alpha(t))
+
+    def t_of_log_snr(self, lam):
+        r"""Closed-form inverse of :meth:`log_snr`.
+
+        :math:`e^{-\lambda} = (1-\alpha^2)/\alpha` gives :math:`-\log\alpha = \operatorname{asinh}(e^{-\lambda}/2)`
+        (for :math:`\lambda < 0` as :math:`-\lambda + \log(1 + x/(\sqrt{1/4 + x} + 1/2))`, :math:`x = e^{2\lambda}`,
+        which cannot overflow), then the VP quadratic.  Computed in float64; the result has ``lam``'s shape,
+        dtype and device.
+        """
+        lam64, like = _float64(lam, "lam")
+        neg = lam64 < 0
+        x = torch.exp(2 * torch.where(neg, lam64, torch.zeros_like(lam64)))
+        small = -lam64 + torch.log1p(x / (torch.sqrt(0.25 + x) + 0.5))
+        large = torch.asinh(0.5 * torch.exp(-torch.where(neg, torch.zeros_like(lam64), lam64)))
+        return _like(self._t_of_neg_log_alpha(torch.where(neg, small, large)), like)
 
     def __repr__(self):
         return f"SubVPSDE(beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T}, eps={self.eps})"
@@ -237,6 +324,17 @@ class VESDE(LinearSDE):
 
     def sigma(self, t):
         return self.sigma_min * torch.sqrt(torch.expm1(2 * t * (self._log_ratio / self.T)))
+
+    def t_of_log_snr(self, lam):
+        r"""Closed-form inverse of :meth:`log_snr`:
+        :math:`t = T\log(1 + (e^{-\lambda}/\sigma_{min})^2) / (2\ln(\sigma_{max}/\sigma_{min}))`.
+
+        Computed in float64 as a ``logaddexp``, which neither overflows nor cancels; the result has
+        ``lam``'s shape, dtype and device.
+        """
+        lam64, like = _float64(lam, "lam")
+        y = -2 * lam64 - 2 * math.log(self.sigma_min)
+        return _like(torch.logaddexp(y, torch.zeros_like(y)) * (self.T / (2 * self._log_ratio)), like)
 
     def __repr__(self):
         return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, T={self.T}, eps={self.eps})"

@@ -2,12 +2,11 @@ r"""SDEs with exact strong solutions, for measuring strong orders of convergence
 
 Each class is an :class:`sdekit.SDE` (Itô, elementwise noise) with one more method,
 :meth:`ExactSDE.exact`, the solution :math:`X_t` as a function of the initial state
-:math:`X_0`, the time :math:`t` and the value :math:`W_t` of the driving Brownian motion.
-Every problem here is chosen so that :math:`X_t` depends on the path only through
-:math:`W_t`: one Brownian motion shared by solves with different step sizes then gives
-a strong-error study without a reference solve.
+:math:`X_0`, the time :math:`t` and the value :math:`W_t` of the driving Brownian motion, so
+that one Brownian motion shared by solves with different step sizes gives a strong-error study
+without a reference solve.
 
-What "W_t only" allows, honestly:
+What a solution in terms of :math:`W_t` alone allows, honestly:
 
 - **Diagonal noise** (:math:`g_i` depends on :math:`x_i`): the *reducible* SDEs of
   Kloeden & Platen (1992), §4.4, :math:`X_t = h(t, W_t)` with :math:`h` invertible in its second
@@ -23,6 +22,17 @@ What "W_t only" allows, honestly:
   measures nothing).  :class:`AdditiveSDE` is the standard additive-noise test problem of
   Kloeden & Platen and Rößler (2010), whose drift is linear but time-dependent and which no
   consistent method solves exactly.
+
+A solution in terms of :math:`W_t` alone has a price: it is the image of :math:`dY = dW` under a
+change of variables, so its drift and diffusion *commute* and the iterated integral
+:math:`\int\!\!\int dW\,ds` drops out of the Itô–Taylor expansion.  Methods that would need that
+integral (the space-time Lévy area) are then not fully exercised, and trapezoidal methods can look
+better than they are.  Two problems therefore break commutativity with a noise coefficient linear in
+time: ``GeometricBrownianMotion(rho=...)`` and ``AdditiveSDE(gamma=...)``.  Their solutions need one
+more functional of the path, :math:`U_t = \int_0^t W_s\,ds` (``needs_time_integral``), which
+torchsde's Brownian motion returns exactly when built with a space-time Lévy area:
+``bm = sdekit.brownian_motion(0, T, shape, levy_area="space-time")`` and
+``W, U = bm(0.0, T, return_U=True)``.
 
 All problems are Itô SDEs.  sdekit hands a Stratonovich method the converted drift
 :math:`f - \tfrac12 g\,\partial_x g` automatically, so the same :meth:`exact` serves every method.

@@ -1,0 +1,149 @@
+"""The method registry: every method declared, listed, printable and reachable by name; package layering."""
+
+import ast
+import pathlib
+
+import pytest
+import torch
+
+import sdekit
+from sdekit._methods import REGISTRY
+
+EXPECTED = {
+    "torchsde": {"euler", "milstein", "srk", "heun", "midpoint", "reversible_heun", "log_ode", "euler_heun"},
+    "torchdiffeq": {"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint", "rk4"},
+    "scipy": {"RK45", "DOP853", "Radau", "LSODA"},
+}
+
+
+def test_registry_holds_the_expected_methods():
+    table = sdekit.methods()
+    by_backend = {}
+    for m in table:
+        by_backend.setdefault(m.backend, set()).add(m.name)
+    for backend, names in EXPECTED.items():
+        assert names <= by_backend.get(backend, set()), (backend, names - by_backend.get(backend, set()))
+    assert len(table) == len(REGISTRY)
+    assert {m.qualified_name for m in table} == set(REGISTRY)
+
+
+@pytest.mark.parametrize("m", list(sdekit.methods()), ids=lambda m: m.qualified_name)
+def test_method_declares_what_it_is(m):
+    assert isinstance(m, sdekit.Method)
+    assert m.name and m.backend in ("torchsde", "torchdiffeq", "scipy")
+    assert m.kind in ("sde", "ode")
+    assert m.stepping in ("fixed", "adaptive", "either")
+    assert m.adaptive == (m.stepping != "fixed")
+    assert m.description
+    assert callable(m.integrate)
+    assert m.qualified_name == f"{m.backend}.{m.name}"
+    if m.kind == "sde":
+        assert m.sde_type in ("ito", "stratonovich")
+        assert m.order > 0 and m.weak_order > 0 and m.order_additive >= m.order
+        assert m.levy_area in ("none", "space-time", "davie", "foster")
+    else:
+        assert m.sde_type is None
+        assert m.order is None or m.order > 0
+    with pytest.raises(Exception):
+        m.name = "changed"  # frozen
+
+
+def test_declared_orders():
+    get = lambda q: REGISTRY[q]  # noqa: E731
+    assert get("torchsde.euler").order == 0.5 and get("torchsde.euler").order_additive == 1.0
+    assert get("torchsde.srk").order == 1.5 and get("torchsde.srk").levy_area == "space-time"
+    assert get("torchsde.milstein").order == 1.0
+    assert get("torchsde.heun").sde_type == "stratonovich" and get("torchsde.euler").sde_type == "ito"
+    assert get("torchdiffeq.rk4").order == 4 and get("torchdiffeq.dopri5").order == 5
+    assert get("torchdiffeq.dopri8").order == 8 and get("torchdiffeq.euler").order == 1
+    assert get("scipy.DOP853").order == 8
+    assert get("torchdiffeq.rk4").stepping == "fixed" and get("torchdiffeq.dopri5").stepping == "adaptive"
+    assert get("torchsde.euler").stepping == "either"
+
+
+def test_filters():
+    sde_methods = sdekit.methods(kind="sde")
+    ode_methods = sdekit.methods(kind="ode")
+    assert sde_methods and all(m.kind == "sde" for m in sde_methods)
+    assert ode_methods and all(m.kind == "ode" for m in ode_methods)
+    assert len(sde_methods) + len(ode_methods) == len(sdekit.methods())
+    assert {m.name for m in sdekit.methods(backend="scipy")} == EXPECTED["scipy"]
+    assert list(sdekit.methods(kind="sde", backend="scipy")) == []
+
+
+def test_table_prints_every_method():
+    table = sdekit.methods()
+    text = str(table)
+    lines = text.splitlines()
+    assert len(lines) == len(table) + 1
+    header = lines[0].split()
+    for col in ("method", "backend", "kind", "order", "stepping"):
+        assert col in header
+    for m, line in zip(table, lines[1:]):
+        cells = line.split()
+        assert cells[0] == m.name and cells[1] == m.backend and cells[2] == m.kind.upper()
+        assert m.stepping in cells
+    assert repr(table) == text
+
+
+@pytest.mark.parametrize("m", list(sdekit.methods()), ids=lambda m: m.qualified_name)
+def test_every_method_reachable_by_name(m):
+    """By qualified name always, by short name where it is unique or matches the process's kind."""
+    sde = sdekit.VPSDE()
+    x = sde.prior_sampling((2, 2), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def score(x, t):
+        return -x
+
+    proc = sdekit.reverse(sde, score) if m.kind == "sde" else sdekit.probability_flow(sde, score)
+    kw = dict(steps=2) if m.stepping != "adaptive" else dict(rtol=1e-3, atol=1e-3)
+    if m.kind == "sde":
+        kw["seed"] = 0
+    for name in (m.qualified_name, m.name):
+        sol = proc.solve(x, method=name, **kw)
+        assert (sol.method, sol.backend) == (m.name, m.backend)
+
+
+def test_short_names_are_case_insensitive_where_unambiguous():
+    sde = sdekit.VPSDE()
+    x = sde.prior_sampling((2, 2), dtype=torch.float64)
+    sol = sdekit.probability_flow(sde, lambda x, t: -x).solve(x, method="rk45", rtol=1e-3, atol=1e-3)
+    assert sol.method == "RK45"
+
+
+# ---------------------------------------------------------------------------------------------
+# Layering: nothing in sdekit/ imports adapters/ or validation/
+# ---------------------------------------------------------------------------------------------
+
+FORBIDDEN = ("adapters", "validation")
+
+
+def _imported_modules(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = ("." * node.level) + (node.module or "")
+            yield base
+            for alias in node.names:
+                yield f"{base}.{alias.name}" if base else alias.name
+        elif isinstance(node, ast.Call):
+            fn = node.func
+            name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
+            if name in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant):
+                yield str(node.args[0].value)
+
+
+def test_core_does_not_import_adapters_or_validation():
+    root = pathlib.Path(sdekit.__file__).parent
+    sources = sorted(root.rglob("*.py"))
+    assert len(sources) >= 10
+    offenders = []
+    for path in sources:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for mod in _imported_modules(tree):
+            parts = mod.replace("..", ".").strip(".").split(".")
+            if any(p in FORBIDDEN for p in parts):
+                offenders.append(f"{path.relative_to(root)}: {mod}")
+    assert not offenders, offenders
