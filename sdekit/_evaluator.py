@@ -21,6 +21,20 @@ class NonFiniteRecord(NamedTuple):
     samples: list
 
 
+def _finite_rows(flat: torch.Tensor) -> torch.Tensor:
+    """``isfinite(flat).all(1)`` for a 2-D tensor, computed the fast way for its row length; no host sync.
+
+    ``flat - flat`` is 0 where an entry is finite and NaN where it is inf or NaN, so a row sums to exactly
+    0 when, and only when, the whole row is finite (it sums zeros: no overflow).  On the CPU that is ~10x
+    cheaper than ``isfinite(...).all(1)`` for long rows (torch's CPU isfinite and bool ``all`` are not
+    vectorised: ~0.4-0.8 ms for a 64 x 3072 batch against ~0.04 ms); for rows of one or two entries the
+    row reduction costs more than it saves, so those keep ``isfinite``.
+    """
+    if flat.shape[1] <= 2:
+        return torch.isfinite(flat).all(1)
+    return (flat - flat).sum(1) == 0
+
+
 class Evaluator:
     """Call ``fn(x, t)`` with ``t`` clamped into ``[t_min, t_max]``, counting and checking each call.
 
@@ -52,11 +66,7 @@ class Evaluator:
         if self.nfe == 0:
             self._check_output(out, x)
         self.nfe += self.cost
-        # Per-sample finiteness without a host sync.  (out - out) is 0 where out is finite and NaN where it
-        # is inf or NaN, so a row sums to a finite value exactly when the whole row is finite (no overflow:
-        # it sums zeros).  Same answer as isfinite(out).all(1), which costs ~10x more on CPU (torch's CPU
-        # isfinite is not vectorised: ~0.75 ms for a 64 x 3072 float32 batch against ~0.08 ms).
-        self._finite.append(torch.isfinite((out - out).reshape(out.shape[0], -1).sum(1)))
+        self._finite.append(_finite_rows(out.reshape(out.shape[0], -1)))
         self._times.append(t[:1])
         self._steps.append(self.step)
         return out

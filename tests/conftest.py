@@ -79,7 +79,8 @@ class Gaussian:
         a_t, s_t = self._coefs(t, x_t)
         a_s, s_s = self._coefs(s, x_t)
         mu, var = self.mu.to(x_t), self.var.to(x_t)
-        return a_s * mu + torch.sqrt(a_s ** 2 * var + s_s ** 2) / torch.sqrt(a_t ** 2 * var + s_t ** 2) * (x_t - a_t * mu)
+        gain = torch.sqrt(a_s ** 2 * var + s_s ** 2) / torch.sqrt(a_t ** 2 * var + s_t ** 2)
+        return a_s * mu + gain * (x_t - a_t * mu)
 
 
 class Recorder:
@@ -90,7 +91,9 @@ class Recorder:
         self.calls = 0
         self.t_min = math.inf
         self.t_max = -math.inf
-        self.t_seen = []
+        self.t_seen = []        # t[:1] of each call (one time per call when the batch steps together)
+        self.t_shared = True    # whether every call had one time for the whole batch
+        self.t_devices = set()
         self.x_shapes = set()
         self.t_shapes = set()
         self.t_dtypes = set()
@@ -100,7 +103,9 @@ class Recorder:
         self.calls += 1
         self.t_min = min(self.t_min, float(t.min()))
         self.t_max = max(self.t_max, float(t.max()))
-        self.t_seen.append(t.detach().clone())
+        self.t_seen.append(t[:1].detach().clone())
+        self.t_shared = self.t_shared and bool((t == t[0]).all())
+        self.t_devices.add(t.device)
         self.x_shapes.add(tuple(x.shape))
         self.t_shapes.add(tuple(t.shape))
         self.t_dtypes.add(t.dtype)
@@ -129,7 +134,8 @@ def assert_gaussian_moments(samples, mean, cov, k=4.0, bias=0.0):
     c_hat = torch.cov(x.T).reshape(d, d)
     for i in range(d):
         tol = mc_tolerance_mean(float(cov[i, i]), n, k) + bias
-        assert abs(float(m_hat[i] - mean[i])) < tol, f"mean[{i}] = {float(m_hat[i]):.5g}, expected {float(mean[i]):.5g} +- {tol:.3g}"
+        assert abs(float(m_hat[i] - mean[i])) < tol, \
+            f"mean[{i}] = {float(m_hat[i]):.5g}, expected {float(mean[i]):.5g} +- {tol:.3g}"
         for j in range(d):
             tol = mc_tolerance_cov(float(cov[i, i]), float(cov[j, j]), float(cov[i, j]), n, k) + bias
             assert abs(float(c_hat[i, j] - cov[i, j])) < tol, \
@@ -152,3 +158,19 @@ def recorder():
 def check_moments():
     """:func:`assert_gaussian_moments`."""
     return assert_gaussian_moments
+
+
+@pytest.fixture
+def single_thread():
+    """Run a test on one intra-op thread, then restore the count.
+
+    The core tests use batches of at most 20 000 x 2: one thread does those elementwise operations in
+    microseconds, while two threads on a loaded two-core machine spend most of their time waiting for each other
+    (measured: the sampling tests take ~5x longer).  Purely a speed setting; results are identical.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -8,6 +8,8 @@ import torchsde
 
 import sdekit
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 EVENT = (3, 2, 2)
 N = 32
 # eps a power of two and N = 32: torchsde's clock, which accumulates dt = (T - eps)/N step by step, then lands

@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 
 import sdekit
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 times = st.floats(min_value=0.0, max_value=10.0, allow_nan=False, allow_infinity=False)
 
 

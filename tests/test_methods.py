@@ -9,6 +9,8 @@ import torch
 import sdekit
 from sdekit._methods import REGISTRY
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 EXPECTED = {
     "torchsde": {"euler", "milstein", "srk", "heun", "midpoint", "reversible_heun", "log_ode", "euler_heun"},
     "torchdiffeq": {"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint", "rk4"},

@@ -5,6 +5,8 @@ import torch
 
 import sdekit
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 SDES = [sdekit.VPSDE, sdekit.SubVPSDE, sdekit.VESDE]
 SDE_IDS = ["VP", "subVP", "VE"]
 
@@ -89,9 +91,9 @@ def test_score_fn_receives_natural_shape_and_batch_times(recorder, event_shape, 
     assert rec.x_shapes == {x.shape}
     assert rec.t_shapes == {(4,)}
     assert rec.t_dtypes == {dtype} and rec.x_dtypes == {dtype}
-    assert all(t.device == x.device for t in rec.t_seen)
+    assert rec.t_devices == {x.device}
     # one time per call, shared by the batch (these methods step the whole batch together)
-    assert all(bool((t == t[0]).all()) for t in rec.t_seen)
+    assert rec.t_shared
     assert sol.x.shape == x.shape and sol.x.dtype == dtype
 
 

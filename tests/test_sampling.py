@@ -11,6 +11,8 @@ import torch
 
 import sdekit
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 MU = [1.0, -0.5]
 COV = [[1.0, 0.6], [0.6, 0.5]]
 N_SAMPLES = 20_000

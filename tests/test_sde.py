@@ -10,6 +10,8 @@ import torch
 
 import sdekit
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 TIMES = np.array([1e-5, 1e-3, 0.01, 0.1, 0.3, 0.5, 0.77, 1.0])
 
 

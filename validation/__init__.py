@@ -39,3 +39,4 @@ __all__ = [
     "mean_cov_error", "gaussian_w2", "fitted_gaussian_w2", "sliced_wasserstein", "energy_distance",
     "monte_carlo_floor", "mode_masses",
 ]
+from ._exact_sdes import AdditiveSDE, ArctanSDE, ExactSDE, GeometricBrownianMotion, SinhSDE, exact_sdes  # noqa: E402

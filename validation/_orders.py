@@ -324,7 +324,7 @@ def tolerance_study(method: str, problem="VE", tols: Sequence[float] = (1e-3, 1e
 # ---------------------------------------------------------------------------------------------
 
 def _euler_moments(case: GaussianFlow, n: int):
-    """Exact mean and second moment of Euler–Maruyama on the reverse SDE of ``case`` with ``n`` steps.
+    r"""Exact mean and second moment of Euler–Maruyama on the reverse SDE of ``case`` with ``n`` steps.
 
     The scheme is linear with a Gaussian start, so its iterates are Gaussian with
     :math:`m' = (1 + hA)m + hB`, :math:`P' = (1 + hA)^2 P + hg^2`, where the reverse drift on the

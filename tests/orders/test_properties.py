@@ -1,0 +1,89 @@
+"""Property tests of the solvers (Hypothesis; derandomized, at most 20 examples each).
+
+- Fixed-step solvers treat batch members independently: solving a batch gives, member by member,
+  what solving each member alone gives (ODE methods and the torchsde methods on the probability-flow
+  ODE, whose noise is zero).  Adaptive methods share one step size across the batch, so for them
+  this does not hold and is not claimed.
+- The event shape is only a view: a state of shape (batch, 2, 3) and its flattening (batch, 6) give
+  the same result with an elementwise score, for every method, fixed or adaptive.
+- dtype and device follow the input (float32 and float64), for every method.
+"""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sdekit
+from sdekit.validation.orders import GaussianFlow
+
+SETTINGS = settings(max_examples=20, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+FIXED = sorted(m.qualified_name for m in sdekit.methods() if m.stepping != "adaptive")
+ALL = sorted(m.qualified_name for m in sdekit.methods())
+SDE_METHODS = sorted(m.qualified_name for m in sdekit.methods(kind="sde"))
+ODE_METHODS = sorted(m.qualified_name for m in sdekit.methods(kind="ode"))
+
+
+def _sde(name):
+    return {"VP": sdekit.VPSDE(), "subVP": sdekit.SubVPSDE(), "VE": sdekit.VESDE(sigma_max=10.0)}[name]
+
+
+def _case(sde_name, seed):
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.randn(6, generator=g, dtype=torch.float64)
+    var = 0.2 + 2 * torch.rand(6, generator=g, dtype=torch.float64)
+    sde = _sde(sde_name)
+    return GaussianFlow(sde_name, sde, mean, var, sde.T, sde.eps)
+
+
+def _stepping(method, steps):
+    m = [x for x in sdekit.methods() if x.qualified_name == method][0]
+    return dict(steps=steps) if m.stepping != "adaptive" else dict(rtol=1e-4, atol=1e-4)
+
+
+@SETTINGS
+@given(method=st.sampled_from(FIXED), sde_name=st.sampled_from(["VP", "subVP", "VE"]),
+       batch=st.integers(2, 5), steps=st.integers(1, 12), seed=st.integers(0, 2 ** 16))
+def test_fixed_step_batch_members_are_independent(method, sde_name, batch, steps, seed):
+    case = _case(sde_name, seed)
+    x = case.sample(batch, case.t_start, seed=seed)
+    together = case.ode().solve(x, method=method, steps=steps, seed=seed).x
+    for i in range(batch):
+        alone = case.ode().solve(x[i:i + 1], method=method, steps=steps, seed=seed).x
+        torch.testing.assert_close(together[i:i + 1], alone, rtol=1e-12, atol=1e-12)
+
+
+@SETTINGS
+@given(method=st.sampled_from(ALL), sde_name=st.sampled_from(["VP", "subVP", "VE"]),
+       batch=st.integers(1, 4), steps=st.integers(1, 10), seed=st.integers(0, 2 ** 16))
+def test_event_shape_is_only_a_view(method, sde_name, batch, steps, seed):
+    case = _case(sde_name, seed)
+    x = case.sample(batch, case.t_start, seed=seed)
+    kw = _stepping(method, steps)
+    flat = case.ode().solve(x, method=method, seed=seed, **kw)
+    shaped = case.ode().solve(x.reshape(batch, 2, 3), method=method, seed=seed, **kw)
+    assert shaped.x.shape == (batch, 2, 3)
+    torch.testing.assert_close(shaped.x.reshape(batch, 6), flat.x, rtol=1e-12, atol=1e-12)
+    assert shaped.steps == flat.steps and shaped.nfe == flat.nfe
+
+
+@SETTINGS
+@given(method=st.sampled_from(ALL), dtype=st.sampled_from([torch.float32, torch.float64]),
+       sde_name=st.sampled_from(["VP", "VE"]), seed=st.integers(0, 2 ** 16))
+def test_dtype_and_device_follow_the_input(method, dtype, sde_name, seed):
+    case = _case(sde_name, seed)
+    x = case.sample(3, case.t_start, seed=seed, dtype=dtype)
+    kw = _stepping(method, 8)
+    if kw.get("rtol") is not None and dtype == torch.float32:
+        kw = dict(rtol=1e-3, atol=1e-3)
+    is_sde = method in SDE_METHODS
+    process = sdekit.reverse(case.sde, case.score) if is_sde else case.ode()
+    sol = process.solve(x, method=method, seed=seed, **kw)
+    assert sol.x.dtype == dtype and sol.x.device == x.device and sol.x.shape == x.shape
+    assert bool(torch.isfinite(sol.x).all())
+    if not is_sde:  # float32 and float64 agree to float32 accuracy on the deterministic flow
+        ref = process.solve(x.to(torch.float64), method=method, seed=seed, **kw).x
+        scale = 1 + float(ref.abs().max())
+        assert float((sol.x.to(torch.float64) - ref).abs().max()) < 1e-3 * scale
