@@ -21,7 +21,7 @@ _ENTROPY_HIGH = 2 ** 62
 
 def brownian_motion(t0: float, t1: float, shape: Sequence[int], *, dtype=torch.float32, device=None,
                     seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                    levy_area: str = "none") -> torchsde.BrownianInterval:
+                    levy_area: str = "none", dt: Optional[float] = None) -> torchsde.BrownianInterval:
     r"""A Brownian motion :math:`W` on ``[t0, t1]`` with values of shape ``(batch, d)``.
 
     **Arguments**
@@ -31,6 +31,9 @@ def brownian_motion(t0: float, t1: float, shape: Sequence[int], *, dtype=torch.f
     - ``seed`` or ``generator``: where its entropy comes from; with neither, torch's global generator.
     - ``levy_area``: ``"none"``, ``"space-time"``, ``"davie"`` or ``"foster"``; srk needs space-time,
       log_ode davie or foster.
+    - ``dt``: the typical step that will query it.  torchsde then builds a balanced tree of
+      intervals up front; without it, tens of thousands of sequential queries build a chain deep
+      enough to exceed Python's recursion limit.  The same seed with another ``dt`` gives another path.
     """
     t0, t1 = float(t0), float(t1)
     if not t0 < t1:
@@ -40,5 +43,8 @@ def brownian_motion(t0: float, t1: float, shape: Sequence[int], *, dtype=torch.f
     if seed is None:
         where = generator.device if generator is not None else "cpu"
         seed = int(torch.randint(0, _ENTROPY_HIGH, (1,), generator=generator, device=where))
+    if dt is not None and not 0 < float(dt) <= t1 - t0:
+        raise InvalidParameterError(f"dt must lie in (0, t1 - t0] = (0, {t1 - t0}], got {dt}")
     return torchsde.BrownianInterval(t0=t0, t1=t1, size=tuple(shape), dtype=dtype, device=device,
-                                     entropy=int(seed), levy_area_approximation=levy_area)
+                                     entropy=int(seed), levy_area_approximation=levy_area,
+                                     dt=None if dt is None else float(dt))
