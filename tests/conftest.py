@@ -9,9 +9,17 @@ std :math:`\\sigma(t)`, :math:`p_t = N(\\alpha\\mu, \\alpha^2\\Sigma + \\sigma^2
 """
 
 import math
+import os
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Hypothesis: the default profile is seeded (derandomized) and bounded so the suite fits CI's budget;
+# SDEKIT_HYPOTHESIS_PROFILE=thorough runs many more random examples (tests leave max_examples to the profile).
+settings.register_profile("ci", max_examples=25, derandomize=True, deadline=None, database=None)
+settings.register_profile("thorough", max_examples=1000, deadline=None)
+settings.load_profile(os.environ.get("SDEKIT_HYPOTHESIS_PROFILE", "ci"))
 
 
 class Gaussian:

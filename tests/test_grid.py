@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 times = st.floats(min_value=0.0, max_value=10.0, allow_nan=False, allow_infinity=False)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(t0=times, t1=times, steps=st.integers(min_value=1, max_value=2000))
 def test_uniform_grid_properties(t0, t1, steps):
     if t0 == t1:
@@ -27,7 +27,7 @@ def test_uniform_grid_properties(t0, t1, steps):
     assert float((d - h).abs().max()) <= 1e-12 * max(1.0, abs(t0), abs(t1))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(t0=times, t1=times, frac=st.floats(min_value=1e-4, max_value=2.0))
 def test_step_grid_properties(t0, t1, frac):
     span = abs(t1 - t0)

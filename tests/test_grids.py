@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import sdekit
 from sdekit import InvalidParameterError, LinearSDE
 
-PROPS = settings(derandomize=True, max_examples=30, deadline=None)
+PROPS = settings(deadline=None)
 F64 = torch.float64
 
 

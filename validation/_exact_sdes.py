@@ -302,7 +302,8 @@ class SinhSDE(ExactSDE):
 
 
 def exact_sdes() -> dict:
-    """The standard exact-solution problems, by name: what the order tests and ``python -m sdekit.validation.orders`` use."""
+    """The standard exact-solution problems by name: those of the order tests and of
+    ``python -m sdekit.validation.orders``."""
     return {
         "gbm": GeometricBrownianMotion(),
         "gbm-tv": GeometricBrownianMotion(rho=(0.5, -1.0, 1.0)),

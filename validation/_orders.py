@@ -222,7 +222,8 @@ class GaussianFlow:
 
 
 def gaussian_flows() -> Dict[str, GaussianFlow]:
-    r"""The two standard ODE problems: VP (defaults, :math:`t: 1 \to 10^{-3}`) and VE (:math:`\sigma_{max} = 10`, :math:`t: 1 \to 10^{-5}`)."""
+    r"""The two standard ODE problems: VP (defaults, :math:`t: 1 \to 10^{-3}`) and VE
+    (:math:`\sigma_{max} = 10`, :math:`t: 1 \to 10^{-5}`)."""
     mean, var = (1.0, -0.5, 2.0), (0.5, 2.0, 0.25)
     return {
         "VP": GaussianFlow("VP", sdekit.VPSDE(), mean, var, 1.0, 1e-3),
@@ -242,7 +243,7 @@ def _tableau(name):
 
 
 def _rk_fixed(ode, x, grid, tableau):
-    """Fixed steps of an explicit Runge–Kutta tableau (torchdiffeq's ``alpha``, ``beta``, ``c_sol``) on ``ode(t, x)``."""
+    """Fixed steps of an explicit Runge–Kutta tableau (torchdiffeq's ``alpha``, ``beta``, ``c_sol``)."""
     alpha = [float(a) for a in tableau.alpha]
     beta = [[float(b) for b in row] for row in tableau.beta]
     c = [float(w) for w in tableau.c_sol]

@@ -9,7 +9,6 @@
 - dtype and device follow the input (float32 and float64), for every method.
 """
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

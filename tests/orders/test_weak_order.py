@@ -20,7 +20,8 @@ def _check(rows, k=4.5):
         assert r.within(0.3), r.describe()
         # sdekit's Euler–Maruyama reproduces the scheme's own bias (its exact moment recursion)
         for b, se, exact in zip(r.extra["bias"], r.extra["stderr"], r.extra["analytic"]):
-            assert abs(b - exact) <= k * se, f"bias {b:.4g} +- {se:.2g}, the scheme's exact bias {exact:.4g}: {r.describe()}"
+            assert abs(b - exact) <= k * se, \
+                f"bias {b:.4g} +- {se:.2g}, the scheme's exact bias {exact:.4g}: {r.describe()}"
 
 
 def test_weak_order_euler():

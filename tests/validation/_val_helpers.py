@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import sdekit
 
-PROPERTY = settings(max_examples=25, deadline=None, derandomize=True, database=None,
+PROPERTY = settings(deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(PROPERTY, max_examples=10)
 
