@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import sdekit
 from sdekit.validation.orders import GaussianFlow
 
-SETTINGS = settings(max_examples=20, deadline=None, derandomize=True,
+SETTINGS = settings(deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 FIXED = sorted(m.qualified_name for m in sdekit.methods() if m.stepping != "adaptive")
