@@ -28,8 +28,14 @@ class _Func:
         return self.process.drift(_batch(t, x), x)
 
 
-class _FixedFunc(_Func):
-    """For fixed grids: numbers each step as it begins (for error messages) and stops at ``max_steps``."""
+class _Counting(_Func):
+    """Counts steps through torchdiffeq's callbacks, numbers them for error messages, stops at ``max_steps``.
+
+    ``_next`` is the number of the step whose evaluations follow the callback: a fixed-step callback
+    comes before its step, an accept callback after its step.
+    """
+
+    _next = 0
 
     def __init__(self, process, max_steps):
         super().__init__(process)
@@ -38,30 +44,22 @@ class _FixedFunc(_Func):
         self.rejected = 0
         self.last = None
 
-    def callback_step(self, t0, y0, dt):
-        # Called before each step with its start: the state after `accepted` steps.
+    def _step_begins(self, t0, y0, dt):
+        # Called with the start of a step: the state after `accepted` steps.
         self.last = (float(t0), y0)
         if self.max_steps is not None and self.accepted >= self.max_steps:
             raise _Stop()
         self.accepted += 1
-        self.process.evaluator.step = self.accepted
+        self.process.evaluator.step = self.accepted + self._next
 
 
-class _CountingFunc(_Func):
-    def __init__(self, process, max_steps):
-        super().__init__(process)
-        self.max_steps = max_steps
-        self.accepted = 0
-        self.rejected = 0
-        self.last = None
+class _FixedFunc(_Counting):
+    callback_step = _Counting._step_begins
 
-    def callback_accept_step(self, t0, y0, dt):
-        # Called with the start of the step being accepted: the state after `accepted` steps.
-        self.last = (float(t0), y0)
-        if self.max_steps is not None and self.accepted >= self.max_steps:
-            raise _Stop()
-        self.accepted += 1
-        self.process.evaluator.step = self.accepted + 1
+
+class _AdaptiveFunc(_Counting):
+    _next = 1
+    callback_accept_step = _Counting._step_begins
 
     def callback_reject_step(self, t0, y0, dt):
         self.rejected += 1
@@ -80,7 +78,7 @@ def integrate(method: Method, pb: Problem) -> Outcome:
     options = dict(pb.options)
     kwargs = {}
     if pb.adaptive:
-        func = _CountingFunc(pb.process, pb.max_steps)
+        func = _AdaptiveFunc(pb.process, pb.max_steps)
         options.setdefault("step_t", torch.tensor([pb.t_end], dtype=torch.float64))
         if pb.dt0 is not None:
             options.setdefault("first_step", pb.dt0)
@@ -97,14 +95,12 @@ def integrate(method: Method, pb: Problem) -> Outcome:
         return Outcome(x, t, [], steps=func.accepted, rejected=func.rejected, result=Result.MAX_STEPS,
                        detail=f"stopped at t={t:.6g} after max_steps={pb.max_steps} accepted steps")
     except AssertionError as err:  # torchdiffeq's "underflow in dt" and non-finite state checks
-        t, x = func.last if getattr(func, "last", None) is not None else (pb.t_start, x0)
+        t, x = func.last if func.last is not None else (pb.t_start, x0)
         code = Result.NON_FINITE if "non-finite" in str(err) or "nan" in str(err) else Result.DT_TOO_SMALL
-        return Outcome(x, t, [], steps=getattr(func, "accepted", None), rejected=getattr(func, "rejected", None),
+        return Outcome(x, t, [], steps=func.accepted, rejected=func.rejected,
                        result=code, detail=f"torchdiffeq stopped near t={t:.6g}: {err}")
     path = [ys[times.index(t)] for t in pb.save_at.tolist()] if pb.save_at is not None else []
-    if pb.adaptive:
-        return Outcome(ys[-1], pb.t_end, path, steps=func.accepted, rejected=func.rejected)
-    return Outcome(ys[-1], pb.t_end, path, steps=len(pb.grid) - 1, rejected=0)
+    return Outcome(ys[-1], pb.t_end, path, steps=func.accepted, rejected=func.rejected)
 
 
 def _register():
