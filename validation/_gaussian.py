@@ -19,14 +19,15 @@ import torch
 
 from sdekit import ShapeError
 
+from ._diffused import Diffused
 from ._linalg import as_float64, spd_eigh
 from ._moments import LinearMoments
-from ._times import batch_times, is_scalar_time
+from ._times import is_scalar_time
 
 __all__ = ["GaussianData"]
 
 
-class GaussianData:
+class GaussianData(Diffused):
     r"""Data :math:`N(\mu, \Sigma)` in :math:`\mathbb{R}^d` (event shape ``(d,)``) diffused by a linear SDE.
 
     **Arguments**
@@ -40,6 +41,8 @@ class GaussianData:
     The parameters are stored in float64 on the CPU and cast to the input's dtype and device on use.
     Times ``t`` are a number or a tensor of shape ``(batch,)`` (one time per sample).
     """
+
+    _stored = ("mean", "eigvals", "eigvecs")
 
     def __init__(self, mean, cov, sde, moments: Optional[LinearMoments] = None):
         mean = as_float64(mean, "mean")
@@ -56,30 +59,6 @@ class GaussianData:
         self.sde = sde
         self.moments = LinearMoments(sde) if moments is None else moments
         self._cache = {}
-
-    # -- helpers --------------------------------------------------------------------------
-    def _params(self, dtype, device):
-        key = (dtype, str(device))
-        if key not in self._cache:
-            self._cache[key] = tuple(p.to(dtype=dtype, device=device) for p in (self.mean, self.eigvals, self.eigvecs))
-        return self._cache[key]
-
-    def _check_x(self, x):
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.dim:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ShapeError(f"x must be a tensor of shape (batch, {self.dim}), got {shape}")
-
-    def _coefs(self, t, batch, dtype, device):
-        """Per-sample :math:`\\alpha_t` and the eigenvalues :math:`\\alpha_t^2\\lambda + \\sigma_t^2` of :math:`C_t`."""
-        tb = batch_times(t, batch, dtype, device)
-        a, s = self.moments.alpha(tb), self.moments.sigma(tb)
-        _, lam, _ = self._params(dtype, device)
-        return a, a[:, None] ** 2 * lam + s[:, None] ** 2
-
-    def _dtype_device(self, t):
-        if isinstance(t, torch.Tensor) and t.is_floating_point():
-            return t.dtype, t.device
-        return torch.float64, torch.device("cpu")
 
     # -- public ---------------------------------------------------------------------------
     def marginal(self, t):

@@ -18,15 +18,16 @@ import torch
 
 from sdekit import InvalidParameterError, ShapeError
 
+from ._diffused import Diffused
 from ._gaussian import GaussianData, _normal
 from ._linalg import as_float64, spd_eigh
 from ._moments import LinearMoments
-from ._times import batch_times, is_scalar_time
+from ._times import is_scalar_time
 
 __all__ = ["GaussianMixture"]
 
 
-class GaussianMixture:
+class GaussianMixture(Diffused):
     r"""Data :math:`\sum_{k=1}^K w_k N(\mu_k, \Sigma_k)` in :math:`\mathbb{R}^d` diffused by a linear SDE.
 
     **Arguments**
@@ -39,6 +40,8 @@ class GaussianMixture:
     Parameters are stored in float64 on the CPU and cast to the input's dtype and device on use.
     Each :math:`\Sigma_k = U_k\operatorname{diag}(\lambda_k)U_k^\top` is decomposed once.
     """
+
+    _stored = ("log_weights", "means", "eigvals", "eigvecs")
 
     def __init__(self, weights, means, covs, sde, moments: Optional[LinearMoments] = None):
         weights = as_float64(weights, "weights")
@@ -58,6 +61,7 @@ class GaussianMixture:
             raise InvalidParameterError(f"weights must sum to 1, got {float(weights.sum()):.12g}; pass w / w.sum()")
         self.eigvals, self.eigvecs, self.covs = spd_eigh(covs, "covs")
         self.weights, self.means = weights / weights.sum(), means
+        self.log_weights = self.weights.log()
         self.n_components, self.dim, self.event_shape = K, d, (d,)
         self.sde = sde
         self.moments = LinearMoments(sde) if moments is None else moments
@@ -78,25 +82,6 @@ class GaussianMixture:
         return cls(weights, means, covs, sde, moments=moments)
 
     # -- helpers --------------------------------------------------------------------------
-    def _params(self, dtype, device):
-        key = (dtype, str(device))
-        if key not in self._cache:
-            self._cache[key] = tuple(p.to(dtype=dtype, device=device) for p in
-                                     (self.weights.log(), self.means, self.eigvals, self.eigvecs))
-        return self._cache[key]
-
-    def _check_x(self, x):
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.dim:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ShapeError(f"x must be a tensor of shape (batch, {self.dim}), got {shape}")
-
-    def _coefs(self, t, batch, dtype, device):
-        """Per-sample :math:`\\alpha_t` (batch,) and eigenvalues of every :math:`C_{k,t}` (batch, K, d)."""
-        tb = batch_times(t, batch, dtype, device)
-        a, s = self.moments.alpha(tb), self.moments.sigma(tb)
-        lam = self._params(dtype, device)[2]
-        return a, a[:, None, None] ** 2 * lam + s[:, None, None] ** 2
-
     def _terms(self, x, t):
         """Component log-densities (batch, K) and whitened residuals: ``z / den`` in each eigenbasis (batch, K, d)."""
         self._check_x(x)
@@ -106,11 +91,6 @@ class GaussianMixture:
         z = torch.einsum("bkd,kde->bke", diff, U)                   # U_k^T (x - a mu_k)
         logp = -0.5 * (self.dim * math.log(2 * math.pi) + den.log().sum(-1) + (z * z / den).sum(-1))
         return logp, z / den
-
-    def _dtype_device(self, t):
-        if isinstance(t, torch.Tensor) and t.is_floating_point():
-            return t.dtype, t.device
-        return torch.float64, torch.device("cpu")
 
     # -- public ---------------------------------------------------------------------------
     @property
