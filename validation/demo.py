@@ -50,7 +50,7 @@ def run(sde_name: str = "vp", n: int = 4000, seed: int = 0, device: str = "cpu",
           f"p_T, solved from T={sde.T} to eps={sde.eps:g}, {dtype}, {device}", file=out)
     print(f"sliced W2 between two exact sample sets: mean {floor.mean:.4f}, max {floor.max:.4f} "
           f"over {floor.repeats} pairs", file=out)
-    head = f"{'process':8} {'method':9} {'backend':11} {'stepping':15} {'NFE':>6} {'steps':>6} {'wall s':>7} " \
+    head = f"{'process':8} {'method':9} {'backend':11} {'stepping':22} {'NFE':>6} {'steps':>6} {'wall s':>7} " \
            f"{'SW2':>7} {'SW2/floor':>9} {'mode |z| max':>12}"
     print(head, file=out)
     print("-" * len(head), file=out)
@@ -65,7 +65,7 @@ def run(sde_name: str = "vp", n: int = 4000, seed: int = 0, device: str = "cpu",
                          steps=sol.steps, wall_time=sol.wall_time, sw2=sw.value, sw2_ratio=sw.ratio,
                          mode_z=masses.max_z))
         steps = "-" if sol.steps is None else sol.steps
-        print(f"{kind:8} {method:9} {sol.backend:11} {stepping:15} {sol.nfe:>6} {steps:>6} {sol.wall_time:>7.2f} "
+        print(f"{kind:8} {method:9} {sol.backend:11} {stepping:22} {sol.nfe:>6} {steps:>6} {sol.wall_time:>7.2f} "
               f"{sw.value:>7.4f} {sw.ratio:>9.2f} {masses.max_z:>12.2f}", file=out)
     print("SW2/floor near 1 and mode |z| below ~3 mean the samples are as good as exact ones at this n.", file=out)
     return rows
