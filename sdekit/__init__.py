@@ -12,7 +12,7 @@ torchsde, torchdiffeq or scipy through one :func:`solve`::
 """
 
 from ._brownian import brownian_motion
-from ._errors import (InvalidParameterError, MethodArgumentError, ScoreFunctionError, SDEKitError, ShapeError,
+from ._errors import (ArgumentTypeError, InvalidParameterError, MethodArgumentError, ScoreFunctionError, SDEKitError, ShapeError,
                       SolveError, UnknownMethodError)
 from ._grid import karras_grid, log_snr_grid, step_grid, uniform_grid
 from ._methods import Method, methods
@@ -28,6 +28,6 @@ __all__ = [
     "Process", "ReverseSDE", "ProbabilityFlowODE", "ForwardSDE", "reverse", "probability_flow", "forward",
     "solve", "Solution", "Result", "Method", "methods", "brownian_motion", "uniform_grid", "step_grid",
     "log_snr_grid", "karras_grid",
-    "SDEKitError", "InvalidParameterError", "ShapeError", "ScoreFunctionError", "UnknownMethodError",
+    "SDEKitError", "ArgumentTypeError", "InvalidParameterError", "ShapeError", "ScoreFunctionError", "UnknownMethodError",
     "MethodArgumentError", "SolveError",
 ]

@@ -14,6 +14,10 @@ class InvalidParameterError(SDEKitError, ValueError):
     """A parameter is out of range: an SDE coefficient, a tolerance, a time."""
 
 
+class ArgumentTypeError(SDEKitError, TypeError):
+    """An argument has the wrong type: not an SDE, not a tensor, not callable."""
+
+
 class ShapeError(SDEKitError, ValueError):
     """A tensor has the wrong shape, dtype or device."""
 

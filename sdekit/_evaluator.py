@@ -22,17 +22,18 @@ class NonFiniteRecord(NamedTuple):
 
 
 def _finite_rows(flat: torch.Tensor) -> torch.Tensor:
-    """``isfinite(flat).all(1)`` for a 2-D tensor, computed the fast way for its row length; no host sync.
+    """``isfinite(flat).all(1)`` for a 2-D tensor, computed the fast way for its device and row length; no sync.
 
-    ``flat - flat`` is 0 where an entry is finite and NaN where it is inf or NaN, so a row sums to exactly
-    0 when, and only when, the whole row is finite (it sums zeros: no overflow).  On the CPU that is ~10x
-    cheaper than ``isfinite(...).all(1)`` for long rows (torch's CPU isfinite and bool ``all`` are not
-    vectorised: ~0.4-0.8 ms for a 64 x 3072 batch against ~0.04 ms); for rows of one or two entries the
-    row reduction costs more than it saves, so those keep ``isfinite``.
+    On the CPU a row is checked through its largest and smallest entries (``amax``/``amin`` propagate NaN,
+    and an inf or -inf is the maximum or the minimum): two reductions and no state-sized temporary, ~0.04 ms
+    for a 64 x 3072 float32 batch where ``isfinite(...).all(1)`` costs 0.4-1.4 ms (torch's CPU isfinite and
+    bool ``all`` are not vectorised, and the state-sized bool temporary is a fresh allocation each call).
+    Rows of one or two entries, and accelerators (where isfinite is cheap and each extra kernel launch is
+    not), keep ``isfinite(...).all(1)``.
     """
-    if flat.shape[1] <= 2:
+    if flat.shape[1] <= 2 or flat.device.type != "cpu":
         return torch.isfinite(flat).all(1)
-    return (flat - flat).sum(1) == 0
+    return torch.isfinite(flat.amax(1)) & torch.isfinite(flat.amin(1))
 
 
 class Evaluator:

@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ._broadcast import batch_times, per_sample
+from ._errors import ArgumentTypeError, InvalidParameterError
 from ._evaluator import Evaluator
 from ._sde import SDE
 
@@ -41,13 +42,13 @@ class Process:
                  sde_type: str = "ito", t_min: Optional[float] = None, t_max: Optional[float] = None,
                  noise_type: str = "diagonal"):
         if not isinstance(sde, SDE):
-            raise TypeError(f"expected an sdekit.SDE, got {type(sde).__name__}; subclass sdekit.SDE with f and g")
+            raise ArgumentTypeError(f"expected an sdekit.SDE, got {type(sde).__name__}; subclass sdekit.SDE with f and g")
         if not callable(fn):
-            raise TypeError(f"{self._expensive} must be callable as {self._expensive}(x, t)")
+            raise ArgumentTypeError(f"{self._expensive} must be callable as {self._expensive}(x, t)")
         if sde_type not in _SDE_TYPES:
-            raise ValueError(f"sde_type must be 'ito' or 'stratonovich', got {sde_type!r}")
+            raise InvalidParameterError(f"sde_type must be 'ito' or 'stratonovich', got {sde_type!r}")
         if noise_type not in _NOISE_TYPES:
-            raise ValueError(f"noise_type must be 'diagonal' or 'additive', got {noise_type!r}")
+            raise InvalidParameterError(f"noise_type must be 'diagonal' or 'additive', got {noise_type!r}")
         self.sde = sde
         self.fn = fn
         self.noise_type = noise_type

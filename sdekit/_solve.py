@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ._errors import InvalidParameterError, MethodArgumentError, ShapeError, SolveError
+from ._errors import ArgumentTypeError, InvalidParameterError, MethodArgumentError, ShapeError, SolveError
 from ._grid import as_grid, merge_times, step_grid, uniform_grid
 from ._methods import Problem, lookup
 from ._process import Process
@@ -58,7 +58,7 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
     - ``options``: passed to the backend's solver.
     """
     if not isinstance(process, Process):
-        raise TypeError(f"solve() integrates an sdekit process (reverse(...), probability_flow(...), forward(...)), "
+        raise ArgumentTypeError(f"solve() integrates an sdekit process (reverse(...), probability_flow(...), forward(...)), "
                         f"got {type(process).__name__}")
     _check_state(x)
     m = lookup(_DEFAULT_METHOD[process.kind] if method is None else method, process.kind)
@@ -139,7 +139,7 @@ def _names(kind):
 
 def _check_state(x):
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"the initial state must be a torch.Tensor of shape (batch, *event_shape), "
+        raise ArgumentTypeError(f"the initial state must be a torch.Tensor of shape (batch, *event_shape), "
                         f"got {type(x).__name__}")
     if not x.is_floating_point():
         raise ShapeError(f"the initial state must be a floating-point tensor, got {x.dtype}")

@@ -87,7 +87,7 @@ def check_sde(sde: sdekit.SDE, *, n: int = 4000, steps: int = 500, k: float = 5.
     - ``raise_on_failure``: raise :class:`SDECheckError` (with the report) if any check fails.
     """
     if not isinstance(sde, sdekit.SDE):
-        raise TypeError(f"check_sde expects an sdekit.SDE, got {type(sde).__name__}")
+        raise sdekit.ArgumentTypeError(f"check_sde expects an sdekit.SDE, got {type(sde).__name__}")
     report = SDECheckReport(repr(sde))
     gen = torch.Generator().manual_seed(seed)
     linear = isinstance(sde, sdekit.LinearSDE)

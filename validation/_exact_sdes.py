@@ -49,7 +49,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from sdekit import SDE
+from sdekit import SDE, InvalidParameterError
 
 __all__ = ["ExactSDE", "GeometricBrownianMotion", "AdditiveSDE", "ArctanSDE", "SinhSDE", "exact_sdes"]
 
@@ -92,7 +92,7 @@ class ExactSDE(SDE):
 
     def _need(self, u_t):
         if u_t is None:
-            raise ValueError(f"{self!r} needs u_t = int_0^t W_s ds as well as W_t: build the Brownian motion "
+            raise InvalidParameterError(f"{self!r} needs u_t = int_0^t W_s ds as well as W_t: build the Brownian motion "
                              "with levy_area='space-time' (or 'foster') and read bm(0, t, return_U=True)")
         return u_t
 
@@ -248,7 +248,7 @@ class ArctanSDE(ExactSDE):
         super().__init__(T=T, eps=1e-3 * T)
         a, x0 = torch.broadcast_tensors(_coef(a), _coef(x0))
         if not bool((x0.abs() < math.pi / 2).all()):
-            raise ValueError(f"ArctanSDE needs |x0| < pi/2, got {x0.tolist()}")
+            raise InvalidParameterError(f"ArctanSDE needs |x0| < pi/2, got {x0.tolist()}")
         self.a, self.x0 = a.clone(), x0.clone()
         self.dim = self.a.numel()
 

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 import sdekit
+from sdekit import InvalidParameterError
 
 from ._exact_sdes import ExactSDE, exact_sdes
 
@@ -79,7 +80,7 @@ def fit_order(h: Sequence[float], errors: Sequence[float]) -> float:
 def _method(name: str, kind: str):
     found = [m for m in sdekit.methods(kind=kind) if m.name == name or m.qualified_name == name]
     if not found:
-        raise ValueError(f"no {kind.upper()} method called {name!r}; see sdekit.methods(kind={kind!r})")
+        raise InvalidParameterError(f"no {kind.upper()} method called {name!r}; see sdekit.methods(kind={kind!r})")
     return found[0]
 
 
@@ -296,7 +297,7 @@ def ode_order(method: str, problem="VE", steps: Sequence[int] = (16, 32, 64, 128
                 out, taken = sol.x, sol.steps
                 note = "fixed steps via max_step"
             else:
-                raise ValueError(f"{m.name} has no fixed-step order to measure; use tolerance_study")
+                raise InvalidParameterError(f"{m.name} has no fixed-step order to measure; use tolerance_study")
         hs.append(h)
         errors.append(float((out - exact).abs().max()))
         counts.append(int(taken))
