@@ -37,22 +37,20 @@ def _finite_rows(flat: torch.Tensor) -> torch.Tensor:
 
 
 class Evaluator:
-    """Call ``fn(x, t)`` with ``t`` clamped into ``[t_min, t_max]``, counting and checking each call.
+    """Call ``fn(x, t)``, counting and checking each call.
 
     **Arguments**
 
-    - ``fn``: the function, ``fn(x, t) -> tensor shaped like x`` (a score network).
-    - ``t_min``, ``t_max``: the domain; a backend that asks for a time outside it (torchdiffeq's
-      initial-step selection, an adaptive step that overshoots) gets the nearest time inside.
+    - ``fn``: the function, ``fn(x, t) -> tensor shaped like x`` (a score network); the process
+      keeps ``t`` inside its interval.
     - ``name``: how error messages call the function.
 
     A function that evaluates a network more than once per call (classifier-free guidance: twice)
     says so with an attribute ``fn.nfe_per_call``; NFE counts network evaluations per sample.
     """
 
-    def __init__(self, fn: Callable, t_min: float, t_max: float, name: str = "score_fn"):
+    def __init__(self, fn: Callable, name: str = "score_fn"):
         self.fn = fn
-        self.t_min, self.t_max = float(t_min), float(t_max)
         self.name = name
         self.nfe = 0
         self.cost = int(getattr(fn, "nfe_per_call", 1))
@@ -62,7 +60,6 @@ class Evaluator:
         self._steps = []
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t = t.clamp(self.t_min, self.t_max)
         out = self.fn(x, t)
         if self.nfe == 0:
             self._check_output(out, x)

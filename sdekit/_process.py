@@ -55,8 +55,9 @@ class Process:
         self.event_shape = None if event_shape is None else tuple(int(n) for n in event_shape)
         self.sde_type = sde_type
         lo, hi = self.default_interval()
-        self.evaluator = Evaluator(fn, lo if t_min is None else t_min, hi if t_max is None else t_max,
-                                   self._expensive)
+        self.t_min = float(lo if t_min is None else t_min)
+        self.t_max = float(hi if t_max is None else t_max)
+        self.evaluator = Evaluator(fn, self._expensive)
         self._x_dependent = None  # whether g depends on x; probed on first use
 
     # -- construction ---------------------------------------------------------------------
@@ -76,7 +77,7 @@ class Process:
         its ``g`` then materialises the diagonal matrix, so keep it for small states.
         """
         kw = dict(event_shape=self.event_shape, sde_type=self.sde_type, noise_type=self.noise_type,
-                  t_min=self.evaluator.t_min, t_max=self.evaluator.t_max)
+                  t_min=self.t_min, t_max=self.t_max)
         kw.update(changes)
         return type(self)(self.sde, self.fn, **kw)
 
@@ -100,8 +101,13 @@ class Process:
 
     # -- natural time and shape -----------------------------------------------------------
     def drift(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The Itô drift :math:`dx/dt` at times ``t`` (shape ``(batch,)``), shaped like ``x``."""
-        return self._natural_drift(t, x)
+        """The Itô drift :math:`dx/dt` at times ``t`` (shape ``(batch,)``), shaped like ``x``.
+
+        ``t`` is clamped into ``[t_min, t_max]``: a backend that asks for a time outside the interval
+        (torchdiffeq's initial-step heuristic, an overshooting step) gets the nearest time inside, so
+        neither the score nor the SDE's coefficients (VP's beta(t) < 0) are evaluated outside it.
+        """
+        return self._natural_drift(t.clamp(self.t_min, self.t_max), x)
 
     def diffusion(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The diffusion at ``t``: shape ``(batch,)`` or shaped like ``x``; zeros for an ODE."""
@@ -178,9 +184,6 @@ class _ScoreDriven(Process):
     _score_weight = 1.0
 
     def _natural_drift(self, t, x):
-        # The whole drift lives on [t_min, t_max], not only the score: a backend that steps past eps
-        # (torchdiffeq's dopri5 used directly) would otherwise meet beta(t) < 0 and a NaN g, then "underflow in dt".
-        t = t.clamp(self.evaluator.t_min, self.evaluator.t_max)
         g = per_sample(self.sde.g(t, x), x)
         score = self.evaluator(x, t)
         if self.diffusion_depends_on_x(t, x):

@@ -2,8 +2,8 @@
 
 Fixed-step methods follow sdekit's grid exactly (a ``grid_constructor``); adaptive methods are
 stopped exactly at ``t_end`` (``step_t``), so no step runs past the interval (torchdiffeq issue
-#78), and any time its initial-step heuristic asks for outside the interval is clamped by the
-process's evaluator.  Accepted and rejected steps are counted through torchdiffeq's callbacks,
+#78), and any time its initial-step heuristic asks for outside the interval is clamped by
+the process (`Process.drift`).  Accepted and rejected steps are counted through torchdiffeq's callbacks,
 which also stop a solve at ``max_steps`` with the state it reached.
 """
 
