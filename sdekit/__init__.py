@@ -12,8 +12,8 @@ torchsde, torchdiffeq or scipy through one :func:`solve`::
 """
 
 from ._brownian import brownian_motion
-from ._errors import (ArgumentTypeError, InvalidParameterError, MethodArgumentError, ScoreFunctionError, SDEKitError, ShapeError,
-                      SolveError, UnknownMethodError)
+from ._errors import (ArgumentTypeError, InvalidParameterError, MethodArgumentError, ScoreFunctionError,
+                      SDEKitError, ShapeError, SolveError, UnknownMethodError)
 from ._grid import karras_grid, log_snr_grid, step_grid, uniform_grid
 from ._methods import Method, methods
 from ._process import ForwardSDE, ProbabilityFlowODE, Process, ReverseSDE, forward, probability_flow, reverse

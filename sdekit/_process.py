@@ -42,7 +42,8 @@ class Process:
                  sde_type: str = "ito", t_min: Optional[float] = None, t_max: Optional[float] = None,
                  noise_type: str = "diagonal"):
         if not isinstance(sde, SDE):
-            raise ArgumentTypeError(f"expected an sdekit.SDE, got {type(sde).__name__}; subclass sdekit.SDE with f and g")
+            raise ArgumentTypeError(f"expected an sdekit.SDE, got {type(sde).__name__}; "
+                                    "subclass sdekit.SDE with f and g")
         if not callable(fn):
             raise ArgumentTypeError(f"{self._expensive} must be callable as {self._expensive}(x, t)")
         if sde_type not in _SDE_TYPES:

@@ -58,8 +58,8 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
     - ``options``: passed to the backend's solver.
     """
     if not isinstance(process, Process):
-        raise ArgumentTypeError(f"solve() integrates an sdekit process (reverse(...), probability_flow(...), forward(...)), "
-                        f"got {type(process).__name__}")
+        raise ArgumentTypeError("solve() integrates an sdekit process (reverse(...), probability_flow(...), "
+                                f"forward(...)), got {type(process).__name__}")
     _check_state(x)
     m = lookup(_DEFAULT_METHOD[process.kind] if method is None else method, process.kind)
     if m.kind == "ode" and process.kind == "sde":
@@ -69,7 +69,8 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
         )
     if grid is not None:
         if t_start is not None or t_end is not None:
-            raise InvalidParameterError("a grid fixes t_start and t_end (its first and last times); give the grid alone")
+            raise InvalidParameterError("a grid fixes t_start and t_end (its first and last times); "
+                                        "give the grid alone")
         grid = as_grid(grid, 0.0, process.sde.T)
         t_start, t_end = float(grid[0]), float(grid[-1])
     default_start, default_end = process.default_span()
@@ -139,8 +140,8 @@ def _names(kind):
 
 def _check_state(x):
     if not isinstance(x, torch.Tensor):
-        raise ArgumentTypeError(f"the initial state must be a torch.Tensor of shape (batch, *event_shape), "
-                        f"got {type(x).__name__}")
+        raise ArgumentTypeError("the initial state must be a torch.Tensor of shape (batch, *event_shape), "
+                                f"got {type(x).__name__}")
     if not x.is_floating_point():
         raise ShapeError(f"the initial state must be a floating-point tensor, got {x.dtype}")
     if x.dim() < 1 or x.shape[0] == 0:

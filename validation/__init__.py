@@ -9,6 +9,9 @@ r"""sdekit.validation: exact test problems and honest metrics for samplers of sc
 - Metrics with standard errors or Monte Carlo floors: :func:`mean_cov_error`, :func:`gaussian_w2`,
   :func:`fitted_gaussian_w2`, :func:`sliced_wasserstein`, :func:`energy_distance`, :func:`monte_carlo_floor`,
   :func:`mode_masses`; each result has ``within(k)``.
+- SDEs with exact strong solutions given the Brownian path (:class:`GeometricBrownianMotion`,
+  :class:`AdditiveSDE`, :class:`ArctanSDE`, :class:`SinhSDE`; :func:`exact_sdes` lists the standard
+  problems); ``python -m sdekit.validation.orders`` measures every method's order on them.
 - :func:`check_sde`: a user's SDE against its own moment equations, its prior, and the exact-score
   reverse SDE and probability flow.
 - ``python -m sdekit.validation.demo``: the main job, a solver comparison on the default mixture.
@@ -38,5 +41,6 @@ __all__ = [
     "MeanCovError", "Floor", "Distance", "ModeMasses",
     "mean_cov_error", "gaussian_w2", "fitted_gaussian_w2", "sliced_wasserstein", "energy_distance",
     "monte_carlo_floor", "mode_masses",
+    "ExactSDE", "GeometricBrownianMotion", "AdditiveSDE", "ArctanSDE", "SinhSDE", "exact_sdes",
 ]
 from ._exact_sdes import AdditiveSDE, ArctanSDE, ExactSDE, GeometricBrownianMotion, SinhSDE, exact_sdes  # noqa: E402

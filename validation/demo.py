@@ -8,7 +8,6 @@ with their binomial standard errors.  Run ``python -m sdekit.validation.demo --h
 """
 
 import argparse
-import math
 import sys
 
 import torch

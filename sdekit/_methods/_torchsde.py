@@ -28,7 +28,8 @@ def _solver(method: Method, pb: Problem, y0: torch.Tensor, s0: float, s1: float)
         steps = len(pb.grid) - 1 if pb.grid is not None else 64
         bm = brownian_motion(s0, s1, y0.shape, dtype=y0.dtype, device=y0.device, seed=pb.seed,
                              generator=pb.generator, levy_area=method.levy_area, dt=(s1 - s0) / steps)
-    elif getattr(bm, "levy_area_approximation", "none") not in _ts_methods.select(method.name, proc.sde_type).levy_area_approximations:
+    elif (getattr(bm, "levy_area_approximation", "none")
+          not in _ts_methods.select(method.name, proc.sde_type).levy_area_approximations):
         raise MethodArgumentError(
             f"method {method.name!r} needs a Brownian motion with levy_area {method.levy_area!r}; "
             f"build it with sdekit.brownian_motion(..., levy_area={method.levy_area!r})"
