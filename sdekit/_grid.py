@@ -103,9 +103,13 @@ def _check_steps(steps) -> int:
     return int(steps)
 
 
-def _check_strict(grid: torch.Tensor, steps: int) -> torch.Tensor:
+def _strictly_monotone(grid: torch.Tensor) -> bool:
     d = grid.diff()
-    if not ((d > 0).all() or (d < 0).all()):
+    return bool((d > 0).all() or (d < 0).all())
+
+
+def _check_strict(grid: torch.Tensor, steps: int) -> torch.Tensor:
+    if not _strictly_monotone(grid):
         raise InvalidParameterError(
             f"[{float(grid[0])}, {float(grid[-1])}] is too narrow for {steps} distinct steps in float64; "
             "take fewer steps or a wider span"
@@ -163,13 +167,12 @@ def _times_of(sde, lam: torch.Tensor, t_start: float, t_end: float, steps: int) 
 def as_grid(grid: Union[torch.Tensor, Sequence[float]], low: float, high: float) -> torch.Tensor:
     """Check a user's grid: 1-D, at least two times, strictly monotone, inside ``[low, high]``."""
     # dtype=float64 here, not only in .to(): a list of floats would otherwise pass through float32
-    g = torch.as_tensor(grid, dtype=torch.float64).detach().to(device="cpu").flatten()
-    if torch.as_tensor(grid).dim() != 1 or g.numel() < 2:
+    g = torch.as_tensor(grid, dtype=torch.float64).detach().to(device="cpu")
+    if g.dim() != 1 or g.numel() < 2:
         raise InvalidParameterError("grid must be a 1-D tensor of at least two times, from t_start to t_end")
     if not torch.isfinite(g).all():
         raise InvalidParameterError("grid contains non-finite times")
-    d = g.diff()
-    if not ((d > 0).all() or (d < 0).all()):
+    if not _strictly_monotone(g):
         raise InvalidParameterError("grid must be strictly monotone (T down to eps for a reverse process)")
     tol = 1e-12 * max(1.0, abs(high))
     if g.min() < low - tol or g.max() > high + tol:

@@ -143,10 +143,6 @@ class Process:
             (div,) = torch.autograd.grad((g * g).sum(), xr, create_graph=keep)
         return div
 
-    def _g_dg(self, t, x):
-        r""":math:`g_i \partial_i g_i`, the Itô–Stratonovich drift correction (times two)."""
-        return 0.5 * self._g_squared_divergence(t, x)
-
     # -- torchsde dialect -----------------------------------------------------------------
     def _natural(self, s, y):
         x = y if self.event_shape is None else y.view((y.shape[0],) + self.event_shape)
@@ -161,7 +157,7 @@ class Process:
         t, x = self._natural(s, y)
         out = self._direction * self.drift(t, x)
         if self.sde_type == "stratonovich" and self.kind == "sde" and self.diffusion_depends_on_x(t, x):
-            out = out - 0.5 * self._g_dg(t, x)
+            out = out - 0.25 * self._g_squared_divergence(t, x)  # Stratonovich: minus ½ g ∂g = ¼ ∂(g²)
         return out.reshape(y.shape)
 
     def g(self, s, y: torch.Tensor) -> torch.Tensor:

@@ -92,3 +92,8 @@ def autograd_score(log_prob, x, t):
     xr = x.detach().clone().requires_grad_(True)
     (g,) = torch.autograd.grad(log_prob(xr, t).sum(), xr)
     return g
+
+
+def rand_x(n, d, seed, scale):
+    """``n`` float64 points in R^d, ``scale`` times standard normal, from a fixed seed."""
+    return scale * torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

@@ -8,11 +8,7 @@ from hypothesis import strategies as st
 import sdekit
 from sdekit.validation import GaussianData, mean_cov_error
 
-from _val_helpers import PROPERTY, ConstantDriftSDE, autograd_score, gaussian_params, linear_sdes, time_in
-
-
-def _rand_x(n, d, seed, scale=3.0):
-    return scale * torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+from _val_helpers import PROPERTY, ConstantDriftSDE, autograd_score, rand_x, gaussian_params, linear_sdes, time_in
 
 
 @PROPERTY
@@ -20,7 +16,7 @@ def _rand_x(n, d, seed, scale=3.0):
 def test_score_is_the_gradient_of_log_prob(sde, params, data):
     g = GaussianData(*params, sde)
     t = time_in(data.draw, sde, batch=6)                 # a different time per sample
-    x = g.sample(6, t, generator=torch.Generator().manual_seed(0)) + _rand_x(6, g.dim, 1, 0.5)
+    x = g.sample(6, t, generator=torch.Generator().manual_seed(0)) + rand_x(6, g.dim, 1, 0.5)
     s = g.score(x, t)
     torch.testing.assert_close(s, autograd_score(g.log_prob, x, t), rtol=1e-9, atol=1e-12 * float(s.abs().max()))
 
@@ -37,7 +33,7 @@ def test_marginal_and_log_prob_match_the_definition(sde, params, data):
     torch.testing.assert_close(m_t, a * mean, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(c_t, a ** 2 * cov + s ** 2 * torch.eye(g.dim, dtype=torch.float64),
                                rtol=1e-10, atol=1e-12 * float(c_t.abs().max()))
-    x = _rand_x(5, g.dim, 2)
+    x = rand_x(5, g.dim, 2, 3.0)
     ref = torch.distributions.MultivariateNormal(m_t, c_t).log_prob(x)
     torch.testing.assert_close(g.log_prob(x, t), ref, rtol=1e-9, atol=1e-9)
     mb, cb = g.marginal(torch.full((3,), t, dtype=torch.float64))
@@ -50,7 +46,7 @@ def test_marginal_and_log_prob_match_the_definition(sde, params, data):
 def test_flow_map_composes_is_identity_at_equal_times_and_pushes_marginals(sde, params, data):
     g = GaussianData(*params, sde)
     u, t, s = (time_in(data.draw, sde) for _ in range(3))
-    x = _rand_x(4, g.dim, 3)
+    x = rand_x(4, g.dim, 3, 3.0)
     torch.testing.assert_close(g.flow_map(x, t, t), x, rtol=1e-12, atol=1e-12)
     scale = 1.0 + float(g.flow_map(x, u, s).abs().max())
     torch.testing.assert_close(g.flow_map(g.flow_map(x, u, t), t, s), g.flow_map(x, u, s),

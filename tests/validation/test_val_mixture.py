@@ -10,11 +10,7 @@ from hypothesis import strategies as st
 import sdekit
 from sdekit.validation import GaussianData, GaussianMixture, mean_cov_error
 
-from _val_helpers import PROPERTY, ConstantDriftSDE, autograd_score, linear_sdes, mixture_params, time_in
-
-
-def _rand_x(n, d, seed, scale=4.0):
-    return scale * torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+from _val_helpers import PROPERTY, ConstantDriftSDE, autograd_score, rand_x, linear_sdes, mixture_params, time_in
 
 
 @PROPERTY
@@ -22,7 +18,7 @@ def _rand_x(n, d, seed, scale=4.0):
 def test_score_is_the_gradient_of_log_prob(sde, params, data):
     mix = GaussianMixture(*params, sde)
     t = time_in(data.draw, sde, batch=6)
-    x = mix.sample(6, t, generator=torch.Generator().manual_seed(0)) + _rand_x(6, mix.dim, 1, 0.5)
+    x = mix.sample(6, t, generator=torch.Generator().manual_seed(0)) + rand_x(6, mix.dim, 1, 0.5)
     s = mix.score(x, t)
     torch.testing.assert_close(s, autograd_score(mix.log_prob, x, t), rtol=1e-8,
                                atol=1e-10 * (1 + float(s.abs().max())))
@@ -34,7 +30,7 @@ def test_log_prob_and_posterior_match_the_components(sde, params, data):
     w, _, _ = params
     mix = GaussianMixture(*params, sde)
     t = time_in(data.draw, sde)
-    x = _rand_x(7, mix.dim, 2)
+    x = rand_x(7, mix.dim, 2, 4.0)
     comp = torch.stack([c.log_prob(x, t) for c in mix.components], dim=1) + w.log()
     torch.testing.assert_close(mix.log_prob(x, t), torch.logsumexp(comp, 1), rtol=1e-10, atol=1e-10)
     post = mix.posterior(x, t)
@@ -50,7 +46,7 @@ def test_one_component_mixture_is_gaussian_data():
     sde = ConstantDriftSDE()
     mean, cov = [0.5, -1.0], [[0.8, -0.3], [-0.3, 0.4]]
     mix, g = GaussianMixture([1.0], [mean], [cov], sde), GaussianData(mean, cov, sde)
-    x, t = _rand_x(5, 2, 3), torch.linspace(0.01, 1.0, 5, dtype=torch.float64)
+    x, t = rand_x(5, 2, 3, 4.0), torch.linspace(0.01, 1.0, 5, dtype=torch.float64)
     torch.testing.assert_close(mix.score(x, t), g.score(x, t), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(mix.log_prob(x, t), g.log_prob(x, t), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(mix.marginal(0.4)[2][0], g.marginal(0.4)[1])
@@ -58,7 +54,7 @@ def test_one_component_mixture_is_gaussian_data():
 
 def test_per_sample_times_match_row_by_row():
     mix = GaussianMixture.default_2d(sdekit.VESDE())
-    x, t = _rand_x(4, 2, 5), torch.tensor([1e-5, 0.1, 0.5, 1.0], dtype=torch.float64)
+    x, t = rand_x(4, 2, 5, 4.0), torch.tensor([1e-5, 0.1, 0.5, 1.0], dtype=torch.float64)
     rows = torch.cat([mix.score(x[i:i + 1], float(t[i])) for i in range(4)])
     torch.testing.assert_close(mix.score(x, t), rows, rtol=1e-12, atol=1e-12)
 
@@ -90,7 +86,7 @@ def test_default_2d_modes_are_well_separated_and_unequal():
 
 def test_float32_and_errors():
     mix = GaussianMixture.default_2d(sdekit.VPSDE())
-    x = _rand_x(3, 2, 6).float()
+    x = rand_x(3, 2, 6, 4.0).float()
     assert mix.score(x, 0.5).dtype == torch.float32 and mix.posterior(x, torch.full((3,), 0.5)).dtype == torch.float32
     sde, c = sdekit.VPSDE(), [[1.0, 0.0], [0.0, 1.0]]
     with pytest.raises(sdekit.InvalidParameterError, match="sum to 1"):
