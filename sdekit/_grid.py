@@ -13,7 +13,8 @@ import torch
 
 from ._errors import InvalidParameterError
 
-__all__ = ["uniform_grid", "step_grid", "log_snr_grid", "karras_grid", "as_grid", "merge_times"]
+__all__ = ["uniform_grid", "step_grid", "log_snr_grid", "karras_grid", "quadratic_grid", "schedule_grid",
+           "SCHEDULES", "as_grid", "merge_times"]
 
 
 def uniform_grid(t_start: float, t_end: float, steps: int) -> torch.Tensor:
@@ -95,6 +96,40 @@ def karras_grid(sde, steps: int, rho: float = 7.0, t_start: Optional[float] = No
     frac = torch.arange(steps + 1, dtype=torch.float64) / steps
     lam = -rho * torch.log((1 - frac) * u_start + frac * u_end)   # convex form: no cancellation, any rho
     return _times_of(sde, lam, t_start, t_end, steps)
+
+
+def quadratic_grid(t_start: float, t_end: float, steps: int) -> torch.Tensor:
+    r"""``steps`` steps quadratic in the step index, dense near ``t_end``: DDIM's "quad" spacing (Song et al. 2021a).
+
+    :math:`t_i = t_{end} + (t_{start} - t_{end})(1 - i/N)^2`; either direction, endpoints exact.
+    """
+    steps = _check_steps(steps)
+    frac = 1 - torch.arange(steps + 1, dtype=torch.float64) / steps
+    grid = float(t_end) + (float(t_start) - float(t_end)) * frac * frac
+    grid[0], grid[-1] = float(t_start), float(t_end)
+    return _check_strict(grid, steps)
+
+
+SCHEDULES = ("uniform", "logsnr", "karras", "quadratic")
+
+
+def schedule_grid(sde, schedule: str, steps: int, t_start: float, t_end: float) -> torch.Tensor:
+    """The grid of ``steps`` steps from ``t_start`` to ``t_end`` spaced by the named ``schedule``.
+
+    ``"uniform"`` (equal steps in t, any SDE), ``"logsnr"`` (:func:`log_snr_grid`), ``"karras"``
+    (:func:`karras_grid`, rho = 7) or ``"quadratic"`` (:func:`quadratic_grid`); the last but one and
+    ``"logsnr"`` need a :class:`sdekit.LinearSDE`.
+    """
+    if schedule == "uniform":
+        return uniform_grid(t_start, t_end, steps)
+    if schedule == "logsnr":
+        return log_snr_grid(sde, steps, t_start, t_end)
+    if schedule == "karras":
+        return karras_grid(sde, steps, t_start=t_start, t_end=t_end)
+    if schedule == "quadratic":
+        return quadratic_grid(t_start, t_end, steps)
+    raise InvalidParameterError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}, "
+                                "or pass grid= for any other spacing")
 
 
 def _check_steps(steps) -> int:

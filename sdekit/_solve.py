@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ._errors import ArgumentTypeError, InvalidParameterError, MethodArgumentError, ShapeError, SolveError
-from ._grid import as_grid, merge_times, step_grid, uniform_grid
+from ._grid import as_grid, merge_times, schedule_grid, step_grid
 from ._methods import Problem, lookup
 from ._process import Process
 from ._solution import Result, Solution
@@ -34,7 +34,7 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
           save_at: Union[torch.Tensor, Sequence[float], None] = None,
           noise=None, generator: Optional[torch.Generator] = None, seed: Optional[int] = None,
           max_steps: Optional[int] = None, dt_min: Optional[float] = None,
-          throw: bool = True, options: Optional[dict] = None) -> Solution:
+          throw: bool = True, options: Optional[dict] = None, schedule: Optional[str] = None) -> Solution:
     r"""Integrate ``process`` from ``t_start`` to ``t_end`` starting at ``x``.
 
     **Arguments**
@@ -56,6 +56,8 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
     - ``throw``: raise :class:`sdekit.SolveError` when the solve does not reach ``t_end`` (default);
       with ``False``, return the state and time reached and the :class:`Result` code.
     - ``options``: passed to the backend's solver.
+    - ``schedule``: with ``steps=``, how the grid is spaced: ``"uniform"`` (in t), ``"logsnr"``,
+      ``"karras"`` (rho = 7), ``"quadratic"``; default: the method's own (``sdekit.methods()``).
     """
     if not isinstance(process, Process):
         raise ArgumentTypeError("solve() integrates an sdekit process (reverse(...), probability_flow(...), "
@@ -80,6 +82,8 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
     saves = _check_save_at(save_at, t_start, t_end)
 
     adaptive = _resolve_stepping(m, steps, dt, grid, rtol, atol)
+    if schedule is not None and steps is None:
+        raise InvalidParameterError("schedule= spaces the grid that steps= asks for; give steps= with it")
     if adaptive:
         rtol = DEFAULT_RTOL if rtol is None else _positive("rtol", rtol)
         atol = DEFAULT_ATOL if atol is None else _positive("atol", atol)
@@ -87,7 +91,8 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
         the_grid = None
     else:
         if grid is None:
-            grid = uniform_grid(t_start, t_end, steps) if steps is not None else step_grid(t_start, t_end, dt)
+            grid = (schedule_grid(process.sde, schedule or m.schedule, steps, t_start, t_end) if steps is not None
+                    else step_grid(t_start, t_end, dt))
         the_grid = merge_times(grid, saves)
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
         raise InvalidParameterError(f"max_steps must be a positive integer, got {max_steps!r}")

@@ -66,6 +66,6 @@ def methods(kind: str = None, backend: str = None) -> List[Method]:
                        if (kind is None or m.kind == kind) and (backend is None or m.backend == backend))
 
 
-from . import _torchsde, _torchdiffeq, _scipy  # noqa: E402,F401  (fill the registry)
+from . import _torchsde, _torchdiffeq, _scipy, _native  # noqa: E402,F401  (fill the registry)
 
 __all__ = ["Method", "Problem", "Outcome", "REGISTRY", "register", "lookup", "methods"]

@@ -15,7 +15,7 @@ class Method:
     **Fields**
 
     - ``name``: what ``solve(method=...)`` accepts; ``backend.name`` is also accepted.
-    - ``backend``: ``"torchsde"``, ``"torchdiffeq"`` or ``"scipy"``.
+    - ``backend``: ``"sdekit"`` (its own stepping layer), ``"torchsde"``, ``"torchdiffeq"`` or ``"scipy"``.
     - ``kind``: ``"sde"`` or ``"ode"``: what it integrates (an SDE method also takes an ODE, whose noise is zero).
     - ``order``: the ODE order, or for an SDE method the strong order with diagonal noise.
     - ``order_additive``: an SDE method's strong order with additive noise (g independent of x),
@@ -24,6 +24,14 @@ class Method:
     - ``sde_type``: the calculus the method needs (``"ito"``/``"stratonovich"``), ``None`` for ODE methods.
     - ``levy_area``: the Lévy-area approximation its Brownian motion must carry.
     - ``integrate``: ``integrate(method, problem) -> Outcome``.
+    - ``frame``: the variable it steps in: ``"t"`` (time), ``"sigma"`` (the VE-frame noise level
+      :math:`\sigma/\alpha`) or ``"logsnr"`` (:math:`\lambda = \log\alpha - \log\sigma`).
+    - ``needs``: what it asks of the model: ``"drift"`` (the process's drift), ``"score"``,
+      ``"x0"`` (data prediction) or ``"eps"`` (noise prediction); the last two are derived from the score.
+    - ``history``: how many earlier model outputs it keeps (multistep methods), 0 for single-step.
+    - ``error_estimate``: whether it estimates its local error (and so can adapt its step).
+    - ``schedule``: the grid ``solve(steps=...)`` builds for it unless ``schedule=`` says otherwise.
+    - ``options``: the option names it takes (``solve(options=...)``); ``None``: the backend's own.
     """
 
     name: str
@@ -37,6 +45,12 @@ class Method:
     sde_type: Optional[str] = None
     levy_area: str = "none"
     description: str = ""
+    frame: str = "t"
+    needs: str = "drift"
+    history: int = 0
+    error_estimate: bool = False
+    schedule: str = "uniform"
+    options: Optional[tuple] = None
 
     @property
     def qualified_name(self) -> str:

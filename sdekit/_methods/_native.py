@@ -1,0 +1,1 @@
+"""sdekit's own steppers, registered under the backend ``"sdekit"`` (filled in by the stepping layer)."""
