@@ -9,11 +9,12 @@ from time 0 is Gaussian, :math:`x_t \mid x_0 \sim N(\alpha(t) x_0, \sigma(t)^2 I
 """
 
 import math
+import numbers
 
 import torch
 
 from ._broadcast import batch_times, per_sample
-from ._errors import InvalidParameterError
+from ._errors import ArgumentTypeError, InvalidParameterError
 
 __all__ = ["SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE"]
 
@@ -25,6 +26,15 @@ def _float64(value, name):
     if bool(torch.isnan(v).any()):
         raise InvalidParameterError(f"{name} contains NaN")
     return v, like
+
+
+def _number(value, name) -> float:
+    """``value`` (a real number or a 0-dim tensor) as a Python float; anything else is refused."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(f"{name} must be a real number, got {type(value).__name__} {value!r:.40}")
+    return float(value)
 
 
 def _like(result, like):
@@ -47,7 +57,7 @@ class SDE:
     """
 
     def __init__(self, T: float = 1.0, eps: float = 1e-3):
-        T, eps = float(T), float(eps)
+        T, eps = _number(T, "T"), _number(eps, "eps")
         if not math.isfinite(T) or T <= 0:
             raise InvalidParameterError(f"T must be a positive finite number, got {T}")
         if not (0 < eps < T):
@@ -98,6 +108,8 @@ class LinearSDE(SDE):
     """
 
     prior_std = 1.0
+    #: :math:`\sigma(0)`: the noise the data at ``t = 0`` already carries (0 for the transition law from clean data).
+    initial_sigma = 0.0
 
     def drift_coef(self, t: torch.Tensor) -> torch.Tensor:
         """The scalar :math:`f(t)`, elementwise in ``t``."""
@@ -191,7 +203,7 @@ class LinearSDE(SDE):
 
 
 def _check_beta(beta_min, beta_max):
-    beta_min, beta_max = float(beta_min), float(beta_max)
+    beta_min, beta_max = _number(beta_min, "beta_min"), _number(beta_max, "beta_max")
     if not (math.isfinite(beta_min) and math.isfinite(beta_max)):
         raise InvalidParameterError(f"beta_min and beta_max must be finite, got {beta_min}, {beta_max}")
     if beta_min < 0:
@@ -289,23 +301,39 @@ class SubVPSDE(VPSDE):
 class VESDE(LinearSDE):
     r"""Variance-exploding SDE: :math:`dx = \sigma_r(t)\sqrt{2\ln(\sigma_{max}/\sigma_{min})}\,dw`.
 
-    :math:`\sigma_r(t) = \sigma_{min}(\sigma_{max}/\sigma_{min})^t` is the reference noise level
-    (:meth:`noise_level`, what score_sde networks are conditioned on).  sdekit's marginal is the
-    exact transition law of this SDE from :math:`t = 0`: :math:`\alpha = 1`,
-    :math:`\sigma(t)^2 = \sigma_r(t)^2 - \sigma_{min}^2`, computed as
-    :math:`\sigma_{min}\sqrt{\mathrm{expm1}(2t\ln(\sigma_{max}/\sigma_{min}))}`.
-    Prior :math:`N(0, \sigma_{max}^2 I)` as in the reference (exact variance at T is
-    :math:`\sigma_{max}^2 - \sigma_{min}^2` plus the data's).  Song et al. (2021), eq. 9.
+    :math:`\sigma_r(t) = \sigma_{min}(\sigma_{max}/\sigma_{min})^{t/T}` is the reference noise level
+    (:meth:`noise_level`).  Two conventions for the marginal, both exact solutions of the same SDE:
+
+    - ``marginal="reference"`` (default, score_sde's and k-diffusion's): :math:`\sigma(t) = \sigma_r(t)`,
+      the data at :math:`t = 0` taken as already blurred by :math:`N(0, \sigma_{min}^2 I)`
+      (:attr:`initial_sigma` :math:`= \sigma_{min}`).  Networks trained by those code bases are
+      conditioned on this :math:`\sigma`, and the samplers' data prediction
+      :math:`\hat x_0 = x + \sigma^2\nabla\log p_t` needs the :math:`\sigma` the model was trained at.
+    - ``marginal="exact"``: the transition law from clean data at :math:`t = 0`,
+      :math:`\sigma(t)^2 = \sigma_r(t)^2 - \sigma_{min}^2`, computed as
+      :math:`\sigma_{min}\sqrt{\mathrm{expm1}(2t\ln(\sigma_{max}/\sigma_{min})/T)}`.
+
+    The two differ by 8x at ``t = eps`` (0.0013 against 0.01 with the defaults) and agree to
+    :math:`10^{-4}` relative beyond :math:`\sigma_r = 100\sigma_{min}`.  :math:`\alpha = 1`.
+    Prior :math:`N(0, \sigma_{max}^2 I)` as in the reference.  Song et al. (2021), eq. 9.
     """
 
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0, eps: float = 1e-5):
+    _MARGINALS = ("reference", "exact")
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0, eps: float = 1e-5,
+                 marginal: str = "reference"):
         super().__init__(T=T, eps=eps)
         sigma_min, sigma_max = float(sigma_min), float(sigma_max)
         if not (0 < sigma_min < sigma_max < math.inf):
             raise InvalidParameterError(
                 f"VESDE needs 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}"
             )
+        if marginal not in self._MARGINALS:
+            raise InvalidParameterError(f"VESDE marginal must be 'reference' (sigma = sigma_r(t), score_sde) or "
+                                        f"'exact' (sqrt(sigma_r^2 - sigma_min^2)), got {marginal!r}")
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.marginal = marginal
+        self.initial_sigma = sigma_min if marginal == "reference" else 0.0
         self._log_ratio = math.log(sigma_max / sigma_min)
         self.prior_std = sigma_max
 
@@ -323,18 +351,23 @@ class VESDE(LinearSDE):
         return torch.zeros_like(t)
 
     def sigma(self, t):
+        if self.marginal == "reference":
+            return self.noise_level(t)
         return self.sigma_min * torch.sqrt(torch.expm1(2 * t * (self._log_ratio / self.T)))
 
     def t_of_log_snr(self, lam):
-        r"""Closed-form inverse of :meth:`log_snr`:
-        :math:`t = T\log(1 + (e^{-\lambda}/\sigma_{min})^2) / (2\ln(\sigma_{max}/\sigma_{min}))`.
+        r"""Closed-form inverse of :meth:`log_snr`, computed in float64; the result has ``lam``'s shape, dtype, device.
 
-        Computed in float64 as a ``logaddexp``, which neither overflows nor cancels; the result has
-        ``lam``'s shape, dtype and device.
+        Reference marginal: :math:`t = -T(\lambda + \ln\sigma_{min})/\ln(\sigma_{max}/\sigma_{min})`.
+        Exact marginal: :math:`t = T\log(1 + (e^{-\lambda}/\sigma_{min})^2) / (2\ln(\sigma_{max}/\sigma_{min}))`,
+        as a ``logaddexp``, which neither overflows nor cancels.
         """
         lam64, like = _float64(lam, "lam")
         y = -2 * lam64 - 2 * math.log(self.sigma_min)
+        if self.marginal == "reference":
+            return _like(y * (self.T / (2 * self._log_ratio)), like)
         return _like(torch.logaddexp(y, torch.zeros_like(y)) * (self.T / (2 * self._log_ratio)), like)
 
     def __repr__(self):
-        return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, T={self.T}, eps={self.eps})"
+        return (f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, T={self.T}, eps={self.eps}, "
+                f"marginal={self.marginal!r})")

@@ -117,7 +117,11 @@ def test_t_of_log_snr_round_trips(data, u):
 
 
 def test_t_of_log_snr_extremes_and_dtype():
-    for sde in (sdekit.VPSDE(), sdekit.SubVPSDE(), sdekit.VESDE()):
+    ref = sdekit.VESDE()                                       # reference marginal: lambda(0) = -log sigma_min
+    t = torch.logspace(-12, 0, 97, dtype=F64)
+    assert torch.allclose(ref.t_of_log_snr(ref.log_snr(t)), t, rtol=1e-9, atol=1e-15)
+    assert abs(float(ref.t_of_log_snr(_t(-math.log(ref.sigma_min))))) < 1e-15
+    for sde in (sdekit.VPSDE(), sdekit.SubVPSDE(), sdekit.VESDE(marginal="exact")):
         t = torch.logspace(-12, 0, 97, dtype=F64) * sde.T
         lam = sde.log_snr(t)
         assert torch.allclose(sde.t_of_log_snr(lam), t, rtol=1e-9, atol=0)
@@ -194,7 +198,7 @@ def test_default_grids_and_solve_accepts_them():
     (dict(steps=5, t_start=0.5, t_end=0.5), "two distinct times"),
 ])
 def test_invalid_inputs(make, bad, match):
-    for sde in (sdekit.VPSDE(), sdekit.SubVPSDE(), sdekit.VESDE()):
+    for sde in (sdekit.VPSDE(), sdekit.SubVPSDE(), sdekit.VESDE(marginal="exact")):
         with pytest.raises(InvalidParameterError, match=match) as info:
             make(sde, **bad)
         assert "\n" not in str(info.value)

@@ -37,10 +37,11 @@ def subvp_reference(t, b0=0.1, b1=20.0):
                 log_alpha=log_m, sigma=1.0 - np.exp(2 * log_m))
 
 
-def ve_reference(t, smin=0.01, smax=50.0):
+def ve_reference(t, smin=0.01, smax=50.0, marginal="reference"):
     sigma_r = smin * (smax / smin) ** t
+    sigma = sigma_r if marginal == "reference" else np.sqrt(sigma_r ** 2 - smin ** 2)
     return dict(f_coef=np.zeros_like(t), g=sigma_r * np.sqrt(2 * np.log(smax / smin)), log_alpha=np.zeros_like(t),
-                sigma=np.sqrt(sigma_r ** 2 - smin ** 2), noise_level=sigma_r)
+                sigma=sigma, noise_level=sigma_r)
 
 
 CASES = [
@@ -50,6 +51,9 @@ CASES = [
     ("VP-custom", lambda: sdekit.VPSDE(beta_min=0.5, beta_max=7.0), lambda t: vp_reference(t, 0.5, 7.0)),
     ("subVP-custom", lambda: sdekit.SubVPSDE(beta_min=0.2, beta_max=5.0), lambda t: subvp_reference(t, 0.2, 5.0)),
     ("VE-custom", lambda: sdekit.VESDE(sigma_min=0.1, sigma_max=3.0), lambda t: ve_reference(t, 0.1, 3.0)),
+    ("VE-exact", lambda: sdekit.VESDE(marginal="exact"), lambda t: ve_reference(t, marginal="exact")),
+    ("VE-exact-custom", lambda: sdekit.VESDE(sigma_min=0.1, sigma_max=3.0, marginal="exact"),
+     lambda t: ve_reference(t, 0.1, 3.0, marginal="exact")),
 ]
 
 
@@ -82,7 +86,9 @@ def test_sigma_accurate_near_zero(name, make, ref):
     """sigma(t) for tiny t keeps full relative precision (expm1 form), checked against a series expansion."""
     sde = make()
     t = torch.tensor([1e-9, 1e-8], dtype=torch.float64)
-    if isinstance(sde, sdekit.VESDE):
+    if isinstance(sde, sdekit.VESDE) and sde.marginal == "reference":
+        expected = sde.sigma_min * torch.exp(t * math.log(sde.sigma_max / sde.sigma_min))
+    elif isinstance(sde, sdekit.VESDE):
         # sigma^2 = smin^2 (exp(2 t L) - 1) ~ smin^2 * 2 t L (1 + t L)
         L = math.log(sde.sigma_max / sde.sigma_min)
         expected = sde.sigma_min * torch.sqrt(2 * t * L * (1 + t * L))
@@ -96,8 +102,8 @@ def test_sigma_accurate_near_zero(name, make, ref):
 
 @pytest.mark.parametrize("name,make,ref", CASES, ids=[c[0] for c in CASES])
 def test_marginal_std_solves_the_moment_ode(name, make, ref):
-    """sigma(t)^2 is the exact transition variance: d(var)/dt = 2 f(t) var + g(t)^2, var(0) = 0;
-    alpha solves d(alpha)/dt = f(t) alpha, alpha(0) = 1. Integrated numerically with scipy."""
+    """sigma(t)^2 is the exact transition variance: d(var)/dt = 2 f(t) var + g(t)^2, var(0) = initial_sigma^2
+    (0 but for VE's reference marginal, sigma_min^2); alpha solves d(alpha)/dt = f(t) alpha, alpha(0) = 1. Integrated numerically with scipy."""
     sde = make()
 
     def rhs(t, y):
@@ -106,7 +112,7 @@ def test_marginal_std_solves_the_moment_ode(name, make, ref):
         g = float(sde.diffusion_coef(tt)[0])
         return [fc * y[0], 2 * fc * y[1] + g * g]
 
-    sol = scipy.integrate.solve_ivp(rhs, (0.0, sde.T), [1.0, 0.0], t_eval=TIMES, rtol=1e-11, atol=1e-14,
+    sol = scipy.integrate.solve_ivp(rhs, (0.0, sde.T), [1.0, sde.initial_sigma ** 2], t_eval=TIMES, rtol=1e-11, atol=1e-14,
                                     method="DOP853")
     np.testing.assert_allclose(sde.alpha(_t()).numpy(), sol.y[0], rtol=1e-8)
     np.testing.assert_allclose(sde.sigma(_t()).numpy() ** 2, sol.y[1], rtol=1e-6, atol=1e-13)

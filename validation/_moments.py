@@ -68,7 +68,8 @@ class LinearMoments:
 
     With closed forms (``sde.log_alpha`` and ``sde.sigma`` defined) they are used as they are.
     Otherwise the moment ODEs :math:`(\log\alpha)' = f`, :math:`(\sigma^2)' = 2f\sigma^2 + g^2`,
-    :math:`\log\alpha(0) = 0`, :math:`\sigma(0) = 0` are integrated once on :math:`[0, T]` in float64 by
+    :math:`\log\alpha(0) = 0`, :math:`\sigma(0) =` ``sde.initial_sigma`` (0 unless the SDE declares its
+    data blurred at :math:`t = 0`, as :class:`sdekit.VESDE`'s reference marginal does) are integrated once on :math:`[0, T]` in float64 by
     scipy's DOP853 (``rtol=1e-12``, ``atol=1e-14``) and read from its dense output; their derivative in
     ``t`` (autograd) is the ODE's right-hand side.
 
@@ -118,7 +119,8 @@ class LinearMoments:
                 f"{type(sde).__name__}: drift_coef/diffusion_coef are not finite at t = 0; "
                 "the moment ODEs start there, so define them on the closed interval [0, T]"
             )
-        sol = solve_ivp(rhs, (0.0, sde.T), [0.0, 0.0], method="DOP853", rtol=self.rtol, atol=self.atol,
+        v0 = float(getattr(sde, "initial_sigma", 0.0)) ** 2   # data already blurred at t = 0 (VE reference)
+        sol = solve_ivp(rhs, (0.0, sde.T), [0.0, v0], method="DOP853", rtol=self.rtol, atol=self.atol,
                         dense_output=True)
         if not sol.success:
             raise InvalidParameterError(
@@ -182,8 +184,9 @@ class MomentResidual:
     - ``log_alpha``: :math:`|(\log\alpha)' - f| / \text{scale}` at each time.
     - ``variance``: :math:`|(\sigma^2)' - (2f\sigma^2 + g^2)| / \text{scale}` at each time.
     - ``initial_log_alpha``: :math:`|\log\alpha(0)|`.
-    - ``initial_sigma``: :math:`\sigma(0) / \sigma(T)` (the reference VE convention
-      :math:`\sigma = \sigma_{min}(\sigma_{max}/\sigma_{min})^t` fails here, not in the ODE).
+    - ``initial_sigma``: :math:`|\sigma(0) - \sigma_0| / \sigma(T)` with :math:`\sigma_0` the SDE's declared
+      ``initial_sigma`` (a subclass that switches to the reference VE convention
+      :math:`\sigma = \sigma_{min}(\sigma_{max}/\sigma_{min})^t` without declaring it fails here, not in the ODE).
 
     Each scale is :math:`\max(|\text{lhs}|, |\text{rhs}|)` plus ``1e-12`` of its largest value on the grid,
     so the residuals are relative errors.  ``derivative`` says how :math:`d/dt` was taken: ``"autograd"``,
@@ -274,6 +277,7 @@ def moment_residual(sde, t: Optional[torch.Tensor] = None, derivative: str = "au
         log_alpha=_relative(d_log_alpha, f),
         variance=_relative(d_variance, 2 * f * var + g * g),
         initial_log_alpha=abs(float(sde.log_alpha(zero)[0])),
-        initial_sigma=abs(float(sde.sigma(zero)[0])) / max(abs(sigma_T), 1e-300),
+        initial_sigma=abs(float(sde.sigma(zero)[0]) - float(getattr(sde, "initial_sigma", 0.0)))
+        / max(abs(sigma_T), 1e-300),
         derivative=how,
     )

@@ -10,7 +10,7 @@ from .._solution import Result
 
 @dataclass(frozen=True)
 class Method:
-    """A registered integration method.
+    r"""A registered integration method.
 
     **Fields**
 

@@ -56,7 +56,10 @@ def test_moment_residual_of_builtin_sdes_is_tiny(sde):
 
 
 class ReferenceVE(sdekit.VESDE):
-    """The score_sde convention sigma(t) = sigma_min (sigma_max/sigma_min)^t: right ODE, wrong start."""
+    """The score_sde convention sigma(t) = sigma_min (sigma_max/sigma_min)^t, undeclared: right ODE, wrong start."""
+
+    def __init__(self):
+        super().__init__(marginal="exact")
 
     def sigma(self, t):
         return self.noise_level(t)
