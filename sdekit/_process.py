@@ -13,12 +13,14 @@ with ``f(s, y)`` and ``g(s, y)`` on the clock ``s = T - t`` (reverse processes) 
 (forward), with the state flattened to ``(batch, prod(event_shape))``.
 """
 
+import inspect
+import numbers
 from typing import Callable, Optional, Sequence
 
 import torch
 
 from ._broadcast import batch_times, per_sample
-from ._errors import ArgumentTypeError, InvalidParameterError
+from ._errors import ArgumentTypeError, InvalidParameterError, ShapeError
 from ._evaluator import Evaluator
 from ._sde import SDE
 
@@ -59,7 +61,9 @@ class Process:
         self.t_min = float(lo if t_min is None else t_min)
         self.t_max = float(hi if t_max is None else t_max)
         self.evaluator = Evaluator(fn, self._expensive)
-        self._x_dependent = None  # whether g depends on x; probed on first use
+        self._g_takes_x = _takes_x(sde)
+        self._x_dependent = None if self._g_takes_x else False  # whether g depends on x; probed on first use
+        self._f_checked = self._g_checked = False               # the SDE's outputs are checked on first use
 
     # -- construction ---------------------------------------------------------------------
     def default_interval(self):
@@ -112,12 +116,55 @@ class Process:
 
     def diffusion(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The diffusion at ``t``: shape ``(batch,)`` or shaped like ``x``; zeros for an ODE."""
-        return self.sde.g(t, x)
+        return self._sde_g(t, x)
 
     def solve(self, x: torch.Tensor, method: Optional[str] = None, **options):
         """Integrate from ``t_start`` to ``t_end`` with any registered method; see :func:`sdekit.solve`."""
         from ._solve import solve
         return solve(self, x, method=method, **options)
+
+    # -- the SDE's coefficients, checked on first use -----------------------------------------
+    def _sde_f(self, t, x):
+        """``sde.f(t, x)``; the first call checks that it is a tensor shaped like ``x``."""
+        f = self.sde.f(t, x)
+        if not self._f_checked:
+            if not isinstance(f, torch.Tensor) or f.shape != x.shape:
+                raise ShapeError(f"{type(self.sde).__name__}.f returned {_describe(f)} for x of shape "
+                                 f"{tuple(x.shape)}; f(t, x) must return a tensor shaped like x")
+            _check_like(f, x, self.sde, "f")
+            self._f_checked = True
+        return f
+
+    def _sde_g(self, t, x):
+        """``sde.g(t, x)`` (or ``sde.g(t)``) as a tensor of shape ``(batch,)`` or ``x.shape``.
+
+        A number or a 0-dim tensor is a constant diffusion, broadcast over the batch.  The first
+        other result is checked: its shape, and that a ``(batch,)`` result follows the batch.
+        """
+        g = self.sde.g(t, x) if self._g_takes_x else self.sde.g(t)
+        if not isinstance(g, torch.Tensor):
+            if isinstance(g, bool) or not isinstance(g, numbers.Real):
+                raise ShapeError(f"{type(self.sde).__name__}.g returned {_describe(g)}; {_G_SHAPES}")
+            g = torch.tensor(float(g), dtype=x.dtype, device=x.device)
+        if g.dim() == 0:
+            return g.to(dtype=x.dtype, device=x.device).expand(x.shape[0])
+        if not self._g_checked:
+            self._check_g(g, t, x)
+        return g
+
+    def _check_g(self, g, t, x):
+        name = f"{type(self.sde).__name__}.g"
+        batch = x.shape[0]
+        if g.shape not in (x.shape, (batch,)):
+            raise ShapeError(f"{name} returned shape {tuple(g.shape)} for x of shape {tuple(x.shape)}; {_G_SHAPES}")
+        if g.shape != x.shape and batch > 1:
+            # (batch,) could be a per-coordinate vector that happens to match the batch: ask for one sample
+            one = self.sde.g(t[:1], x[:1]) if self._g_takes_x else self.sde.g(t[:1])
+            if isinstance(one, torch.Tensor) and one.dim() > 0 and one.shape != (1,):
+                raise ShapeError(f"{name} returned shape {tuple(g.shape)} for a batch of {batch} but "
+                                 f"{tuple(one.shape)} for a batch of 1: it does not follow the batch; {_G_SHAPES}")
+        _check_like(g, x, self.sde, "g")
+        self._g_checked = True
 
     # -- helpers --------------------------------------------------------------------------
     def diffusion_depends_on_x(self, t: torch.Tensor, x: torch.Tensor) -> bool:
@@ -125,7 +172,7 @@ class Process:
         if self._x_dependent is None:
             with torch.enable_grad():
                 xr = x.detach().requires_grad_(True)
-                g = self.sde.g(t, xr)
+                g = self._sde_g(t, xr)
                 grad = None
                 if isinstance(g, torch.Tensor) and g.requires_grad:
                     grad = torch.autograd.grad(g.sum(), xr, allow_unused=True)[0]
@@ -139,7 +186,7 @@ class Process:
         keep = torch.is_grad_enabled() and x.requires_grad
         with torch.enable_grad():
             xr = x if keep else x.detach().requires_grad_(True)
-            g = self.sde.g(t, xr)
+            g = self._sde_g(t, xr)
             (div,) = torch.autograd.grad((g * g).sum(), xr, create_graph=keep)
         return div
 
@@ -181,14 +228,14 @@ class _ScoreDriven(Process):
     _score_weight = 1.0
 
     def _natural_drift(self, t, x):
-        g = per_sample(self.sde.g(t, x), x)
+        g = per_sample(self._sde_g(t, x), x)
         score = self.evaluator(x, t)
         if self.diffusion_depends_on_x(t, x):
             correction = g * g * score + self._g_squared_divergence(t, x)
-            return self.sde.f(t, x) - self._score_weight * correction
+            return self._sde_f(t, x) - self._score_weight * correction
         # g does not depend on x: fold the weight (1 or 1/2: exact) into g^2 while it is still per-sample,
         # so the state-sized work is one product and one difference (the result is the same).
-        return self.sde.f(t, x) - (self._score_weight * (g * g)) * score
+        return self._sde_f(t, x) - (self._score_weight * (g * g)) * score
 
 
 class ReverseSDE(_ScoreDriven):
@@ -231,7 +278,7 @@ class ForwardSDE(Process):
     _expensive = "f"
 
     def __init__(self, sde: SDE, fn: Optional[Callable] = None, **kw):
-        super().__init__(sde, fn if fn is not None else _drift_of(sde), **kw)
+        super().__init__(sde, fn if fn is not None else _SDEDrift(sde), **kw)
 
     def default_interval(self):
         return 0.0, self.sde.T
@@ -243,11 +290,42 @@ class ForwardSDE(Process):
         return self.evaluator(x, t)
 
 
-def _drift_of(sde):
-    def drift(x, t):
-        return sde.f(t, x)
-    drift.__name__ = f"{type(sde).__name__}.f"
-    return drift
+class _SDEDrift:
+    """``sde.f`` called as ``fn(x, t)``: the expensive function of a forward SDE (a class, so it pickles)."""
+
+    def __init__(self, sde):
+        self.sde = sde
+        self.__name__ = f"{type(sde).__name__}.f"
+
+    def __call__(self, x, t):
+        return self.sde.f(t, x)
+
+
+_G_SHAPES = "g must return a tensor of shape (batch,) (one scale per sample) or shaped like x, or a number"
+
+
+def _takes_x(sde) -> bool:
+    """Whether ``sde.g`` takes ``(t, x)`` or only ``(t)``, read once from its signature."""
+    try:
+        params = inspect.signature(sde.g).parameters.values()
+    except (TypeError, ValueError):   # a builtin or C function without a signature: call it as g(t, x)
+        return True
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if not positional:
+        raise ArgumentTypeError(f"{type(sde).__name__}.g must take (t, x) or (t), got no positional argument")
+    return len(positional) >= 2
+
+
+def _describe(v) -> str:
+    return f"shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else f"a {type(v).__name__}"
+
+
+def _check_like(v, x, sde, name):
+    if v.dtype != x.dtype or v.device != x.device:
+        raise ShapeError(f"{type(sde).__name__}.{name} returned {v.dtype} on {v.device} for x of {x.dtype} on "
+                         f"{x.device}; compute it in x's dtype and on x's device")
 
 
 def reverse(sde: SDE, score_fn: Callable, event_shape: Optional[Sequence[int]] = None,
