@@ -180,3 +180,71 @@ def test_every_process_pickles(make, sde):
     clone = pickle.loads(pickle.dumps(proc))
     assert type(clone) is type(proc) and clone.sde_type == proc.sde_type
     torch.testing.assert_close(clone.solve(x, **kw).x, before, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# check_sde checks the public methods a training loop calls
+# ---------------------------------------------------------------------------------------------
+
+_CHECK = dict(n=1500, steps=200, seed=3, raise_on_failure=False)
+
+
+class _WideMarginalVP(sdekit.VPSDE):
+    def marginal_prob(self, x0, t):
+        mean, std = super().marginal_prob(x0, t)
+        return mean, 1.3 * std
+
+
+class _WidePriorVP(sdekit.VPSDE):
+    def prior_sampling(self, shape, generator=None, dtype=None, device=None):
+        return 1.3 * super().prior_sampling(shape, generator=generator, dtype=dtype, device=device)
+
+    def prior_logp(self, z):
+        return super().prior_logp(z / 1.3) - z[0].numel() * torch.log(torch.tensor(1.3, dtype=z.dtype))
+
+
+class _WrongLogpVP(sdekit.VPSDE):
+    def prior_logp(self, z):   # the density of N(0, 1.3^2 I), not of the prior it samples
+        return super().prior_logp(z / 1.3) - z[0].numel() * torch.log(torch.tensor(1.3, dtype=z.dtype))
+
+
+class _UnnormalisedLogpVP(sdekit.VPSDE):
+    def prior_logp(self, z):
+        return super().prior_logp(z) + 0.2
+
+
+def _status(report):
+    return {r.name: r.status for r in report.rows}
+
+
+def test_check_sde_reads_an_overridden_marginal_prob():
+    from sdekit.validation import check_sde
+    report = check_sde(_WideMarginalVP(), **_CHECK)
+    assert _status(report)["marginal_prob solves the moment ODEs"] == "FAIL"
+    assert "3.00e-01" in report.rows[0].measured
+
+
+@pytest.mark.parametrize("cls", [_WidePriorVP, _WrongLogpVP, _UnnormalisedLogpVP])
+def test_check_sde_reads_an_overridden_prior(cls):
+    from sdekit.validation import check_sde
+    assert _status(check_sde(cls(), **_CHECK))["prior matches the marginal at T"] == "FAIL"
+    assert _status(check_sde(sdekit.VPSDE(), **_CHECK))["prior matches the marginal at T"] == "pass"
+
+
+class _QuickStartOU(sdekit.SDE):
+    """The quick start's Ornstein-Uhlenbeck SDE, as written there."""
+
+    def f(self, t, x):
+        return -x
+
+    def g(self, t, x):
+        return torch.full_like(t, 2 ** 0.5)
+
+
+@pytest.mark.parametrize("sde", [_QuickStartOU(T=2.0), _OU(T=2.0)], ids=["g(t, x)", "g(t)"])
+def test_check_sde_checks_the_quick_start_ou_numerically(sde):
+    from sdekit.validation import check_sde
+    assert _status(check_sde(sde, **_CHECK)) == {
+        "simulation matches the moment ODEs": "pass", "prior matches the marginal at T": "skip",
+        "reverse SDE returns the data": "pass", "probability flow returns the data": "pass"}
+

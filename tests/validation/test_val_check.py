@@ -35,7 +35,7 @@ def test_linear_sde_without_closed_form_is_checked_through_its_moment_odes():
     sde.prior_std = math.sqrt(1.0)  # deliberately not its p_T std
     report = check_sde(sde, raise_on_failure=False, **SMALL)
     by_name = {r.name: r for r in report.rows}
-    assert by_name["marginals solve the moment ODEs"].status == "skip"
+    assert by_name["simulation matches the moment ODEs"].status == "pass"   # no marginal_prob: simulated
     assert by_name["reverse SDE returns the data"].status == "pass"
     assert by_name["probability flow returns the data"].status == "pass"
     # p_T std for unit data: sqrt(alpha^2 + sigma^2) with sigma^2 -> about (1 + t)/1.4 at t = 3: ~1.7, not 1
@@ -67,10 +67,11 @@ class OrnsteinUhlenbeck(sdekit.SDE):
         return (-0.5 * z ** 2 / var - 0.5 * math.log(2 * math.pi * var)).sum(1)
 
 
-def test_general_sde_marginal_and_prior_checked_by_simulation():
+def test_plain_sde_that_is_linear_is_checked_exactly():
+    """A plain sdekit.SDE with f = -theta x and g = s is linear numerically: all four checks run."""
     report = check_sde(OrnsteinUhlenbeck(T=3.0), **SMALL)
-    status = [r.status for r in report.rows]
-    assert status == ["pass", "pass", "skip", "skip"]
+    assert [r.name for r in report.rows][0] == "marginal_prob solves the moment ODEs"
+    assert [r.status for r in report.rows] == ["pass"] * 4
 
 
 class WrongMarginal(OrnsteinUhlenbeck):
@@ -82,8 +83,39 @@ class WrongMarginal(OrnsteinUhlenbeck):
 def test_wrong_marginal_is_caught_with_a_readable_report():
     with pytest.raises(SDECheckError) as info:
         check_sde(WrongMarginal(T=3.0), **SMALL)
-    assert "marginal_prob matches simulation" in str(info.value)
+    assert "marginal_prob solves the moment ODEs" in str(info.value)
     assert info.value.report.failures[0].status == "FAIL"
+
+
+class GeometricBM(sdekit.SDE):
+    """dx = mu x dt + s x dw: g depends on x, so no exact score; its marginal_prob is checked by simulation."""
+
+    mu, s = -0.5, 0.2
+
+    def f(self, t, x):
+        return self.mu * x
+
+    def g(self, t, x):
+        return self.s * x
+
+    def marginal_prob(self, x0, t):
+        growth = torch.exp(self.mu * t)[:, None]
+        return growth * x0, growth * x0.abs() * torch.sqrt(torch.expm1(self.s ** 2 * t))[:, None]
+
+
+class WrongGeometricBM(GeometricBM):
+    def marginal_prob(self, x0, t):
+        mean, std = super().marginal_prob(x0, t)
+        return mean, 1.5 * std
+
+
+def test_nonlinear_sde_marginal_checked_by_simulation():
+    report = check_sde(GeometricBM(), **SMALL)
+    assert [(r.name, r.status) for r in report.rows] == [
+        ("marginal_prob matches simulation", "pass"), ("prior matches the marginal at T", "skip"),
+        ("reverse SDE returns the data", "skip"), ("probability flow returns the data", "skip")]
+    bad = check_sde(WrongGeometricBM(), raise_on_failure=False, **SMALL)
+    assert bad.rows[0].status == "FAIL"
 
 
 class WrongSigmaVP(sdekit.VPSDE):
