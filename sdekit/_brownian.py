@@ -7,16 +7,32 @@ with torchsde's interface (``bm(ta, tb)`` returning the increment, ``levy_area_a
 can be passed instead: a shared path across step sizes, or per-sample noise.
 """
 
+import numbers
 from typing import Optional, Sequence
 
 import torch
 import torchsde
 
-from ._errors import InvalidParameterError
+from ._errors import ArgumentTypeError, InvalidParameterError
 
 __all__ = ["brownian_motion"]
 
 _ENTROPY_HIGH = 2 ** 62
+SEED_HIGH = 2 ** 63
+
+
+def check_entropy(seed, generator) -> None:
+    """Refuse a seed that is not an integer in ``[0, 2**63)``, a generator that is not a ``torch.Generator``, or both."""
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise ArgumentTypeError(f"seed must be an integer in [0, 2**63), got {type(seed).__name__} {seed!r:.40}")
+        if not 0 <= seed < SEED_HIGH:
+            raise InvalidParameterError(f"seed must be an integer in [0, 2**63), got {seed}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ArgumentTypeError(f"generator must be a torch.Generator (torch.Generator().manual_seed(n)), "
+                                f"got {type(generator).__module__}.{type(generator).__name__}; or pass seed=")
+    if seed is not None and generator is not None:
+        raise InvalidParameterError("give seed or generator, not both")
 
 
 def brownian_motion(t0: float, t1: float, shape: Sequence[int], *, dtype=torch.float32, device=None,
@@ -38,8 +54,7 @@ def brownian_motion(t0: float, t1: float, shape: Sequence[int], *, dtype=torch.f
     t0, t1 = float(t0), float(t1)
     if not t0 < t1:
         raise InvalidParameterError(f"a Brownian motion needs t0 < t1, got [{t0}, {t1}]")
-    if seed is not None and generator is not None:
-        raise InvalidParameterError("give seed or generator, not both")
+    check_entropy(seed, generator)
     if seed is None:
         where = generator.device if generator is not None else "cpu"
         seed = int(torch.randint(0, _ENTROPY_HIGH, (1,), generator=generator, device=where))

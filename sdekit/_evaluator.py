@@ -1,24 +1,41 @@
 """The guarded call of the expensive function of a process (the score network).
 
-One :class:`Evaluator` wraps ``fn(x, t)`` for the life of one solve.  It keeps every call
-inside the time domain, checks the first output's type, shape, dtype and device, counts
-the evaluations (NFE), and records which samples came back non-finite, without a host
-synchronisation: the record is read once, at the end of the solve.
+One :class:`Evaluator` wraps ``fn(x, t)``.  It hands the function times of shape ``(batch,)`` in
+at least float32, checks every output's type, shape, dtype and device (tensor metadata, read on
+the host without a synchronisation), counts the evaluations (NFE), and keeps, per sample, the
+first evaluation at which something went non-finite: the function's output, the state handed to
+it, or the time a method asked for.  The record is a few tensors of shape ``(batch,)`` updated on
+the device and read once, at the end of a solve; it does not grow with the number of calls.
 """
 
+import numbers
 from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from ._errors import ScoreFunctionError
+from ._broadcast import batch_times, time_dtype
+from ._errors import ArgumentTypeError, InvalidParameterError, ScoreFunctionError
+
+_SCORE, _STATE, _TIME = 1, 2, 3
+CAUSES = {_SCORE: "output", _STATE: "state", _TIME: "time"}
 
 
 class NonFiniteRecord(NamedTuple):
-    """Where non-finite values first appeared: NFE count, solver step, time, and the samples hit."""
+    """Where non-finite values first appeared, and which samples ever went non-finite.
+
+    - ``evaluation``: the number of the call (1-based); ``step``: the solver's step then, or ``None``.
+    - ``time``: the time of that call; ``samples``: the samples hit at that call.
+    - ``cause``: ``"output"`` (the function returned non-finite values for a finite state),
+      ``"state"`` (the state handed to it was already non-finite: the method or the SDE's f or g made it so)
+      or ``"time"`` (the method asked for the drift at t = NaN).
+    - ``failed``: a boolean tensor of shape ``(batch,)``, every sample with a record.
+    """
     evaluation: int
     step: Optional[int]
     time: float
     samples: list
+    cause: str = "output"
+    failed: Optional[torch.Tensor] = None
 
 
 def _finite_rows(flat: torch.Tensor) -> torch.Tensor:
@@ -36,64 +53,118 @@ def _finite_rows(flat: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(flat.amax(1)) & torch.isfinite(flat.amin(1))
 
 
+def finite_rows(x: torch.Tensor) -> torch.Tensor:
+    """A boolean ``(batch,)`` tensor: which samples of ``x`` (shape ``(batch, *event_shape)``) are all finite."""
+    return _finite_rows(x.reshape(x.shape[0], -1))
+
+
+def _cost(fn, name) -> int:
+    cost = getattr(fn, "nfe_per_call", 1)
+    if isinstance(cost, bool) or not isinstance(cost, numbers.Integral):
+        raise ArgumentTypeError(f"{name}.nfe_per_call must be a positive integer (network evaluations per call), "
+                                f"got {type(cost).__name__} {cost!r}")
+    if cost < 1:
+        raise InvalidParameterError(f"{name}.nfe_per_call must be a positive integer (network evaluations per call), "
+                                    f"got {cost}")
+    return int(cost)
+
+
 class Evaluator:
     """Call ``fn(x, t)``, counting and checking each call.
 
     **Arguments**
 
-    - ``fn``: the function, ``fn(x, t) -> tensor shaped like x`` (a score network); the process
-      keeps ``t`` inside its interval.
+    - ``fn``: the function, ``fn(x, t) -> tensor shaped like x`` (a score network); ``t`` has shape
+      ``(batch,)``, x's dtype (float32 for a float16 or bfloat16 state) and x's device.
     - ``name``: how error messages call the function.
 
     A function that evaluates a network more than once per call (classifier-free guidance: twice)
-    says so with an attribute ``fn.nfe_per_call``; NFE counts network evaluations per sample.
+    says so with an attribute ``fn.nfe_per_call``, a positive integer; NFE counts network evaluations
+    per sample.  An exception raised by ``fn`` itself is kept as :attr:`user_error` and passes through
+    unchanged.
     """
 
     def __init__(self, fn: Callable, name: str = "score_fn"):
         self.fn = fn
         self.name = name
         self.nfe = 0
-        self.cost = int(getattr(fn, "nfe_per_call", 1))
+        self.calls = 0
+        self.cost = _cost(fn, name)
         self.step: Optional[int] = None  # set by the method's loop, for error messages
-        self._finite = []
-        self._times = []
-        self._steps = []
+        self.user_error: Optional[BaseException] = None
+        self._first = self._time = self._step = None  # per-sample record: see _note
+        self._pending_time = self._bad_time = None    # handed over by times() to the next call
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = self.fn(x, t)
-        if self.nfe == 0:
-            self._check_output(out, x)
+    def times(self, t, x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+        """``t`` as a ``(batch,)`` tensor for ``x``, clamped into ``[low, high]``, in x's dtype.
+
+        A NaN time is a failure of the method (its step went non-finite): the sample is noted, with the
+        cause "time", at the next call, and the time is replaced by ``high``, so the function is never
+        evaluated at NaN.  For a float16/bfloat16 state the next call hands ``fn`` this time in float32,
+        before its rounding to the state's dtype.
+        """
+        t = batch_times(t, x, dtype=time_dtype(x.dtype))
+        self._bad_time = torch.isnan(t)
+        t = t.clamp(low, high).nan_to_num(nan=high)
+        if t.dtype == x.dtype:
+            return t
+        self._pending_time = t
+        return t.to(x.dtype)
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        exact, bad_time = self._pending_time, self._bad_time
+        self._pending_time = self._bad_time = None
+        t = exact if exact is not None else batch_times(t, x, dtype=time_dtype(x.dtype))
+        self.calls += 1
+        try:
+            out = self.fn(x, t)
+        except Exception as err:
+            self.user_error = err
+            raise
+        if not (isinstance(out, torch.Tensor) and out.shape == x.shape and out.dtype == x.dtype
+                and out.device == x.device):
+            raise ScoreFunctionError(self._wrong_output(out, x))
         self.nfe += self.cost
-        self._finite.append(_finite_rows(out.reshape(out.shape[0], -1)))
-        self._times.append(t[:1])
-        self._steps.append(self.step)
+        self._note(x, t, out, bad_time)
         return out
 
-    def _check_output(self, out, x):
+    def _note(self, x, t, out, bad_time):
+        """Record the samples that first went non-finite at this call, on the device (no host sync)."""
+        cause = torch.where(finite_rows(x), (~finite_rows(out)).to(torch.int64), _STATE)
+        if bad_time is not None and bad_time.shape == cause.shape:
+            cause = torch.where(bad_time.to(cause.device), _TIME, cause)
+        if self._first is None or self._first.shape != cause.shape or self._first.device != cause.device:
+            self._first = torch.zeros_like(cause)
+            self._time = torch.zeros_like(t)
+            self._step = torch.zeros_like(cause)
+        new = (cause > 0) & (self._first == 0)
+        self._first = torch.where(new, cause + 4 * self.calls, self._first)
+        self._time = torch.where(new, t.to(self._time.dtype), self._time)
+        self._step = torch.where(new, -1 if self.step is None else self.step, self._step)
+
+    def _wrong_output(self, out, x) -> str:
+        where = f"at evaluation {self.calls}" + ("" if self.step is None else f" (step {self.step})")
         if not isinstance(out, torch.Tensor):
-            raise ScoreFunctionError(f"{self.name} must return a torch.Tensor, got {type(out).__name__}")
+            return f"{self.name} returned {type(out).__name__} {where}; it must return a torch.Tensor shaped like x"
         if out.shape != x.shape:
-            raise ScoreFunctionError(
-                f"{self.name} returned shape {tuple(out.shape)} for input of shape {tuple(x.shape)}; "
-                "it must return a tensor shaped like x"
-            )
+            return (f"{self.name} returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)} {where}; "
+                    "it must return a tensor shaped like x")
         if out.dtype != x.dtype:
-            raise ScoreFunctionError(
-                f"{self.name} returned dtype {out.dtype} for input of dtype {x.dtype}; cast its output to x.dtype"
-            )
-        if out.device != x.device:
-            raise ScoreFunctionError(
-                f"{self.name} returned a tensor on {out.device} for input on {x.device}; keep it on x.device"
-            )
+            return f"{self.name} returned {out.dtype} for x of {x.dtype} {where}; cast its output to x.dtype"
+        return f"{self.name} returned a tensor on {out.device} for x on {x.device} {where}; keep it on x.device"
 
     def first_non_finite(self) -> Optional[NonFiniteRecord]:
-        """The first evaluation that returned a non-finite value, or ``None``; one host sync."""
-        if not self._finite:
+        """The first evaluation at which a sample went non-finite, or ``None``; one host sync."""
+        if self._first is None:
             return None
-        finite = torch.stack(self._finite)
-        bad_calls = (~finite.all(1)).nonzero()
-        if bad_calls.numel() == 0:
+        first = self._first.cpu()
+        failed = first > 0
+        if not bool(failed.any()):
             return None
-        k = int(bad_calls[0, 0])
-        samples = (~finite[k]).nonzero().flatten().tolist()
-        return NonFiniteRecord(k + 1, self._steps[k], float(self._times[k][0]), samples)
+        call = first // 4
+        k = int(call[failed].min())
+        at = failed & (call == k)
+        samples = at.nonzero().flatten().tolist()
+        step = int(self._step[samples[0]])
+        return NonFiniteRecord(k, None if step < 0 else step, float(self._time[samples[0]]), samples,
+                               CAUSES[int((first[at] % 4).max())], failed.to(self._first.device))

@@ -101,18 +101,24 @@ class Process:
 
     @property
     def nfe(self) -> int:
-        """Evaluations of the expensive function (the score network) so far."""
+        """Evaluations of the expensive function (the score network) made through this process so far.
+
+        Direct calls (``drift``, torchdiffeq or torchsde using the process) and every solve of it count:
+        :func:`sdekit.solve` counts on a bound copy and adds its count here when it ends.
+        """
         return self.evaluator.nfe
 
     # -- natural time and shape -----------------------------------------------------------
     def drift(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The Itô drift :math:`dx/dt` at times ``t`` (shape ``(batch,)``), shaped like ``x``.
 
-        ``t`` is clamped into ``[t_min, t_max]``: a backend that asks for a time outside the interval
-        (torchdiffeq's initial-step heuristic, an overshooting step) gets the nearest time inside, so
-        neither the score nor the SDE's coefficients (VP's beta(t) < 0) are evaluated outside it.
+        ``t`` may also be a number or a 0-dim tensor (one time for the whole batch).  It is clamped into
+        ``[t_min, t_max]``: a backend that asks for a time outside the interval (torchdiffeq's initial-step
+        heuristic, an overshooting step) gets the nearest time inside, so neither the score nor the SDE's
+        coefficients (VP's beta(t) < 0) are evaluated outside it.  A NaN time (a method whose step went
+        non-finite) never reaches the score: the sample is recorded as a failure of the method.
         """
-        return self._natural_drift(t.clamp(self.t_min, self.t_max), x)
+        return self._natural_drift(self.evaluator.times(t, x, self.t_min, self.t_max), x)
 
     def diffusion(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The diffusion at ``t``: shape ``(batch,)`` or shaped like ``x``; zeros for an ODE."""

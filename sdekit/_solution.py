@@ -13,7 +13,8 @@ class Result(enum.Enum):
     """How a solve ended; each member carries a message that says what to do."""
 
     SUCCESS = "reached t_end"
-    MAX_STEPS = "stopped after max_steps accepted steps before t_end; raise max_steps or loosen rtol/atol"
+    MAX_STEPS = ("max_steps steps were taken before t_end; raise max_steps=, or with an adaptive method "
+                 "loosen rtol/atol")
     NON_FINITE = ("non-finite values appeared; check score_fn at that time, use smaller steps, "
                   "or keep t_end away from 0 (eps)")
     DT_TOO_SMALL = ("the step size fell below its minimum; the problem is stiff or the score is rough there: "
@@ -31,7 +32,9 @@ class Solution:
     **Fields**
 
     - ``x``: the state at ``t`` (the final state), in the input's shape, dtype and device.
-    - ``t``: the time reached (``t_end`` on success).
+    - ``t``: the time of ``x``: ``t_end`` on success, and where the solve stopped otherwise.
+    - ``failed``: a boolean tensor of shape ``(batch,)`` on x's device: the samples that went non-finite
+      (their rows of ``x`` are not to be used); the other rows are valid states at ``t``.
     - ``ts``, ``path``: the ``save_at`` times (float64) and the states there, ``path[k]`` at ``ts[k]``,
       shape ``(len(ts), *x.shape)``; ``None`` when nothing was asked for.
     - ``nfe``: evaluations of the score network (per sample), start-up calls of the backend included.
@@ -52,6 +55,7 @@ class Solution:
     path: Optional[torch.Tensor] = None
     result: Result = Result.SUCCESS
     detail: str = ""
+    failed: Optional[torch.Tensor] = None
     stats: dict = field(default_factory=dict)
 
     @property

@@ -7,12 +7,17 @@ hands a :class:`~sdekit._methods.Problem` to the method, and turns what comes ba
 """
 
 import math
+import numbers
 import time
+from collections.abc import Mapping
 from typing import Optional, Sequence, Union
 
 import torch
 
-from ._errors import ArgumentTypeError, InvalidParameterError, MethodArgumentError, ShapeError, SolveError
+from ._brownian import check_entropy
+from ._errors import (ArgumentTypeError, InvalidParameterError, MethodArgumentError, SDEKitError, ShapeError,
+                      SolveError)
+from ._evaluator import finite_rows
 from ._grid import as_grid, merge_times, schedule_grid, step_grid
 from ._methods import Problem, lookup
 from ._process import Process
@@ -23,6 +28,7 @@ __all__ = ["solve"]
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-5
 DEFAULT_MAX_STEPS_ADAPTIVE = 100_000
+MAX_GRID_STEPS = 10 ** 7   # a fixed grid is built in memory (and each step evaluates the score): refuse more
 _DEFAULT_METHOD = {"sde": "euler", "ode": "dopri5"}
 
 
@@ -34,7 +40,8 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
           save_at: Union[torch.Tensor, Sequence[float], None] = None,
           noise=None, generator: Optional[torch.Generator] = None, seed: Optional[int] = None,
           max_steps: Optional[int] = None, dt_min: Optional[float] = None,
-          throw: bool = True, options: Optional[dict] = None, schedule: Optional[str] = None) -> Solution:
+          throw: bool = True, options: Optional[dict] = None, schedule: Optional[str] = None,
+          grad: bool = False) -> Solution:
     r"""Integrate ``process`` from ``t_start`` to ``t_end`` starting at ``x``.
 
     **Arguments**
@@ -49,15 +56,23 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
     - ``t_start``, ``t_end``: default ``T`` and ``eps`` for reverse processes, ``0`` and ``T`` forward.
     - ``save_at``: times at which to keep the state (``Solution.ts``, ``Solution.path``); a fixed grid is
       refined to contain them.
-    - ``noise``: a Brownian motion on the process's torchsde clock (see :func:`sdekit.brownian_motion`),
-      or ``generator``/``seed`` to build one; with none, torch's global generator seeds it.
+    - ``noise``: a Brownian motion on the process's torchsde clock (see :func:`sdekit.brownian_motion`)
+      of shape ``(batch, prod(event_shape))``, or ``generator`` (a ``torch.Generator``) or ``seed`` (an
+      integer in ``[0, 2**63)``) to build one; with none, torch's global generator seeds it.
     - ``max_steps``: the most accepted steps (default 100 000 when adaptive, none when fixed).
     - ``dt_min``: the smallest step sdekit's own adaptive loop may take.
-    - ``throw``: raise :class:`sdekit.SolveError` when the solve does not reach ``t_end`` (default);
-      with ``False``, return the state and time reached and the :class:`Result` code.
-    - ``options``: passed to the backend's solver.
+    - ``throw``: raise :class:`sdekit.SolveError` when the solve does not reach ``t_end`` with finite values
+      (default); with ``False``, return the state reached, its time, the :class:`Result` code and
+      ``Solution.failed``, the samples that went non-finite (the other rows are valid).
+    - ``options``: a dict passed to the backend's solver.
     - ``schedule``: with ``steps=``, how the grid is spaced: ``"uniform"`` (in t), ``"logsnr"``,
       ``"karras"`` (rho = 7), ``"quadratic"``; default: the method's own (``sdekit.methods()``).
+    - ``grad``: build the autograd graph of the solve, to differentiate the result (with respect to the
+      score network's parameters, say).  By default the solve runs under ``torch.no_grad()`` unless ``x``
+      requires grad; scipy's methods compute in numpy and refuse it.
+
+    The score is never handed the caller's ``x`` (the solve starts from a copy), and an exception raised
+    inside the score reaches the caller unchanged.
     """
     if not isinstance(process, Process):
         raise ArgumentTypeError("solve() integrates an sdekit process (reverse(...), probability_flow(...), "
@@ -69,15 +84,19 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
             f"method {m.name!r} integrates ODEs but {type(process).__name__} is an SDE; "
             f"use an SDE method ({', '.join(n for n in _names('sde'))}) or probability_flow(...)"
         )
+    dt = None if dt is None else _real("dt", dt, positive=True)
+    dt_min = None if dt_min is None else _real("dt_min", dt_min, nonnegative=True)
+    _check_arguments(x, max_steps=max_steps, options=options, throw=throw, grad=grad, seed=seed,
+                     generator=generator, noise=noise)
     if grid is not None:
         if t_start is not None or t_end is not None:
             raise InvalidParameterError("a grid fixes t_start and t_end (its first and last times); "
                                         "give the grid alone")
-        grid = as_grid(grid, 0.0, process.sde.T)
+        grid = as_grid(_times("grid", grid), 0.0, process.sde.T)
         t_start, t_end = float(grid[0]), float(grid[-1])
     default_start, default_end = process.default_span()
-    t_start = default_start if t_start is None else float(t_start)
-    t_end = default_end if t_end is None else float(t_end)
+    t_start = default_start if t_start is None else _real("t_start", t_start)
+    t_end = default_end if t_end is None else _real("t_end", t_end)
     _check_span(process, m, t_start, t_end)
     saves = _check_save_at(save_at, t_start, t_end)
 
@@ -85,56 +104,86 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
     if schedule is not None and steps is None:
         raise InvalidParameterError("schedule= spaces the grid that steps= asks for; give steps= with it")
     if adaptive:
-        rtol = DEFAULT_RTOL if rtol is None else _positive("rtol", rtol)
-        atol = DEFAULT_ATOL if atol is None else _positive("atol", atol)
+        rtol = DEFAULT_RTOL if rtol is None else _real("rtol", rtol, positive=True)
+        atol = DEFAULT_ATOL if atol is None else _real("atol", atol, positive=True)
         max_steps = DEFAULT_MAX_STEPS_ADAPTIVE if max_steps is None else max_steps
         the_grid = None
     else:
         if grid is None:
+            _check_grid_size(steps if steps is not None else math.ceil(abs(t_end - t_start) / dt * (1 - 1e-12)),
+                             f"steps={steps!r}" if steps is not None else f"dt={dt!r}")
             grid = (schedule_grid(process.sde, schedule or m.schedule, steps, t_start, t_end) if steps is not None
                     else step_grid(t_start, t_end, dt))
         the_grid = merge_times(grid, saves)
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
-        raise InvalidParameterError(f"max_steps must be a positive integer, got {max_steps!r}")
-    if seed is not None and generator is not None:
-        raise InvalidParameterError("give seed or generator, not both")
+    want_grad = bool(grad) or (x.requires_grad and torch.is_grad_enabled())
+    if want_grad and m.backend == "scipy":
+        raise MethodArgumentError(f"{m.name} (scipy) computes in numpy and cannot keep the autograd graph; "
+                                  "use a torchdiffeq method (dopri5, rk4), or pass x.detach() and grad=False")
 
     bound = process.replace(event_shape=tuple(x.shape[1:]), sde_type=m.sde_type or process.sde_type,
                             t_min=min(t_start, t_end), t_max=max(t_start, t_end))
-    problem = Problem(process=bound, x0=x, t_start=t_start, t_end=t_end, grid=the_grid, save_at=saves,
-                      rtol=rtol if adaptive else None, atol=atol if adaptive else None,
-                      dt0=float(dt) if adaptive and dt is not None else None, dt_min=dt_min,
-                      max_steps=max_steps, noise=noise, generator=generator, seed=seed,
-                      options=dict(options or {}))
-
+    evaluator = bound.evaluator
     start = time.perf_counter()
     try:
-        outcome = m.integrate(m, problem)
-    except Exception:
-        record = bound.evaluator.first_non_finite()
-        if record is None:
+        with torch.set_grad_enabled(want_grad):
+            x0 = x.clone() if want_grad else x.detach().clone()  # the score never sees the caller's tensor
+            problem = Problem(process=bound, x0=x0, t_start=t_start, t_end=t_end, grid=the_grid, save_at=saves,
+                              rtol=rtol if adaptive else None, atol=atol if adaptive else None,
+                              dt0=float(dt) if adaptive and dt is not None else None, dt_min=dt_min,
+                              max_steps=max_steps, noise=noise, generator=generator, seed=seed,
+                              options=dict(options or {}))
+            outcome = m.integrate(m, problem)
+    except SDEKitError:
+        raise
+    except Exception as err:
+        if err is evaluator.user_error:
             raise
-        raise SolveError(_non_finite_message(record)) from None
+        if evaluator.user_error is None:
+            record = evaluator.first_non_finite()
+            if record is not None:
+                raise SolveError(f"{m.name} failed: {_non_finite_message(record, evaluator.name)}") from err
+            raise
+    finally:
+        process.evaluator.nfe += evaluator.nfe
+    if evaluator.user_error is not None:
+        # The score raised and the backend turned it into something else (a result code, another
+        # exception): hand the score's own exception back, with its traceback.
+        raise evaluator.user_error
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
     wall = time.perf_counter() - start
+    return _solution(m, outcome, x, saves, evaluator, wall, throw)
 
-    result, detail, t_reached = outcome.result, outcome.detail, outcome.t
-    record = bound.evaluator.first_non_finite()
+
+def _solution(m, outcome, x, saves, evaluator, wall, throw) -> Solution:
+    """Turn what a method reached into a :class:`Solution` (in x's dtype, ``t`` the time of ``x``); raise if asked."""
+    result, detail = outcome.result, outcome.detail
+    x_out = outcome.x.to(dtype=x.dtype)
+    record = evaluator.first_non_finite()
+    failed = ~finite_rows(x_out)
     if record is not None:
-        result, detail, t_reached = Result.NON_FINITE, _non_finite_message(record), record.time
-    elif result is Result.SUCCESS and not bool(torch.isfinite(outcome.x).all()):
-        result, detail = Result.NON_FINITE, "the final state is not finite although every score was: " \
-                                            + Result.NON_FINITE.message
+        failed = failed | record.failed
+        result = Result.NON_FINITE
+        detail = "; ".join(d for d in (_non_finite_message(record, evaluator.name), outcome.detail) if d)
+    elif bool(failed.any()):
+        result = Result.NON_FINITE
+        detail = "; ".join(d for d in (
+            f"the state went non-finite although every {evaluator.name} value was finite: the method or the "
+            "SDE's f or g failed (check them, or take smaller steps)", outcome.detail) if d)
+    if bool(failed.any()):
+        rows = failed.nonzero().flatten().tolist()
+        detail += f"; samples {_show(rows)} failed ({len(rows)} of {len(failed)}), the others are finite at " \
+                  f"t={outcome.t:.6g}"
     solution = Solution(
-        x=outcome.x, t=t_reached, nfe=bound.evaluator.nfe, method=m.name, backend=m.backend, wall_time=wall,
+        x=x_out, t=outcome.t, nfe=evaluator.nfe, method=m.name, backend=m.backend, wall_time=wall,
         steps=outcome.steps, rejected=outcome.rejected,
         ts=None if saves is None else saves[:len(outcome.path)],
-        path=torch.stack(outcome.path) if outcome.path else None,
-        result=result, detail=detail,
+        path=torch.stack(outcome.path).to(dtype=x.dtype) if outcome.path else None,
+        result=result, detail=detail, failed=failed,
     )
     if throw and result is not Result.SUCCESS:
-        raise SolveError(f"{m.name} did not finish: {detail or result.message}", solution)
+        said = "; ".join(d for d in (detail, "" if result.message in detail else result.message) if d)
+        raise SolveError(f"{m.name} did not finish: {said}", solution)
     return solution
 
 
@@ -177,7 +226,7 @@ def _check_span(process, m, t_start, t_end):
 def _check_save_at(save_at, t_start, t_end):
     if save_at is None:
         return None
-    s = torch.as_tensor(save_at, dtype=torch.float64).detach().to(device="cpu").flatten()  # lists: never via float32
+    s = _times("save_at", save_at).flatten()
     lo, hi = min(t_start, t_end), max(t_start, t_end)
     if s.numel() == 0:
         raise InvalidParameterError("save_at is empty; leave it out or give the times to keep")
@@ -189,11 +238,67 @@ def _check_save_at(save_at, t_start, t_end):
     return ordered
 
 
-def _positive(name, v):
+def _real(name, v, *, positive=False, nonnegative=False) -> float:
+    """``v`` (a real number or a one-element tensor) as a float; refused if not a number, NaN, or out of range."""
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and (v.is_floating_point() or not v.dtype.is_complex):
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise ArgumentTypeError(f"{name} must be a real number, got {type(v).__name__} {v!r:.40}")
     v = float(v)
-    if not (v > 0 and math.isfinite(v)):
-        raise InvalidParameterError(f"{name} must be a positive number, got {v}")
+    if positive and not (v > 0 and math.isfinite(v)):
+        raise InvalidParameterError(f"{name} must be a positive finite number, got {v}")
+    if nonnegative and not (v >= 0 and math.isfinite(v)):
+        raise InvalidParameterError(f"{name} must be a finite number >= 0, got {v}")
+    if math.isnan(v):
+        raise InvalidParameterError(f"{name} is NaN; give a number")
     return v
+
+
+def _times(name, value) -> torch.Tensor:
+    """A user's times (a tensor or a sequence of numbers) as a float64 CPU tensor, or an ArgumentTypeError."""
+    if not isinstance(value, (str, bytes, Mapping, set)):
+        try:
+            # dtype=float64 here, not only in .to(): a list of floats would otherwise pass through float32
+            return torch.as_tensor(value, dtype=torch.float64).detach().to(device="cpu")
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise ArgumentTypeError(f"{name} must be a 1-D tensor or a sequence of times, got {type(value).__name__} "
+                            f"{value!r:.40}")
+
+
+def _check_grid_size(n, what):
+    if isinstance(n, numbers.Real) and not isinstance(n, bool) and n > MAX_GRID_STEPS:
+        raise InvalidParameterError(f"{what} asks for a grid of {n:.4g} steps, more than the {MAX_GRID_STEPS:.0e} "
+                                    "a fixed-step solve takes (each step is kept in memory and calls the score); "
+                                    "take fewer steps, a larger dt, or an adaptive method")
+
+
+def _check_arguments(x, *, max_steps, options, throw, grad, seed, generator, noise):
+    """Type and range checks of the arguments that need nothing but themselves and the state."""
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral)
+                                  or max_steps < 1):
+        raise InvalidParameterError(f"max_steps must be a positive integer, got {max_steps!r:.40}")
+    if options is not None and not isinstance(options, Mapping):
+        raise ArgumentTypeError(f"options must be a dict of the backend's solver options, got {type(options).__name__}")
+    for name, flag in (("throw", throw), ("grad", grad)):
+        if not isinstance(flag, bool):
+            raise ArgumentTypeError(f"{name} must be True or False, got {type(flag).__name__} {flag!r:.40}")
+    check_entropy(seed, generator)
+    if noise is None:
+        return
+    if seed is not None or generator is not None:
+        raise InvalidParameterError("noise= fixes the Brownian path, so seed= and generator= would be ignored; "
+                                    "give noise= or a seed/generator, not both")
+    if getattr(noise, "keyed", False) is True:   # sdekit's keyed noise: queried per sample, any batch
+        return
+    if isinstance(noise, torch.Tensor) or not callable(noise):
+        raise ArgumentTypeError(f"noise must be a Brownian motion called as noise(ta, tb) (build one with "
+                                f"sdekit.brownian_motion), got {type(noise).__name__}")
+    shape = getattr(noise, "shape", None)
+    expected = (x.shape[0], x[0].numel())
+    if shape is not None and tuple(shape) != expected:
+        raise ShapeError(f"noise has shape {tuple(shape)} but this state needs {expected} (batch, flattened "
+                         f"event); build it with sdekit.brownian_motion(t0, t1, {expected})")
 
 
 def _resolve_stepping(m, steps, dt, grid, rtol, atol) -> bool:
@@ -222,8 +327,19 @@ def _resolve_stepping(m, steps, dt, grid, rtol, atol) -> bool:
     return False
 
 
-def _non_finite_message(record) -> str:
-    shown = ", ".join(str(i) for i in record.samples[:8]) + (", ..." if len(record.samples) > 8 else "")
+def _show(rows) -> str:
+    return "[" + ", ".join(str(i) for i in rows[:8]) + (", ...]" if len(rows) > 8 else "]")
+
+
+def _non_finite_message(record, name="score_fn") -> str:
     step = "" if record.step is None else f"step {record.step}, "
-    return (f"score_fn returned non-finite values first at t={record.time:.6g} ({step}score evaluation "
-            f"{record.evaluation}) for samples [{shown}]: {Result.NON_FINITE.message}")
+    where = f"({step}evaluation {record.evaluation}) for samples {_show(record.samples)}"
+    if record.cause == "time":
+        return (f"the method asked for the drift at t=nan first near t={record.time:.6g} {where}: its step size "
+                f"went non-finite, a failure of the method, not of {name}; use float32 or float64, a smaller first "
+                "step (dt=), or a fixed-step method")
+    if record.cause == "state":
+        return (f"the state handed to {name} was already non-finite first at t={record.time:.6g} {where}: the "
+                f"method or the SDE's f or g made it so, not {name}; take smaller steps or check f and g there")
+    return (f"{name} returned non-finite values first at t={record.time:.6g} ({step}score evaluation "
+            f"{record.evaluation}) for samples {_show(record.samples)}: {Result.NON_FINITE.message}")

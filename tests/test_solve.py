@@ -220,17 +220,23 @@ def test_non_finite_score(gaussian, kind, method, kw):
     assert isinstance(out, sdekit.Solution)
     assert out.result is sdekit.Result.NON_FINITE and not out.success
     assert out.detail and "t=" in out.detail
-    assert sde.eps <= out.t < 0.5
+    # t is the time of x: the end of a fixed grid (x went on to eps), or the last accepted step of an
+    # adaptive method, which stops at the failure; every sample's score went NaN, so every sample failed
+    assert out.t == sde.eps if "steps" in kw else t_bad <= out.t < sde.T
+    assert out.failed.shape == (x.shape[0],) and bool(out.failed.all())
 
 
 def test_non_finite_first_time_for_fixed_euler(gaussian):
-    """Euler evaluates at the grid points: the first flagged time is the first grid point below 0.5."""
+    """Euler evaluates at the grid points: the first flagged time is the first grid point below 0.5; the solve's
+    t is the time of its x (the grid's end)."""
     sde, data, x = _setup(gaussian)
     grid = sdekit.uniform_grid(sde.T, sde.eps, 10)
     k = int((grid < 0.5).nonzero()[0])
     out = sdekit.reverse(sde, _nan_below_half(data)).solve(x, method="euler", steps=10, seed=0, throw=False)
-    assert out.t == pytest.approx(float(grid[k]), abs=1e-12)
+    found = _MSG.search(out.detail)
+    assert float(found.group(1)) == pytest.approx(float(grid[k]), abs=1e-6)
     assert f"step {k + 1}" in out.detail
+    assert out.t == sde.eps
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,25 +15,22 @@ def register(method: Method) -> Method:
 
 
 def lookup(name: str, kind: str) -> Method:
-    """The method called ``name`` (short or ``backend.name``) for a process of ``kind`` ("sde"/"ode").
+    """The method called ``name`` (short or ``backend.name``, any case) for a process of ``kind`` ("sde"/"ode").
 
-    A short name shared by two backends (``euler``, ``midpoint``) resolves to the one of the
-    process's own kind: torchsde's for a reverse SDE, torchdiffeq's for a probability-flow ODE.
+    Names are matched without regard to case (``"Euler"``, ``"DOPRI5"``, ``"rk45"``, ``"TorchSDE.euler"``).
+    A short name shared by two backends (``euler``, ``midpoint``) resolves to the one of the process's
+    own kind: torchsde's for a reverse SDE, torchdiffeq's for a probability-flow ODE; among methods of
+    the same kind, the first registered.
     """
     if not isinstance(name, str):
         raise UnknownMethodError(f"method must be a string, got {type(name).__name__}; valid: {_names()}")
-    if name in REGISTRY:
-        return REGISTRY[name]
-    found = [m for m in REGISTRY.values() if m.name == name]
+    key = name.lower()
+    found = ([m for m in REGISTRY.values() if m.qualified_name.lower() == key]
+             or [m for m in REGISTRY.values() if m.name.lower() == key])
     if not found:
-        lowered = [m for m in REGISTRY.values() if m.name.lower() == name.lower()]
-        if len(lowered) == 1:
-            return lowered[0]
         raise UnknownMethodError(f"unknown method {name!r}; valid methods: {_names()}")
-    if len(found) == 1:
-        return found[0]
     same_kind = [m for m in found if m.kind == kind]
-    return same_kind[0]
+    return (same_kind or found)[0]
 
 
 def _names() -> str:
