@@ -20,11 +20,12 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m sdekit.validation.demo
 
+# The tests' tensors are small: one OpenMP thread is the fast path (tests/conftest.py also sets torch's count).
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 test-all: $(VENV)/.installed
-	$(PY) -m pytest -q -m "slow or not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "slow or not slow"
 
 clean:
 	rm -rf $(VENV)

@@ -22,6 +22,22 @@ settings.register_profile("thorough", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("SDEKIT_HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Run the whole suite on one intra-op thread (``SDEKIT_TEST_THREADS=N`` to change), then restore the count.
+
+    The tests' tensors are small: one thread does their elementwise work in microseconds, while several
+    threads on a loaded machine mostly wait for each other (measured on two shared cores: 12-28x slower).
+    sdekit itself never changes torch's thread count; the test suite chooses it here, as a user would.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("SDEKIT_TEST_THREADS", "1")))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class Gaussian:
     """Data ``N(mu, Sigma)`` on an event of shape ``mu.shape``; ``Sigma`` diagonal (``var``) or full (``cov``).
 
@@ -170,12 +186,8 @@ def check_moments():
 
 @pytest.fixture
 def single_thread():
-    """Run a test on one intra-op thread, then restore the count.
-
-    The core tests use batches of at most 20 000 x 2: one thread does those elementwise operations in
-    microseconds, while two threads on a loaded two-core machine spend most of their time waiting for each other
-    (measured: the sampling tests take ~5x longer).  Purely a speed setting; results are identical.
-    """
+    """Run a test on one intra-op thread, then restore the count (the session already runs on one by default;
+    this keeps a test on one thread when ``SDEKIT_TEST_THREADS`` asks for more)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

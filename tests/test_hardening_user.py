@@ -248,3 +248,27 @@ def test_check_sde_checks_the_quick_start_ou_numerically(sde):
         "simulation matches the moment ODEs": "pass", "prior matches the marginal at T": "skip",
         "reverse SDE returns the data": "pass", "probability flow returns the data": "pass"}
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Threads: the tests choose one; the library never changes torch's global settings
+# ---------------------------------------------------------------------------------------------
+
+def test_the_suite_runs_on_one_thread_by_default():
+    import os
+    assert torch.get_num_threads() == int(os.environ.get("SDEKIT_TEST_THREADS", "1"))
+
+
+@pytest.mark.parametrize("method,kw", [("euler", dict(steps=5, seed=0)), ("dopri5", dict(rtol=1e-3, atol=1e-3)),
+                                       ("RK45", dict(rtol=1e-3, atol=1e-3))])
+def test_solving_leaves_torchs_global_state_alone(method, kw):
+    before = (torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled())
+    torch.set_num_threads(2)
+    try:
+        sde = sdekit.VPSDE()
+        x = torch.randn(4, 2, dtype=torch.float64)
+        make = sdekit.reverse if method == "euler" else sdekit.probability_flow
+        make(sde, _score).solve(x, method=method, **kw)
+        assert (torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled()) == (2,) + before[1:]
+    finally:
+        torch.set_num_threads(before[0])
