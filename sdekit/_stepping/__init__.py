@@ -1,0 +1,21 @@
+"""sdekit's own stepping layer: one loop (:func:`run`), small steppers, frames, keyed noise.
+
+Each stepper is one small module; :data:`STEPPERS` lists them in the order ``sdekit.methods()`` shows.
+"""
+
+from ._ddim import DDIM, EulerAncestral
+from ._dpm_solver import DPMSolver2, DPMSolver3, DPMSolverPP2S
+from ._dpmpp_multistep import DPMSolverPP2M, DPMSolverPP3M
+from ._dpmpp_sde import DPMSolverPP2MSDE, DPMSolverPPSDE
+from ._edm import EDMHeun, EDMStochastic
+from ._frame import Frame
+from ._lms import LMS
+from ._loop import run
+from ._pc import PredictorCorrector
+from ._stepper import Stepper
+from ._unipc import UniPC
+
+STEPPERS = (DDIM, DPMSolver2, DPMSolver3, DPMSolverPP2S, DPMSolverPP2M, DPMSolverPP3M, UniPC, EDMHeun, LMS,
+            EulerAncestral, DPMSolverPP2MSDE, DPMSolverPPSDE, EDMStochastic, PredictorCorrector)
+
+__all__ = ["run", "Stepper", "Frame", "STEPPERS"]

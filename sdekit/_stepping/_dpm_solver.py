@@ -1,0 +1,95 @@
+r"""Single-step DPM-Solvers (Lu et al. 2022, "DPM-Solver", Algorithms 1 and 2; Lu et al. 2022b, "DPM-Solver++").
+
+Exponential integrators of the probability flow in log-SNR :math:`\lambda`: the linear part is solved
+exactly and the model's prediction is expanded in :math:`\lambda` over the step
+:math:`h = \lambda(t') - \lambda(t)`, with intermediate points :math:`\lambda + r h` mapped back to time
+by ``sde.t_of_log_snr``.
+
+- ``dpm_solver_2`` (noise prediction, :math:`r_1 = \tfrac12`): 2 evaluations a step, order 2.
+- ``dpm_solver_3`` (noise prediction, :math:`r_1 = \tfrac13, r_2 = \tfrac23`): 3 evaluations, order 3.
+- ``dpmpp_2s`` (data prediction, DPM-Solver++(2S), :math:`r = \tfrac12`): 2 evaluations, order 2.
+"""
+
+import torch
+
+from ._frame import ps
+from ._stepper import Stepper
+
+
+class _SingleStep(Stepper):
+    kind = "ode"
+    frame = "logsnr"
+    schedule = "logsnr"
+    defaults = {}
+
+    def _coefs(self, t):
+        f = self.frame
+        alpha, sigma = f.alpha(t), f.sigma(t)
+        return alpha, sigma, torch.log(alpha / sigma)
+
+    def _at(self, lam):
+        """Time, alpha and sigma at log-SNR ``lam``."""
+        s = self.frame.t_of_log_snr(lam)
+        return s, self.frame.alpha(s), self.frame.sigma(s)
+
+
+class DPMSolver2(_SingleStep):
+    name = "dpm_solver_2"
+    description = "DPM-Solver-2, noise prediction (Lu et al. 2022, Algorithm 1, r1 = 1/2)"
+    order = 2.0
+    needs = "eps"
+
+    def step(self, x, t, t_next, i, n):
+        r1 = 0.5
+        alpha, sigma, lam = self._coefs(t)
+        alpha1, sigma1, lam1 = self._coefs(t_next)
+        h = lam1 - lam
+        s, alpha_s, sigma_s = self._at(lam + r1 * h)
+        e0 = self.frame.noise(x, t)
+        u = ps(alpha_s / alpha, x) * x - ps(sigma_s * torch.expm1(r1 * h), x) * e0
+        d = self.frame.noise(u, s) - e0
+        phi = torch.expm1(h)
+        return ps(alpha1 / alpha, x) * x - ps(sigma1 * phi, x) * e0 - ps(sigma1 * phi / (2 * r1), x) * d
+
+
+class DPMSolver3(_SingleStep):
+    name = "dpm_solver_3"
+    description = "DPM-Solver-3, noise prediction (Lu et al. 2022, Algorithm 2, r1 = 1/3, r2 = 2/3)"
+    order = 3.0
+    needs = "eps"
+
+    def step(self, x, t, t_next, i, n):
+        r1, r2 = 1.0 / 3.0, 2.0 / 3.0
+        alpha, sigma, lam = self._coefs(t)
+        alpha1, sigma1, lam1 = self._coefs(t_next)
+        h = lam1 - lam
+        s1, alpha_s1, sigma_s1 = self._at(lam + r1 * h)
+        s2, alpha_s2, sigma_s2 = self._at(lam + r2 * h)
+        e0 = self.frame.noise(x, t)
+        u1 = ps(alpha_s1 / alpha, x) * x - ps(sigma_s1 * torch.expm1(r1 * h), x) * e0
+        d1 = self.frame.noise(u1, s1) - e0
+        phi2 = torch.expm1(r2 * h)
+        u2 = (ps(alpha_s2 / alpha, x) * x - ps(sigma_s2 * phi2, x) * e0
+              - ps(sigma_s2 * (r2 / r1) * (phi2 / (r2 * h) - 1), x) * d1)
+        d2 = self.frame.noise(u2, s2) - e0
+        phi = torch.expm1(h)
+        return ps(alpha1 / alpha, x) * x - ps(sigma1 * phi, x) * e0 - ps(sigma1 / r2 * (phi / h - 1), x) * d2
+
+
+class DPMSolverPP2S(_SingleStep):
+    name = "dpmpp_2s"
+    description = "DPM-Solver++(2S), data prediction (Lu et al. 2022b, Algorithm 1, r = 1/2)"
+    order = 2.0
+    needs = "x0"
+
+    def step(self, x, t, t_next, i, n):
+        r = 0.5
+        alpha, sigma, lam = self._coefs(t)
+        alpha1, sigma1, lam1 = self._coefs(t_next)
+        h = lam1 - lam
+        s, alpha_s, sigma_s = self._at(lam + r * h)
+        m0 = self.frame.data(x, t)
+        u = ps(sigma_s / sigma, x) * x - ps(alpha_s * torch.expm1(-r * h), x) * m0
+        ms = self.frame.data(u, s)
+        w = 1.0 / (2 * r)
+        return ps(sigma1 / sigma, x) * x - ps(alpha1 * torch.expm1(-h), x) * ((1 - w) * m0 + w * ms)

@@ -1,0 +1,83 @@
+r"""Multistep DPM-Solver++ (Lu et al. 2022b, "DPM-Solver++", Algorithm 2 and its third-order form).
+
+Data prediction :math:`\hat x_0`, one model evaluation a step, the earlier predictions kept.  With
+:math:`h = \lambda' - \lambda_0`, :math:`h_k = \lambda_{-k+1} - \lambda_{-k}` and :math:`r_k = h_k/h`,
+
+.. math::
+
+    x' = \frac{\sigma'}{\sigma_0}x - \alpha'\varphi_1 m_0 + \alpha'\varphi_2 D_1 - \alpha'\varphi_3 D_2,\qquad
+    \varphi_1 = e^{-h} - 1,\ \varphi_2 = \varphi_1/h + 1,\ \varphi_3 = \varphi_2/h - \tfrac12,
+
+where :math:`D_1, D_2` are the first and second divided differences of the predictions in :math:`\lambda`
+(scaled by :math:`h`).  The second-order method uses :math:`x' = \tfrac{\sigma'}{\sigma_0}x - \alpha'\varphi_1
+(m_0 + \tfrac{1}{2r_1}(m_0 - m_{-1}))`.  The first steps use the orders the history allows; with
+``lower_order_final`` (default) grids of fewer than 10 steps also lower the order of the last steps.
+"""
+
+import torch
+
+from ._frame import ps
+from ._stepper import Stepper
+
+LOWER_ORDER_BELOW = 10
+
+
+def step_order(order: int, i: int, n: int, lower_order_final: bool) -> int:
+    """The order of step ``i`` of ``n``: warm-up from 1, and lowered at the end of short grids."""
+    p = min(order, i + 1)
+    if lower_order_final and n < LOWER_ORDER_BELOW:
+        p = min(p, n - i)
+    return p
+
+
+class _DPMSolverPPMultistep(Stepper):
+    kind = "ode"
+    frame = "logsnr"
+    needs = "x0"
+    schedule = "logsnr"
+    defaults = {"lower_order_final": True}
+
+    def setup(self, lower_order_final):
+        self.lower_order_final = bool(lower_order_final)
+        self.past = []   # (log-SNR, data prediction), newest last
+
+    def step(self, x, t, t_next, i, n):
+        f = self.frame
+        alpha, sigma = f.alpha(t), f.sigma(t)
+        alpha1, sigma1 = f.alpha(t_next), f.sigma(t_next)
+        lam, lam1 = torch.log(alpha / sigma), torch.log(alpha1 / sigma1)
+        h = lam1 - lam
+        m0 = f.data(x, t)
+        p = step_order(int(self.order), i, n, self.lower_order_final)
+        phi1 = torch.expm1(-h)
+        out = ps(sigma1 / sigma, x) * x - ps(alpha1 * phi1, x) * m0
+        if p == 2:
+            lam_1, m1 = self.past[-1]
+            r = (lam - lam_1) / h
+            out = out - ps(alpha1 * phi1 * 0.5 / r, x) * (m0 - m1)
+        elif p == 3:
+            (lam_2, m2), (lam_1, m1) = self.past[-2], self.past[-1]
+            r0, r1 = (lam - lam_1) / h, (lam_1 - lam_2) / h
+            d1_0 = ps(1 / r0, x) * (m0 - m1)
+            d1_1 = ps(1 / r1, x) * (m1 - m2)
+            d1 = d1_0 + ps(r0 / (r0 + r1), x) * (d1_0 - d1_1)
+            d2 = ps(1 / (r0 + r1), x) * (d1_0 - d1_1)
+            phi2 = phi1 / h + 1
+            phi3 = phi2 / h - 0.5
+            out = out + ps(alpha1 * phi2, x) * d1 - ps(alpha1 * phi3, x) * d2
+        self.past = (self.past + [(lam, m0)])[-self.history:]
+        return out
+
+
+class DPMSolverPP2M(_DPMSolverPPMultistep):
+    name = "dpmpp_2m"
+    description = "DPM-Solver++(2M), multistep data prediction (Lu et al. 2022b, Algorithm 2)"
+    order = 2.0
+    history = 1
+
+
+class DPMSolverPP3M(_DPMSolverPPMultistep):
+    name = "dpmpp_3m"
+    description = "DPM-Solver++(3M), third-order multistep data prediction (Lu et al. 2022b)"
+    order = 3.0
+    history = 2

@@ -1,0 +1,83 @@
+r"""The frames a stepper steps in, and the model's predictions in each, for any :class:`sdekit.LinearSDE`.
+
+With :math:`x_t = \alpha(t) x_0 + \sigma(t)\varepsilon` and the score :math:`s \approx \nabla\log p_t`:
+
+- data prediction :math:`\hat x_0 = (x + \sigma^2 s)/\alpha`, noise prediction :math:`\hat\varepsilon = -\sigma s`;
+- log-SNR :math:`\lambda = \log\alpha - \log\sigma`, and its inverse ``sde.t_of_log_snr``;
+- the VE-frame noise level :math:`\tilde\sigma = \sigma/\alpha = e^{-\lambda}` and state :math:`\tilde x = x/\alpha`,
+  in which the probability-flow ODE is :math:`d\tilde x/d\tilde\sigma = (\tilde x - \hat x_0)/\tilde\sigma`
+  (Karras et al. 2022, eq. 4).
+
+Coefficients are computed in float64 from float64 per-sample times of shape ``(batch,)`` and cast to the
+state's dtype only where they multiply a state; the model sees times in the state's dtype, at least float32.
+"""
+
+import torch
+
+from .._broadcast import per_sample
+from .._errors import MethodArgumentError
+
+
+def model_time(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``t`` as the score function receives it: in ``x``'s dtype, but never coarser than float32."""
+    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    return t.to(dtype=dtype)
+
+
+class Frame:
+    """A bound process seen by a stepper: coefficients of its :class:`LinearSDE` and the model's predictions.
+
+    ``evaluate(x, t)`` is the counted, checked score call (the process's evaluator); ``score``,
+    ``data`` and ``noise`` return :math:`s`, :math:`\\hat x_0` and :math:`\\hat\\varepsilon` at per-sample times.
+    """
+
+    def __init__(self, process, method_name: str):
+        from .._sde import LinearSDE
+        sde = process.sde
+        if not isinstance(sde, LinearSDE):
+            raise MethodArgumentError(f"{method_name} steps in the frames of a linear SDE (alpha, sigma, log-SNR); "
+                                      f"{type(sde).__name__} is not an sdekit.LinearSDE: use euler, heun or an "
+                                      f"adaptive method instead")
+        self.sde = sde
+        self.process = process
+        self.evaluate = process.evaluator
+
+    # -- coefficients (float64, per sample) -----------------------------------------------------
+    def alpha(self, t):
+        return torch.exp(self.sde.log_alpha(t))
+
+    def sigma(self, t):
+        return self.sde.sigma(t)
+
+    def log_snr(self, t):
+        return self.sde.log_alpha(t) - torch.log(self.sde.sigma(t))
+
+    def t_of_log_snr(self, lam):
+        return self.sde.t_of_log_snr(lam)
+
+    def sigma_ve(self, t):
+        r""":math:`\tilde\sigma = \sigma/\alpha`."""
+        return self.sde.sigma(t) * torch.exp(-self.sde.log_alpha(t))
+
+    def t_of_sigma_ve(self, s):
+        r"""The time at which :math:`\tilde\sigma =` ``s``: :math:`\lambda^{-1}(-\log s)`."""
+        return self.sde.t_of_log_snr(-torch.log(s))
+
+    # -- the model --------------------------------------------------------------------------
+    def score(self, x, t):
+        return self.evaluate(x, model_time(t, x))
+
+    def data(self, x, t):
+        r""":math:`\hat x_0 = (x + \sigma^2 s)/\alpha`."""
+        s = self.score(x, t)
+        sigma, alpha = self.sigma(t), self.alpha(t)
+        return (x + per_sample((sigma * sigma).to(x.dtype), x) * s) * per_sample((1 / alpha).to(x.dtype), x)
+
+    def noise(self, x, t):
+        r""":math:`\hat\varepsilon = -\sigma s`."""
+        return -per_sample(self.sigma(t).to(x.dtype), x) * self.score(x, t)
+
+
+def ps(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A float64 per-sample coefficient ``(batch,)`` cast to ``x``'s dtype and shaped to broadcast against it."""
+    return per_sample(coef.to(x.dtype), x)

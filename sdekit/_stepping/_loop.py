@@ -1,0 +1,90 @@
+r"""The one loop under every native method: the grid, step counting, ``max_steps``, ``save_at``, the noise.
+
+``run(stepper_class, method, problem)`` builds the stepper for one solve, walks the float64 grid
+with per-sample times of shape ``(batch,)`` (all samples share them on a fixed grid), keeps the
+states at the ``save_at`` times and stops at ``max_steps``.  NFE and the non-finite record live in
+the process's evaluator, and ``solve()`` turns the outcome into a :class:`sdekit.Solution`, so
+neither is repeated here.  The loop makes no host synchronisation: the grid is on the host and
+every decision it takes is known before the solve starts.
+
+With ``options={"denoise": True}`` a final step replaces the state at ``t_end`` by the data
+prediction :math:`\hat x_0` there (Tweedie's formula; one more score evaluation, counted).
+"""
+
+import torch
+
+from .._errors import InvalidParameterError, MethodArgumentError
+from .._keyed import KeyedBrownian
+from .._solution import Result
+from ._frame import Frame
+
+_ENTROPY_HIGH = 2 ** 62
+
+
+def run(stepper_class, method, pb):
+    """Integrate ``pb`` (a :class:`~sdekit._methods.Problem` on a fixed grid) with ``stepper_class``."""
+    if pb.adaptive:
+        raise MethodArgumentError(f"{method.name} takes fixed steps: give steps=, dt= or grid=")
+    proc = pb.process
+    if stepper_class.kind == "sde" and proc.kind == "ode" and not getattr(stepper_class, "deterministic_on_ode",
+                                                                          False):
+        raise MethodArgumentError(f"{method.name} samples the reverse SDE; integrate sdekit.reverse(sde, score_fn) "
+                                  f"with it, or use an ODE sampler (ddim, dpmpp_2m, ...) on the probability flow")
+    options = dict(pb.options)
+    denoise = options.pop("denoise", False)
+    if not isinstance(denoise, bool):
+        raise InvalidParameterError(f"option denoise must be True or False, got {denoise!r}")
+    frame = Frame(proc, method.name) if stepper_class.linear else proc
+    x = pb.x0
+    noise = _noise(pb, x) if stepper_class.kind == "sde" and proc.kind == "sde" else None
+    stepper = stepper_class(frame, noise, options)
+
+    batch = x.shape[0]
+    times = pb.grid.to(device=x.device)
+    n = times.numel() - 1
+    save = _save_indices(pb.grid, pb.save_at)
+    path = [x] if 0 in save else []
+    limit = n if pb.max_steps is None else min(n, pb.max_steps)
+    t = times[0].expand(batch)
+    for i in range(limit):
+        proc.evaluator.step = i + 1
+        t_next = times[i + 1].expand(batch)
+        x = stepper.step(x, t, t_next, i, n)
+        t = t_next
+        if i + 1 in save:
+            path.append(x)
+    from .._methods import Outcome
+    if limit < n:
+        t_reached = float(pb.grid[limit])
+        return Outcome(x, t_reached, path, steps=limit, rejected=0, result=Result.MAX_STEPS,
+                       detail=f"stopped at t={t_reached:.6g} after max_steps={pb.max_steps} of {n} grid steps")
+    if denoise:
+        proc.evaluator.step = n + 1
+        x = Frame(proc, method.name).data(x, t)
+    return Outcome(x, pb.t_end, path, steps=n, rejected=0)
+
+
+def _noise(pb, x):
+    """The keyed Brownian path of this solve: the caller's, or one over the span keyed by seed/generator."""
+    lo, hi = min(pb.t_start, pb.t_end), max(pb.t_start, pb.t_end)
+    if pb.noise is not None:
+        bm = pb.noise
+        if not isinstance(bm, KeyedBrownian):
+            raise MethodArgumentError("native stochastic methods take noise=sdekit.KeyedBrownian(...) "
+                                      "(or seed=/generator=); torchsde Brownian motions are for torchsde methods")
+        if bm.shape != tuple(x.shape) or not bm.covers(lo, hi):
+            raise InvalidParameterError(f"noise covers [{bm.t0}, {bm.t1}] with shape {bm.shape}, but the solve "
+                                        f"needs [{lo}, {hi}] and shape {tuple(x.shape)}")
+        return bm
+    seed = pb.seed
+    if seed is None:
+        where = pb.generator.device if pb.generator is not None else "cpu"
+        seed = int(torch.randint(0, _ENTROPY_HIGH, (1,), generator=pb.generator, device=where))
+    return KeyedBrownian(lo, hi, tuple(x.shape), seed=int(seed), dtype=x.dtype, device=x.device)
+
+
+def _save_indices(grid, save_at):
+    if save_at is None:
+        return set()
+    where = {float(t): i for i, t in enumerate(grid.tolist())}
+    return {where[float(t)] for t in save_at.tolist()}
