@@ -43,9 +43,12 @@ class MethodTable(list):
     def __str__(self):
         def fmt(v):
             return "-" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
-        head = ("method", "backend", "kind", "order", "additive", "weak", "stepping", "calculus")
-        rows = [(m.name, m.backend, m.kind.upper(), fmt(m.order), fmt(m.order_additive), fmt(m.weak_order),
-                 m.stepping, fmt(m.sde_type)) for m in self]
+        head = ("method", "backend", "takes", "order", "additive", "weak", "stepping", "calculus", "frame", "needs",
+                "history", "error est.", "schedule")
+        rows = [(m.name, m.backend, "+".join(k.upper() for k in m.accepts), fmt(m.order), fmt(m.order_additive),
+                 fmt(m.weak_order), m.stepping, fmt(m.sde_type), m.frame, m.needs, str(m.history),
+                 "yes" if m.error_estimate else "no", m.schedule if m.stepping != "adaptive" else "-")
+                for m in self]
         widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
         return "\n".join(lines)
@@ -56,8 +59,11 @@ class MethodTable(list):
 def methods(kind: str = None, backend: str = None) -> List[Method]:
     """Every registered method (optionally of one ``kind`` or ``backend``), printable as a table.
 
-    Columns: name, backend, SDE or ODE, order (strong order under diagonal noise for SDE
-    methods), strong order under additive noise, weak order, fixed/adaptive stepping, calculus.
+    Columns: name, backend, the processes it takes (SDE: a reverse or forward SDE; ODE: a probability
+    flow), order (the ODE order, or the strong order under diagonal noise for SDE methods), strong order
+    under additive noise, weak order, fixed/adaptive stepping, calculus, the frame it steps in (t, sigma,
+    log-SNR), what it needs from the model (drift, score, x0, eps), the model outputs it keeps
+    (history), whether it estimates its error, and the default schedule of ``steps=``.
     """
     return MethodTable(m for m in REGISTRY.values()
                        if (kind is None or m.kind == kind) and (backend is None or m.backend == backend))

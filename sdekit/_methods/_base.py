@@ -32,6 +32,8 @@ class Method:
     - ``error_estimate``: whether it estimates its local error (and so can adapt its step).
     - ``schedule``: the grid ``solve(steps=...)`` builds for it unless ``schedule=`` says otherwise.
     - ``options``: the option names it takes (``solve(options=...)``); ``None``: the backend's own.
+    - ``processes``: the process kinds it integrates (``("sde", "ode")``); default: an SDE method takes both
+      (an ODE is an SDE with zero noise), an ODE method only ODEs.
     """
 
     name: str
@@ -51,10 +53,18 @@ class Method:
     error_estimate: bool = False
     schedule: str = "uniform"
     options: Optional[tuple] = None
+    processes: Optional[tuple] = None
 
     @property
     def qualified_name(self) -> str:
         return f"{self.backend}.{self.name}"
+
+    @property
+    def accepts(self) -> tuple:
+        """The process kinds it integrates: ``"sde"`` (reverse or forward SDE), ``"ode"`` (probability flow)."""
+        if self.processes is not None:
+            return self.processes
+        return ("sde", "ode") if self.kind == "sde" else ("ode",)
 
     @property
     def adaptive(self) -> bool:
