@@ -2,7 +2,7 @@ r"""sdekit: score-based generative modelling through stochastic differential equ
 
 Forward SDEs (:class:`VPSDE`, :class:`SubVPSDE`, :class:`VESDE`, or any :class:`SDE`), their
 reverse-time SDE (:func:`reverse`) and probability-flow ODE (:func:`probability_flow`), solved by
-torchsde, torchdiffeq or scipy through one :func:`solve`::
+torchsde, torchdiffeq, scipy or sdekit's own diffusion samplers through one :func:`solve`::
 
     import sdekit
     sde = sdekit.VPSDE()
@@ -14,7 +14,8 @@ torchsde, torchdiffeq or scipy through one :func:`solve`::
 from ._brownian import brownian_motion
 from ._errors import (ArgumentTypeError, InvalidParameterError, MethodArgumentError, ScoreFunctionError,
                       SDEKitError, ShapeError, SolveError, UnknownMethodError)
-from ._grid import karras_grid, log_snr_grid, step_grid, uniform_grid
+from ._grid import SCHEDULES, karras_grid, log_snr_grid, quadratic_grid, schedule_grid, step_grid, uniform_grid
+from ._keyed import KeyedBrownian, keyed_normal
 from ._methods import Method, methods
 from ._process import ForwardSDE, ProbabilityFlowODE, Process, ReverseSDE, forward, probability_flow, reverse
 from ._sde import SDE, LinearSDE, SubVPSDE, VESDE, VPSDE
@@ -27,7 +28,7 @@ __all__ = [
     "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE",
     "Process", "ReverseSDE", "ProbabilityFlowODE", "ForwardSDE", "reverse", "probability_flow", "forward",
     "solve", "Solution", "Result", "Method", "methods", "brownian_motion", "uniform_grid", "step_grid",
-    "log_snr_grid", "karras_grid",
+    "log_snr_grid", "karras_grid", "quadratic_grid", "schedule_grid", "SCHEDULES", "KeyedBrownian", "keyed_normal",
     "SDEKitError", "ArgumentTypeError", "InvalidParameterError", "ShapeError", "ScoreFunctionError", "UnknownMethodError",
     "MethodArgumentError", "SolveError",
 ]

@@ -27,6 +27,7 @@ import sdekit
 from sdekit import InvalidParameterError
 
 from ._exact_sdes import ExactSDE, exact_sdes
+from ._gaussian import GaussianData
 
 __all__ = [
     "OrderResult", "GaussianFlow", "fit_order", "strong_order", "ode_order", "tolerance_study", "weak_order",
@@ -166,15 +167,15 @@ def strong_order(method: str, problem="gbm", ks: Sequence[int] = range(4, 9), ba
 class GaussianFlow:
     r"""The probability-flow ODE of data :math:`N(\mu, \operatorname{diag}(S))` under a linear SDE, solved exactly.
 
-    With :math:`v_t = \alpha_t^2 S + \sigma_t^2`, the score is :math:`-(x - \alpha_t\mu)/v_t` and the flow
-    map from :math:`t` to :math:`s` is, coordinatewise,
-
-    .. math:: x_s = \alpha_s\mu + \sqrt{v_s / v_t}\,(x_t - \alpha_t\mu).
+    A :class:`GaussianData` with a diagonal covariance, flattened to its ``d`` coordinates: the score and
+    the flow map (:meth:`GaussianData.flow_map`, coordinatewise here,
+    :math:`x_s = \alpha_s\mu + \sqrt{v_s / v_t}\,(x_t - \alpha_t\mu)` with :math:`v_t = \alpha_t^2 S + \sigma_t^2`)
+    take any event shape with ``d`` elements.
 
     **Arguments**
 
     - ``name``: a label for tables.
-    - ``sde``: an :class:`sdekit.LinearSDE` with closed-form ``alpha`` and ``sigma``.
+    - ``sde``: an :class:`sdekit.LinearSDE`.
     - ``mean``, ``var``: :math:`\mu` and :math:`S`, length ``d`` (``S`` not all 1, or the flow is trivial).
     - ``t_start``, ``t_end``: the interval integrated (from ``t_start`` down to ``t_end``).
     """
@@ -184,35 +185,22 @@ class GaussianFlow:
         self.mean = torch.as_tensor(mean, dtype=torch.float64)
         self.var = torch.as_tensor(var, dtype=torch.float64)
         self.t_start, self.t_end = float(t_start), float(t_end)
-
-    def _av(self, t, like):
-        t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
-        if t.dim() == 0:
-            t = t.expand(like.shape[0])
-        a = self.sde.alpha(t).reshape((-1,) + (1,) * (like.dim() - 1))
-        s = self.sde.sigma(t).reshape((-1,) + (1,) * (like.dim() - 1))
-        mu, var = self.mean.to(like), self.var.to(like)
-        if like.dim() > 1 and like[0].numel() == mu.numel() and like.shape[1:] != mu.shape:
-            mu, var = mu.reshape(like.shape[1:]), var.reshape(like.shape[1:])  # another event shape, same d
-        return a, a * a * var + s * s, mu
+        self.data = GaussianData(self.mean, torch.diag(self.var), sde)
 
     def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The exact score of :math:`p_t`; elementwise, so any event shape with ``d`` elements works."""
-        a, v, mu = self._av(t, x)
-        return -(x - a * mu) / v
+        """The exact score of :math:`p_t`; any event shape with ``d`` elements."""
+        return self.data.score(x.reshape(x.shape[0], -1), t).reshape(x.shape)
 
     def flow_map(self, x: torch.Tensor, t: float, s: float) -> torch.Tensor:
-        """The exact flow from time ``t`` to time ``s``."""
-        a_t, v_t, mu = self._av(t, x)
-        a_s, v_s, _ = self._av(s, x)
-        return a_s * mu + torch.sqrt(v_s / v_t) * (x - a_t * mu)
+        """The exact flow from time ``t`` to time ``s`` (:meth:`GaussianData.flow_map`)."""
+        return self.data.flow_map(x.reshape(x.shape[0], -1), t, s).reshape(x.shape)
 
     def sample(self, n: int, t: float, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
-        """``n`` exact samples of :math:`p_t`, shape ``(n, d)``."""
+        """``n`` exact samples of :math:`p_t`, shape ``(n, d)``: the mean plus the marginal std times standard normals."""
         g = torch.Generator().manual_seed(seed)
         z = torch.randn(n, self.mean.numel(), generator=g, dtype=torch.float64)
-        a, v, mu = self._av(t, z)
-        return (a * mu + torch.sqrt(v) * z).to(dtype)
+        mean, cov = self.data.marginal(float(t))
+        return (mean + torch.sqrt(torch.diagonal(cov)) * z).to(dtype)
 
     def ode(self):
         """The :class:`sdekit.ProbabilityFlowODE` with the exact score."""
@@ -341,7 +329,8 @@ def _euler_moments(case: GaussianFlow, n: int):
     """
     sde = case.sde
     ts = torch.linspace(case.t_start, case.t_end, n + 1, dtype=torch.float64)
-    a, v, mu = case._av(ts, ts.reshape(-1, 1))
+    a = case.data.moments.alpha(ts).reshape(-1, 1)
+    v, mu = a * a * case.var + case.data.moments.sigma(ts).reshape(-1, 1) ** 2, case.mean
     m, p = a[0] * mu, v[0]
     for i in range(n):
         h = float(ts[i] - ts[i + 1])

@@ -10,14 +10,15 @@ Data prediction :math:`\hat x_0`, one model evaluation a step, the earlier predi
 
 where :math:`D_1 \approx h\,m'` and :math:`D_2 = (D_{1,0} - D_{1,1})/(r_0 + r_1) \approx \tfrac12 h^2 m''` are the
 divided differences of the predictions in :math:`\lambda` (the exact integral of the quadratic through the
-last three predictions).  DPM-Solver's reference code weights :math:`D_2` by :math:`\varphi_3` rather than
-:math:`2\varphi_3`, which leaves an :math:`O(h^3)` local error: measured global order 2.0–2.3 instead of 3.  The second-order method uses :math:`x' = \tfrac{\sigma'}{\sigma_0}x - \alpha'\varphi_1
-(m_0 + \tfrac{1}{2r_1}(m_0 - m_{-1}))`.  The first steps use the orders the history allows; with
+last three predictions).  DPM-Solver's reference code (and k-diffusion's ``dpmpp_3m_sde``) weights
+:math:`D_2` by :math:`\varphi_3` rather than :math:`2\varphi_3`, which leaves an :math:`O(h^3)` local error:
+measured global order 2.1–2.3 instead of 3.  The second-order method uses
+:math:`x' = \tfrac{\sigma'}{\sigma_0}x - \alpha'\varphi_1(m_0 + \tfrac{1}{2r_1}(m_0 - m_{-1}))`.  The first steps use the orders the history allows; with
 ``lower_order_final`` (default) grids of fewer than 10 steps also lower the order of the last steps.
 
 Warm-up: DPM-Solver's (``warmup="multistep"``, default) takes a first-order first step, whose local
-error :math:`O(h^2)` limits the third-order method's global order to 2 as :math:`h \to 0` (measured 2.0–2.3
-on the exact Gaussian flow); ``warmup="singlestep"`` takes the first step with DPM-Solver++(2S) instead,
+error :math:`O(h^2)` limits the third-order method's global order to 2 as :math:`h \to 0` (measured 2.0 on
+the exact VE Gaussian flow, where the first steps dominate); ``warmup="singlestep"`` takes the first step with DPM-Solver++(2S) instead,
 one more evaluation in all, and the method then converges at order 3.
 """
 
