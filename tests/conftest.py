@@ -1,7 +1,7 @@
 """Shared helpers of the core test suite: an exact Gaussian score and a recording score wrapper.
 
-Kept deliberately independent of ``sdekit.validation`` (which has a fuller version): the
-formulas here are the textbook ones, written out so the tests check sdekit against them.
+The score and moments here are the textbook formulas, written out so the tests check sdekit against
+them; the probability-flow map is ``sdekit.validation``'s (one implementation, tested there).
 
 For data :math:`N(\\mu, \\Sigma)` under a linear SDE with mean coefficient :math:`\\alpha(t)` and
 std :math:`\\sigma(t)`, :math:`p_t = N(\\alpha\\mu, \\alpha^2\\Sigma + \\sigma^2 I)` and the score is
@@ -98,13 +98,12 @@ class Gaussian:
         return (mean + z @ L.T).reshape((n,) + self.shape).to(dtype)
 
     def flow_map(self, x_t, t, s):
-        """The exact probability-flow map from time t to time s (diagonal Sigma), coordinatewise."""
-        assert self.var is not None, "the closed-form flow map is written for a diagonal Sigma"
-        a_t, s_t = self._coefs(t, x_t)
-        a_s, s_s = self._coefs(s, x_t)
-        mu, var = self.mu.to(x_t), self.var.to(x_t)
-        gain = torch.sqrt(a_s ** 2 * var + s_s ** 2) / torch.sqrt(a_t ** 2 * var + s_t ** 2)
-        return a_s * mu + gain * (x_t - a_t * mu)
+        """The exact probability-flow map from time t to time s (diagonal Sigma): sdekit.validation's
+        :meth:`GaussianData.flow_map` on the flattened event, with this helper's alpha(t) and sigma(t)."""
+        from sdekit.validation import GaussianData
+        assert self.var is not None, "the flow map is taken with a diagonal Sigma"
+        flat = GaussianData(self.mu.flatten(), torch.diag(self.var.flatten()), sde=None, moments=self)
+        return flat.flow_map(x_t.reshape(x_t.shape[0], -1), t, s).reshape(x_t.shape)
 
 
 class Recorder:
