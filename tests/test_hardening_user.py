@@ -272,3 +272,23 @@ def test_solving_leaves_torchs_global_state_alone(method, kw):
         assert (torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled()) == (2,) + before[1:]
     finally:
         torch.set_num_threads(before[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# The convergence-study helpers are exported and documented
+# ---------------------------------------------------------------------------------------------
+
+def test_order_helpers_are_exported_and_the_documented_study_runs(capsys):
+    import pathlib
+    import re
+
+    import sdekit.validation as v
+    for name in ("strong_order", "ode_order", "fit_order", "OrderResult"):
+        assert name in v.__all__ and callable(getattr(v, name))
+    page = (pathlib.Path(__file__).parents[1] / "docs" / "orders.md").read_text()
+    section = page.split("## Your own convergence study", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "docs/orders.md", "exec"), {})
+    printed = [float(v) for v in capsys.readouterr().out.split()]
+    assert printed == pytest.approx([0.5, 4.0, 2.0], abs=0.3)
+    assert v.fit_order([1.0, 0.5, 0.25], [4.0, 1.0, 0.25]) == pytest.approx(2.0)

@@ -12,6 +12,9 @@ r"""sdekit.validation: exact test problems and honest metrics for samplers of sc
 - SDEs with exact strong solutions given the Brownian path (:class:`GeometricBrownianMotion`,
   :class:`AdditiveSDE`, :class:`ArctanSDE`, :class:`SinhSDE`; :func:`exact_sdes` lists the standard
   problems); ``python -m sdekit.validation.orders`` measures every method's order on them.
+- Convergence studies: :func:`strong_order` (SDE methods on the exact-solution SDEs), :func:`ode_order`
+  (ODE methods on the Gaussian probability flow), :func:`fit_order` (the slope of log error on log step
+  for a study of your own); each study returns an :class:`OrderResult`.
 - :func:`check_sde`: a user's SDE against its own moment equations, its prior, and the exact-score
   reverse SDE and probability flow.
 - ``python -m sdekit.validation.demo``: the main job, a solver comparison on the default mixture.
@@ -42,5 +45,7 @@ __all__ = [
     "mean_cov_error", "gaussian_w2", "fitted_gaussian_w2", "sliced_wasserstein", "energy_distance",
     "monte_carlo_floor", "mode_masses",
     "ExactSDE", "GeometricBrownianMotion", "AdditiveSDE", "ArctanSDE", "SinhSDE", "exact_sdes",
+    "OrderResult", "fit_order", "strong_order", "ode_order",
 ]
 from ._exact_sdes import AdditiveSDE, ArctanSDE, ExactSDE, GeometricBrownianMotion, SinhSDE, exact_sdes  # noqa: E402
+from ._orders import OrderResult, fit_order, ode_order, strong_order  # noqa: E402
