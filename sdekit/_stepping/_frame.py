@@ -41,23 +41,43 @@ class Frame:
         self.sde = sde
         self.process = process
         self.evaluate = process.evaluator
+        self._known = {}    # id(time tensor) -> (the tensor, (alpha, sigma)): the grid's, computed up front
+
+    def remember(self, times, batch: int):
+        """Per-sample time tensors ``(batch,)`` for the 1-D grid ``times``, their coefficients computed at once.
+
+        A stepper asked for alpha or sigma at one of these tensors gets them without recomputing.
+        """
+        alpha, sigma = torch.exp(self.sde.log_alpha(times)), self.sde.sigma(times)
+        ts = [times[i].expand(batch) for i in range(times.numel())]
+        self._known = {id(t): (t, (alpha[i].expand(batch), sigma[i].expand(batch))) for i, t in enumerate(ts)}
+        return ts
 
     # -- coefficients (float64, per sample) -----------------------------------------------------
+    def _coefs(self, t):
+        """``(alpha, sigma)`` at the per-sample times ``t``."""
+        known = self._known.get(id(t))
+        if known is not None and known[0] is t:
+            return known[1]
+        return torch.exp(self.sde.log_alpha(t)), self.sde.sigma(t)
+
     def alpha(self, t):
-        return torch.exp(self.sde.log_alpha(t))
+        return self._coefs(t)[0]
 
     def sigma(self, t):
-        return self.sde.sigma(t)
+        return self._coefs(t)[1]
 
     def log_snr(self, t):
-        return self.sde.log_alpha(t) - torch.log(self.sde.sigma(t))
+        alpha, sigma = self._coefs(t)
+        return torch.log(alpha / sigma)
 
     def t_of_log_snr(self, lam):
         return self.sde.t_of_log_snr(lam)
 
     def sigma_ve(self, t):
         r""":math:`\tilde\sigma = \sigma/\alpha`."""
-        return self.sde.sigma(t) * torch.exp(-self.sde.log_alpha(t))
+        alpha, sigma = self._coefs(t)
+        return sigma / alpha
 
     def t_of_sigma_ve(self, s):
         r"""The time at which :math:`\tilde\sigma =` ``s``: :math:`\lambda^{-1}(-\log s)`."""

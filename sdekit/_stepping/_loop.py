@@ -42,17 +42,16 @@ def run(stepper_class, method, pb):
     batch = x.shape[0]
     times = pb.grid.to(device=x.device)
     n = times.numel() - 1
+    ts = frame.remember(times, batch) if isinstance(frame, Frame) else [times[i].expand(batch) for i in range(n + 1)]
     save = _save_indices(pb.grid, pb.save_at)
     path = [x] if 0 in save else []
     limit = n if pb.max_steps is None else min(n, pb.max_steps)
-    t = times[0].expand(batch)
     for i in range(limit):
         proc.evaluator.step = i + 1
-        t_next = times[i + 1].expand(batch)
-        x = stepper.step(x, t, t_next, i, n)
-        t = t_next
+        x = stepper.step(x, ts[i], ts[i + 1], i, n)
         if i + 1 in save:
             path.append(x)
+    t = ts[limit]
     from .._methods import Outcome
     if limit < n:
         t_reached = float(pb.grid[limit])
@@ -60,7 +59,7 @@ def run(stepper_class, method, pb):
                        detail=f"stopped at t={t_reached:.6g} after max_steps={pb.max_steps} of {n} grid steps")
     if denoise:
         proc.evaluator.step = n + 1
-        x = Frame(proc, method.name).data(x, t)
+        x = (frame if isinstance(frame, Frame) else Frame(proc, method.name)).data(x, t)
     return Outcome(x, pb.t_end, path, steps=n, rejected=0)
 
 
