@@ -9,6 +9,11 @@ every decision it takes is known before the solve starts.
 
 With ``options={"denoise": True}`` a final step replaces the state at ``t_end`` by the data
 prediction :math:`\hat x_0` there (Tweedie's formula; one more score evaluation, counted).
+
+With ``options={"hook": fn}`` the loop calls ``x = fn(x, t, noise)`` after every step (and once on the
+initial state), with ``t`` the per-sample times ``(batch,)`` of ``x`` (float64) and ``noise`` the solve's
+:class:`sdekit.KeyedBrownian` (built for an ODE too when a hook is given), so that a hook's own random
+numbers are keyed like the sampler's: imputation replaces known coordinates there.
 """
 
 import torch
@@ -32,23 +37,31 @@ def run(stepper_class, method, pb):
                                   f"with it, or use an ODE sampler (ddim, dpmpp_2m, ...) on the probability flow")
     options = dict(pb.options)
     denoise = options.pop("denoise", False)
+    hook = options.pop("hook", None)
     if not isinstance(denoise, bool):
         raise InvalidParameterError(f"option denoise must be True or False, got {denoise!r}")
+    if hook is not None and not callable(hook):
+        raise InvalidParameterError(f"option hook must be callable as hook(x, t, noise) -> x, got {type(hook).__name__}")
     frame = Frame(proc, method.name) if stepper_class.linear else proc
     x = pb.x0
-    noise = _noise(pb, x) if stepper_class.kind == "sde" and proc.kind == "sde" else None
-    stepper = stepper_class(frame, noise, options)
+    stochastic = stepper_class.kind == "sde" and proc.kind == "sde"
+    noise = _noise(pb, x) if stochastic or hook is not None else None
+    stepper = stepper_class(frame, noise if stochastic else None, options)
 
     batch = x.shape[0]
     times = pb.grid.to(device=x.device)
     n = times.numel() - 1
     ts = frame.remember(times, batch) if isinstance(frame, Frame) else [times[i].expand(batch) for i in range(n + 1)]
     save = _save_indices(pb.grid, pb.save_at)
+    if hook is not None:
+        x = _hooked(hook, x, ts[0], noise)
     path = [x] if 0 in save else []
     limit = n if pb.max_steps is None else min(n, pb.max_steps)
     for i in range(limit):
         proc.evaluator.step = i + 1
         x = stepper.step(x, ts[i], ts[i + 1], i, n)
+        if hook is not None:
+            x = _hooked(hook, x, ts[i + 1], noise)
         if i + 1 in save:
             path.append(x)
     t = ts[limit]
@@ -61,6 +74,15 @@ def run(stepper_class, method, pb):
         proc.evaluator.step = n + 1
         x = (frame if isinstance(frame, Frame) else Frame(proc, method.name)).data(x, t)
     return Outcome(x, pb.t_end, path, steps=n, rejected=0)
+
+
+def _hooked(hook, x, t, noise):
+    out = hook(x, t, noise)
+    if not (isinstance(out, torch.Tensor) and out.shape == x.shape and out.dtype == x.dtype):
+        raise InvalidParameterError(f"the hook returned {type(out).__name__} "
+                                    f"{tuple(out.shape) if isinstance(out, torch.Tensor) else ''}; it must return "
+                                    f"the state, a tensor of shape {tuple(x.shape)} and dtype {x.dtype}")
+    return out
 
 
 def _noise(pb, x):
