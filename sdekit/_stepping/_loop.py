@@ -20,6 +20,7 @@ import torch
 
 from .._errors import InvalidParameterError, MethodArgumentError
 from .._keyed import KeyedBrownian
+from .._methods._base import Outcome
 from .._solution import Result
 from ._frame import Frame
 
@@ -42,7 +43,7 @@ def run(stepper_class, method, pb):
         raise InvalidParameterError(f"option denoise must be True or False, got {denoise!r}")
     if hook is not None and not callable(hook):
         raise InvalidParameterError(f"option hook must be callable as hook(x, t, noise) -> x, got {type(hook).__name__}")
-    frame = Frame(proc, method.name) if stepper_class.linear else proc
+    frame = Frame(proc, method.name)
     x = pb.x0
     stochastic = stepper_class.kind == "sde" and proc.kind == "sde"
     noise = _noise(pb, x) if stochastic or hook is not None else None
@@ -51,7 +52,7 @@ def run(stepper_class, method, pb):
     batch = x.shape[0]
     times = pb.grid.to(device=x.device)
     n = times.numel() - 1
-    ts = frame.remember(times, batch) if isinstance(frame, Frame) else [times[i].expand(batch) for i in range(n + 1)]
+    ts = frame.remember(times, batch)
     save = _save_indices(pb.grid, pb.save_at)
     if hook is not None:
         x = _hooked(hook, x, ts[0], noise)
@@ -64,15 +65,13 @@ def run(stepper_class, method, pb):
             x = _hooked(hook, x, ts[i + 1], noise)
         if i + 1 in save:
             path.append(x)
-    t = ts[limit]
-    from .._methods import Outcome
     if limit < n:
         t_reached = float(pb.grid[limit])
         return Outcome(x, t_reached, path, steps=limit, rejected=0, result=Result.MAX_STEPS,
                        detail=f"stopped at t={t_reached:.6g} after max_steps={pb.max_steps} of {n} grid steps")
     if denoise:
         proc.evaluator.step = n + 1
-        x = (frame if isinstance(frame, Frame) else Frame(proc, method.name)).data(x, t)
+        x = frame.data(x, ts[n])
     return Outcome(x, pb.t_end, path, steps=n, rejected=0)
 
 

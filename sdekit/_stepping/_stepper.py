@@ -17,7 +17,7 @@ class Stepper:
     - ``order``: its order of convergence (ODE order, or weak order for stochastic samplers; ``None`` unknown);
     - ``frame``: ``"t"``, ``"sigma"`` or ``"logsnr"``; ``needs``: ``"drift"``, ``"score"``, ``"x0"`` or ``"eps"``;
     - ``history``: model outputs kept between steps (multistep); ``error_estimate``: whether it has one;
-    - ``schedule``: the default grid for ``steps=``; ``linear``: whether it needs a :class:`sdekit.LinearSDE`;
+    - ``schedule``: the default grid for ``steps=``;
     - ``defaults``: its options and their default values.
 
     An instance lives for one solve (it holds the history) and is built with the caller's options.
@@ -34,7 +34,6 @@ class Stepper:
     history = 0
     error_estimate = False
     schedule = "uniform"
-    linear = True
     defaults: Dict[str, object] = {}
 
     def __init__(self, frame, noise, options: dict):
