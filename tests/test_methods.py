@@ -15,6 +15,8 @@ EXPECTED = {
     "torchsde": {"euler", "milstein", "srk", "heun", "midpoint", "reversible_heun", "log_ode", "euler_heun"},
     "torchdiffeq": {"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint", "rk4"},
     "scipy": {"RK45", "DOP853", "Radau", "LSODA"},
+    "sdekit": {"ddim", "dpm_solver_2", "dpm_solver_3", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_heun", "lms",
+               "euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde", "edm_stochastic", "pc"},
 }
 
 
@@ -32,16 +34,23 @@ def test_registry_holds_the_expected_methods():
 @pytest.mark.parametrize("m", list(sdekit.methods()), ids=lambda m: m.qualified_name)
 def test_method_declares_what_it_is(m):
     assert isinstance(m, sdekit.Method)
-    assert m.name and m.backend in ("torchsde", "torchdiffeq", "scipy")
+    assert m.name and m.backend in ("torchsde", "torchdiffeq", "scipy", "sdekit")
     assert m.kind in ("sde", "ode")
     assert m.stepping in ("fixed", "adaptive", "either")
     assert m.adaptive == (m.stepping != "fixed")
     assert m.description
     assert callable(m.integrate)
     assert m.qualified_name == f"{m.backend}.{m.name}"
-    if m.kind == "sde":
+    assert m.frame in ("t", "sigma", "logsnr") and m.needs in ("drift", "score", "x0", "eps")
+    assert m.history >= 0 and isinstance(m.error_estimate, bool) and m.schedule in sdekit.SCHEDULES
+    assert set(m.accepts) <= {"sde", "ode"} and m.kind in m.accepts
+    if m.backend == "sdekit":       # diffusion samplers: stochastic ones declare a weak order where known
+        assert m.stepping == "fixed" and m.options is not None and "denoise" in m.options
+        assert m.kind == "sde" or (m.order > 0 and m.sde_type is None)
+        assert m.accepts == (("ode",) if m.kind == "ode" else ("sde", "ode") if m.order else ("sde",))
+    elif m.kind == "sde":
         assert m.sde_type in ("ito", "stratonovich")
-        assert m.order > 0 and m.weak_order > 0 and m.order_additive >= m.order
+        assert m.order > 0 and (m.weak_order is None or m.weak_order > 0) and m.order_additive >= m.order
         assert m.levy_area in ("none", "space-time", "davie", "foster")
     else:
         assert m.sde_type is None
@@ -79,11 +88,13 @@ def test_table_prints_every_method():
     lines = text.splitlines()
     assert len(lines) == len(table) + 1
     header = lines[0].split()
-    for col in ("method", "backend", "kind", "order", "stepping"):
+    for col in ("method", "backend", "kind", "takes", "order", "stepping", "frame", "needs", "history", "err_est",
+                "schedule"):
         assert col in header
     for m, line in zip(table, lines[1:]):
         cells = line.split()
         assert cells[0] == m.name and cells[1] == m.backend and cells[2] == m.kind.upper()
+        assert cells[3] == "+".join(k.upper() for k in m.accepts) and cells[-1] in (m.schedule, "-")
         assert m.stepping in cells
     assert repr(table) == text
 

@@ -43,9 +43,10 @@ class MethodTable(list):
     def __str__(self):
         def fmt(v):
             return "-" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
-        head = ("method", "backend", "takes", "order", "additive", "weak", "stepping", "calculus", "frame", "needs",
-                "history", "error est.", "schedule")
-        rows = [(m.name, m.backend, "+".join(k.upper() for k in m.accepts), fmt(m.order), fmt(m.order_additive),
+        head = ("method", "backend", "kind", "takes", "order", "additive", "weak", "stepping", "calculus", "frame",
+                "needs", "history", "err_est", "schedule")
+        rows = [(m.name, m.backend, m.kind.upper(), "+".join(k.upper() for k in m.accepts), fmt(m.order),
+                 fmt(m.order_additive),
                  fmt(m.weak_order), m.stepping, fmt(m.sde_type), m.frame, m.needs, str(m.history),
                  "yes" if m.error_estimate else "no", m.schedule if m.stepping != "adaptive" else "-")
                 for m in self]
@@ -59,7 +60,7 @@ class MethodTable(list):
 def methods(kind: str = None, backend: str = None) -> List[Method]:
     """Every registered method (optionally of one ``kind`` or ``backend``), printable as a table.
 
-    Columns: name, backend, the processes it takes (SDE: a reverse or forward SDE; ODE: a probability
+    Columns: name, backend, kind (SDE or ODE method), the processes it takes (SDE: a reverse or forward SDE; ODE: a probability
     flow), order (the ODE order, or the strong order under diagonal noise for SDE methods), strong order
     under additive noise, weak order, fixed/adaptive stepping, calculus, the frame it steps in (t, sigma,
     log-SNR), what it needs from the model (drift, score, x0, eps), the model outputs it keeps
