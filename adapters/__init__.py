@@ -1,1 +1,20 @@
-"""Adapters from trained networks to score functions (coming next)."""
+r"""sdekit.adapters: any trained network as a score function, and guidance that composes.
+
+- :class:`Adapter`: a network with its parameterisation (``eps``, ``x0``, ``v``, ``score``, ``denoiser``,
+  ``edm``, ``flow``) and time convention (``t``, ``scaled``, ``index``, ``sigma``, ``log_sigma``, ``c_noise``)
+  as ``score_fn(x, t)``, with ``.sde``, ``.data`` (:math:`\hat x_0`) and ``.noise`` (:math:`\hat\varepsilon`).
+- :class:`DiscreteVPSDE`: a DDPM table of :math:`\bar\alpha_n` as a :class:`sdekit.LinearSDE`.
+- :func:`from_diffusers`, :func:`from_k_diffusion`: one call for those libraries' models.
+- :func:`classifier_guidance`, :func:`classifier_free_guidance`, :class:`Imputation`: conditional sampling.
+- :func:`load_checkpoint`: safetensors or weights-only ``torch.load``; pickles that would run code are refused.
+"""
+
+from ._adapter import Adapter
+from ._discrete import DiscreteVPSDE
+from ._parameterisation import PARAMETERISATIONS, Coefficients, Parameterisation, parameterisation
+from ._time import TIME_CONVENTIONS, TimeConvention, time_convention
+
+__all__ = [
+    "Adapter", "DiscreteVPSDE", "PARAMETERISATIONS", "Parameterisation", "Coefficients", "parameterisation",
+    "TIME_CONVENTIONS", "TimeConvention", "time_convention",
+]
