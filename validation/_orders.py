@@ -442,6 +442,17 @@ ODE_PLAN = [
     ("scipy.DOP853", "VE", (12, 16, 24, 32)),
     ("scipy.Radau", "VP", (16, 32, 64, 128)),
     ("scipy.Radau", "VE", (16, 32, 64, 128)),
+    # sdekit's samplers, each on its own default schedule (log-SNR, or Karras for edm_heun)
+    ("sdekit.dpm_solver_2", "VP", (16, 32, 64, 128)),
+    ("sdekit.dpm_solver_2", "VE", (16, 32, 64, 128)),
+    ("sdekit.dpm_solver_3", "VP", (16, 32, 64, 128)),
+    ("sdekit.dpm_solver_3", "VE", (16, 32, 64, 128)),
+    ("sdekit.dpmpp_2s", "VP", (16, 32, 64, 128)),
+    ("sdekit.dpmpp_2s", "VE", (16, 32, 64, 128)),
+    ("sdekit.dpmpp_2m", "VP", (16, 32, 64, 128)),
+    ("sdekit.dpmpp_2m", "VE", (16, 32, 64, 128)),
+    ("sdekit.edm_heun", "VP", (16, 32, 64, 128)),
+    ("sdekit.edm_heun", "VE", (16, 32, 64, 128)),
 ]
 
 #: (qualified method, problem, tolerances, expected slope of log error on log tol, largest
