@@ -1,4 +1,4 @@
-r"""Step-size control shared by every adaptive loop that sdekit runs itself.
+r"""Step-size control shared by every adaptive loop that sdekit runs itself, and the check of a method's options.
 
 The error of a step is the RMS over all entries of :math:`(y_1 - y_2)/(\text{atol} + \text{rtol}\max(|y_1|, |y_2|))`,
 where :math:`y_1, y_2` are two estimates of the same step (one full step against two half steps).
@@ -7,6 +7,8 @@ A step is accepted when the error is at most 1; the next step is
 """
 
 import torch
+
+from ._errors import MethodArgumentError
 
 SAFETY, FAC_MIN, FAC_MAX = 0.9, 0.2, 5.0
 
@@ -25,3 +27,12 @@ def next_step(h: float, err: float, order: float, accepted: bool) -> float:
         factor = SAFETY * err ** (-1.0 / (order + 1.0))
     factor = min(FAC_MAX if accepted else 1.0, max(FAC_MIN, factor))
     return h * factor
+
+
+def check_options(method, options: dict) -> None:
+    """Refuse option keys that ``method`` does not take (its ``options`` field), listing the ones it does."""
+    unknown = sorted(str(k) for k in options if k not in method.options)
+    if unknown:
+        takes = ", ".join(method.options) if method.options else "none"
+        raise MethodArgumentError(f"{method.name} ({method.backend}) does not take the option(s) {', '.join(unknown)}; "
+                                  f"it takes: {takes}")

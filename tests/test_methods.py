@@ -59,17 +59,19 @@ def test_method_declares_what_it_is(m):
         m.name = "changed"  # frozen
 
 
-def test_declared_orders():
-    get = lambda q: REGISTRY[q]  # noqa: E731
-    assert get("torchsde.euler").order == 0.5 and get("torchsde.euler").order_additive == 1.0
-    assert get("torchsde.srk").order == 1.5 and get("torchsde.srk").levy_area == "space-time"
-    assert get("torchsde.milstein").order == 1.0
-    assert get("torchsde.heun").sde_type == "stratonovich" and get("torchsde.euler").sde_type == "ito"
-    assert get("torchdiffeq.rk4").order == 4 and get("torchdiffeq.dopri5").order == 5
-    assert get("torchdiffeq.dopri8").order == 8 and get("torchdiffeq.euler").order == 1
-    assert get("scipy.DOP853").order == 8
-    assert get("torchdiffeq.rk4").stepping == "fixed" and get("torchdiffeq.dopri5").stepping == "adaptive"
-    assert get("torchsde.euler").stepping == "either"
+def test_declared_orders_are_compared_with_measured_ones(monkeypatch):
+    """The registry's orders are what the order studies (tests/orders, every method) measure against: here one
+    ODE and one SDE method are measured quickly, and a wrong declaration is shown to be caught."""
+    import dataclasses
+
+    from sdekit.validation import ode_order, strong_order
+    rk4 = ode_order("torchdiffeq.rk4", "VE", steps=(8, 16, 32, 64))
+    euler = strong_order("euler", "gbm", ks=range(4, 8), batch=500)
+    assert rk4.declared == REGISTRY["torchdiffeq.rk4"].order and rk4.within(0.3), rk4.describe()
+    assert euler.declared == REGISTRY["torchsde.euler"].order and euler.within(0.3), euler.describe()
+    monkeypatch.setitem(REGISTRY, "torchdiffeq.rk4", dataclasses.replace(REGISTRY["torchdiffeq.rk4"], order=3))
+    wrong = ode_order("torchdiffeq.rk4", "VE", steps=(8, 16, 32, 64))
+    assert wrong.declared == 3 and not wrong.within(0.3)
 
 
 def test_filters():

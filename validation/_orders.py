@@ -90,13 +90,10 @@ def _method(name: str, kind: str):
 # ---------------------------------------------------------------------------------------------
 
 _TRAPEZOIDAL = ("heun", "midpoint", "log_ode", "reversible_heun")
-_DIAGONAL_PROBLEMS = ("gbm", "gbm-tv", "arctan", "sinh")
 
 #: (method, problem) -> (expected order, why) where the order to expect is not the declared one.
 #: Each raises it; none lowers it.  docs/orders.md explains them.
 #:
-#: - reversible_heun, diagonal noise: declared 0.5 is torchsde's order for general noise; diagonal
-#:   noise commutes and the method measures order 1, like stochastic Heun.
 #: - heun, midpoint, log_ode, reversible_heun on "additive": a W_t-only solution makes drift and
 #:   diffusion commute (L1 f = L0 g), the int int dW ds term of the Itô–Taylor expansion vanishes,
 #:   and these trapezoidal schemes measure order 2.  On "additive-tv" they show their order 1.
@@ -104,8 +101,6 @@ _DIAGONAL_PROBLEMS = ("gbm", "gbm-tv", "arctan", "sinh")
 #:   SRA1 misses is O(h^2).  Every additive SDE with a closed-form solution has a linear drift, so
 #:   SRA1's order 1.5 cannot be isolated with an exact solution.
 STRONG_EXCEPTIONS: Dict[Tuple[str, str], Tuple[float, str]] = {}
-for _p in _DIAGONAL_PROBLEMS:
-    STRONG_EXCEPTIONS[("reversible_heun", _p)] = (1.0, "commutative noise: order 1, as Heun")
 for _m in _TRAPEZOIDAL:
     STRONG_EXCEPTIONS[(_m, "additive")] = (2.0, "f, g commute: no int int dW ds term")
 for _p in ("additive", "additive-tv"):
