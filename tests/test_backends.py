@@ -109,8 +109,8 @@ def test_sdeint_default_eps_extra_step(gaussian):
 def test_sdeint_adaptive_runs_on_the_process(gaussian):
     """torchsde's own adaptive loop accepts the process.  Its controller differs from sdekit's, so the two agree
     only through the strong solution: on one shared Brownian path (one object, so every query is a bridge of the
-    same path) both lie near a fine fixed-step solve.  Euler's strong order with additive noise is 1; a few
-    hundred steps leave errors of order 1e-2."""
+    same path) both lie near a fine fixed-step solve.  Euler's strong order with additive noise is 1; ~300
+    steps leave errors of 1.6e-2 on this path (1.5e-2 to 1.8e-2 on seeds 6 and 7); the bounds are 3x that."""
     sde = sdekit.VPSDE()
     data, x = _problem(gaussian, sde)
     rsde = sdekit.reverse(sde, data.score, event_shape=EVENT)
@@ -122,11 +122,12 @@ def test_sdeint_adaptive_runs_on_the_process(gaussian):
                          adaptive=True, rtol=1e-3, atol=1e-3, dt=span / 64)
     sol = sdekit.reverse(sde, data.score).solve(x, method="euler", rtol=1e-3, atol=1e-3, noise=bm)
     assert sol.steps > 50
-    assert float((ys[-1].reshape(x.shape) - fine).abs().max()) < 0.1
-    assert float((sol.x - fine).abs().max()) < 0.1
+    assert float((ys[-1].reshape(x.shape) - fine).abs().max()) < 3 * 1.6e-2
+    assert float((sol.x - fine).abs().max()) < 3 * 1.6e-2
     # and the fine solve is itself converged on this path: halving its step moves it by much less
+    # (measured 4.6e-3, bound 3x)
     coarse = sdekit.reverse(sde, data.score).solve(x, method="euler", steps=1000, noise=bm).x
-    assert float((coarse - fine).abs().max()) < 0.02
+    assert float((coarse - fine).abs().max()) < 3 * 4.6e-3
 
 
 def test_odeint_rk4_equals_solve(gaussian):

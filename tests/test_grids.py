@@ -1,8 +1,9 @@
-"""Time grids: uniform in t, fixed dt, uniform in log-SNR, Karras rho; and the log-SNR inverse.
+"""Time grids: uniform in t, fixed dt, uniform in log-SNR, Karras rho; the log-SNR inverse; explicit grids in solve().
 
 Property tests over random SDE parameters, spans and step counts check what every fixed-step method
 relies on: float64, ``steps + 1`` times, endpoints exact, strictly monotone, finite, inside the span.
-The schedule tests check each grid against its defining formula, computed here independently.
+The schedule tests check each grid against its defining formula, computed here independently.  Every
+fixed-step method takes an explicit grid.
 """
 
 import math
@@ -15,8 +16,11 @@ from hypothesis import strategies as st
 import sdekit
 from sdekit import InvalidParameterError, LinearSDE
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 PROPS = settings(deadline=None)
 F64 = torch.float64
+TIMES = st.floats(min_value=0.0, max_value=10.0, allow_nan=False, allow_infinity=False)
 
 
 class CosineSDE(LinearSDE):
@@ -76,19 +80,37 @@ def _resolved(sde, t_start, t_end):
 # -- the generic grids ----------------------------------------------------------------------------
 
 @PROPS
-@given(data=st.data(), steps=st.integers(1, 300))
-def test_uniform_grid_properties(data, steps):
-    sde = data.draw(sdes())
-    t_start, t_end = data.draw(spans(sde, low=0.0))
-    grid = sdekit.uniform_grid(t_start, t_end, steps)
-    check_grid(grid, t_start, t_end, steps + 1)
-    h = (t_end - t_start) / steps
-    assert torch.allclose(grid.diff(), torch.full((steps,), h, dtype=F64), rtol=1e-9, atol=1e-15)
+@given(t0=TIMES, t1=TIMES, steps=st.integers(min_value=1, max_value=2000))
+def test_uniform_grid_properties(t0, t1, steps):
+    assume(t0 != t1)
+    grid = sdekit.uniform_grid(t0, t1, steps)
+    check_grid(grid, t0, t1, steps + 1)
+    h = (t1 - t0) / steps      # equal steps up to round-off
+    assert float((grid.diff() - h).abs().max()) <= 1e-12 * max(1.0, abs(t0), abs(t1))
+
+
+@PROPS
+@given(t0=TIMES, t1=TIMES, frac=st.floats(min_value=1e-4, max_value=2.0))
+def test_step_grid_properties(t0, t1, frac):
+    """Every step but the last is dt, the last shortened (never lengthened beyond round-off), and the grid takes the
+    fewest steps of dt that cover the span (a span that is a multiple of dt up to round-off gets no trailing sliver)."""
+    span = abs(t1 - t0)
+    assume(span >= 1e-6)
+    dt = frac * span
+    grid = sdekit.step_grid(t0, t1, dt)
+    n = grid.numel() - 1
+    check_grid(grid, t0, t1, n + 1)
+    d = grid.diff().abs()
+    if n > 1:
+        assert float((d[:-1] - dt).abs().max()) <= 1e-12 * max(1.0, abs(t0), abs(t1))
+    assert float(d[-1]) <= dt * (1 + 1e-9)
+    assert n * dt >= span * (1 - 1e-9)
+    assert n == 1 or (n - 1) * dt < span * (1 - 1e-9)
 
 
 @PROPS
 @given(data=st.data(), steps=st.integers(1, 300), frac=st.floats(0.0, 0.99))
-def test_step_grid_properties(data, steps, frac):
+def test_step_grid_takes_ceil_span_over_dt_steps(data, steps, frac):
     sde = data.draw(sdes())
     t_start, t_end = data.draw(spans(sde, low=0.0))
     dt = abs(t_end - t_start) / (steps - frac)        # ceil(span / dt) == steps
@@ -98,6 +120,37 @@ def test_step_grid_properties(data, steps, frac):
     d = grid.diff().abs()
     assert torch.allclose(d[:-1], torch.full_like(d[:-1], dt), rtol=1e-9)
     assert float(d[-1]) <= dt * (1 + 1e-9)
+
+
+def test_step_grid_no_extra_step_from_round_off():
+    """dt = (T - eps)/N in floating point: exactly N steps, no trailing round-off step."""
+    for T, eps in [(1.0, 1e-3), (1.0, 1e-5), (1.0, 0.1)]:
+        for n in (3, 7, 10, 40, 1000):
+            g = sdekit.step_grid(T, eps, (T - eps) / n)
+            assert g.numel() == n + 1, (T, eps, n)
+            assert float(g[-1]) == eps
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, None, "10"])
+def test_uniform_grid_rejects_bad_steps(bad):
+    with pytest.raises(sdekit.InvalidParameterError):
+        sdekit.uniform_grid(1.0, 0.001, bad)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, float("nan"), float("inf")])
+def test_step_grid_rejects_bad_dt(bad):
+    with pytest.raises(sdekit.InvalidParameterError):
+        sdekit.step_grid(1.0, 0.001, bad)
+
+
+def test_grids_are_float64_under_float32_default():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        assert sdekit.uniform_grid(1.0, 1e-3, 10).dtype == torch.float64
+        assert sdekit.step_grid(1.0, 1e-3, 0.1).dtype == torch.float64
+    finally:
+        torch.set_default_dtype(old)
 
 
 # -- the log-SNR inverse ----------------------------------------------------------------------------
@@ -263,3 +316,121 @@ def test_grid_matters_for_probability_flow_euler_on_mixture():
     assert in_sigma >= 3 * uniform, message
     karras50, uniform50 = euler(sdekit.karras_grid(sde, 50)), euler(sdekit.uniform_grid(sde.T, sde.eps, 50))
     assert karras50 < karras / 3 and uniform50 < uniform / 3, (message, karras50, uniform50)
+
+
+# ---------------------------------------------------------------------------------------------
+# Explicit grids in solve()
+# ---------------------------------------------------------------------------------------------
+
+def _quadratic_grid(T, eps, n):
+    """Nonuniform (denser near eps): t_k = eps + (T - eps) (1 - k/n)^2."""
+    k = torch.arange(n + 1, dtype=torch.float64)
+    g = eps + (T - eps) * (1 - k / n) ** 2
+    g[0], g[-1] = T, eps
+    return g
+
+
+def test_explicit_grid_rk4(gaussian, recorder):
+    sde = sdekit.VPSDE()
+    data = gaussian.under(sde, [1.0, -1.0], var=[0.5, 2.0])
+    x = data.sample(sde.T, 8, torch.Generator().manual_seed(70))
+    grid = _quadratic_grid(sde.T, sde.eps, 60)
+    rec = recorder(data.score)
+    sol = sdekit.probability_flow(sde, rec).solve(x, method="rk4", grid=grid)
+    assert sol.steps == 60 and sol.nfe == 4 * 60 == rec.calls and sol.t == sde.eps
+    seen = {float(t[0]) for t in rec.t_seen}
+    assert {float(t) for t in grid} <= seen  # rk4 evaluates at every grid point
+    exact = data.flow_map(x, sde.T, sde.eps)
+    assert float((sol.x - exact).abs().max()) < 1e-4
+    # the nonuniform grid differs from the uniform one
+    uni = sdekit.probability_flow(sde, data.score).solve(x, method="rk4", steps=60)
+    assert not torch.equal(uni.x, sol.x)
+
+
+@pytest.mark.parametrize("method", ["euler", "srk", "heun"])
+def test_explicit_grid_sde(gaussian, recorder, method):
+    sde = sdekit.VESDE()
+    data = gaussian.under(sde, [1.0, -1.0], var=[0.5, 2.0])
+    x = data.sample(sde.T, 8, torch.Generator().manual_seed(71))
+    grid = _quadratic_grid(sde.T, sde.eps, 25)
+    rec = recorder(data.score)
+    sol = sdekit.reverse(sde, rec).solve(x, method=method, grid=grid, seed=0)
+    assert sol.steps == 25 and sol.t == sde.eps
+    seen = torch.tensor([float(t[0]) for t in rec.t_seen], dtype=torch.float64)
+    # torchsde runs on the clock s = T - t, so the score sees t = T - (T - t_k): t_k up to an ulp
+    if method == "euler":
+        assert seen.numel() == 25
+        torch.testing.assert_close(seen, grid[:-1], rtol=0, atol=1e-15)  # the grid's left ends
+    else:
+        assert all(float((seen - t).abs().min()) <= 1e-15 for t in grid[:-1])
+    # the same grid through a list gives the same result: list entries are not rounded through float32
+    again = sdekit.reverse(sde, data.score).solve(x, method=method, grid=grid.tolist(), seed=0)
+    assert torch.equal(again.x, sol.x)
+
+
+FIXED = [m for m in sdekit.methods() if m.stepping != "adaptive"]
+
+
+@pytest.mark.parametrize("m", FIXED, ids=[m.qualified_name for m in FIXED])
+def test_every_fixed_step_method_takes_a_grid(gaussian, m):
+    sde = sdekit.VPSDE()
+    data = gaussian.under(sde, [1.0, -1.0], var=[0.5, 2.0])
+    x = data.sample(sde.T, 4, torch.Generator().manual_seed(72))
+    grid = _quadratic_grid(sde.T, sde.eps, 12)
+    proc = sdekit.reverse(sde, data.score) if m.kind == "sde" else sdekit.probability_flow(sde, data.score)
+    sol = proc.solve(x, method=m.qualified_name, grid=grid, seed=0) if m.kind == "sde" else \
+        proc.solve(x, method=m.qualified_name, grid=grid)
+    assert sol.steps == 12 and sol.t == sde.eps and bool(torch.isfinite(sol.x).all())
+
+
+def test_grid_sets_the_span(gaussian):
+    """A grid from 0.9 down to 0.2 integrates exactly that span; a flow solve agrees with the exact map."""
+    sde = sdekit.VPSDE()
+    data = gaussian.under(sde, [1.0, -1.0], var=[0.5, 2.0])
+    x = data.sample(0.9, 4, torch.Generator().manual_seed(73))
+    grid = sdekit.uniform_grid(0.9, 0.2, 100)
+    sol = sdekit.probability_flow(sde, data.score).solve(x, method="rk4", grid=grid)
+    assert sol.t == 0.2
+    torch.testing.assert_close(sol.x, data.flow_map(x, 0.9, 0.2), rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("grid,kw", [
+    (torch.tensor([[1.0, 0.5], [0.5, 0.001]], dtype=torch.float64), {}),
+    (torch.tensor([1.0], dtype=torch.float64), {}),
+    ([1.0, 0.5, 0.7, 0.001], {}),
+    ([1.0, 0.5, 0.5, 0.001], {}),
+    ([1.5, 0.5, 0.001], {}),
+    ([1.0, 0.5, -0.1], {}),
+    ([1.0, float("nan"), 0.001], {}),
+    ([1.0, 0.5, 0.0], {}),
+    ([0.001, 0.5, 1.0], {}),
+    ([1.0, 0.5, 0.001], dict(t_start=1.0)),
+    ([1.0, 0.5, 0.001], dict(t_end=0.001)),
+], ids=["2d", "one-point", "non-monotone", "repeated", "above-T", "below-0", "nan", "ends-at-0", "upwards-sde",
+        "with-t_start", "with-t_end"])
+def test_invalid_grids_rejected(gaussian, grid, kw):
+    sde = sdekit.VPSDE()
+    data = gaussian.under(sde, [1.0, -1.0], var=[0.5, 2.0])
+    x = data.sample(sde.T, 4, torch.Generator().manual_seed(74))
+    with pytest.raises(sdekit.InvalidParameterError):
+        sdekit.reverse(sde, data.score).solve(x, method="euler", grid=grid, seed=0, **kw)
+
+
+def test_grid_with_steps_is_ambiguous(gaussian):
+    sde = sdekit.VPSDE()
+    data = gaussian.under(sde, [1.0, -1.0], var=[0.5, 2.0])
+    x = data.sample(sde.T, 4, torch.Generator().manual_seed(75))
+    with pytest.raises(sdekit.MethodArgumentError):
+        sdekit.probability_flow(sde, data.score).solve(x, method="rk4", grid=[1.0, 0.5, 0.001], steps=2)
+
+
+def test_dt_builds_a_step_grid(gaussian, recorder):
+    sde = sdekit.VPSDE()
+    data = gaussian.under(sde, [1.0, -1.0], var=[0.5, 2.0])
+    x = data.sample(sde.T, 4, torch.Generator().manual_seed(76))
+    rec = recorder(data.score)
+    sol = sdekit.reverse(sde, rec).solve(x, method="euler", dt=0.3, seed=0)
+    expected = sdekit.step_grid(sde.T, sde.eps, 0.3)
+    assert sol.steps == expected.numel() - 1 == 4
+    seen = torch.tensor([float(t[0]) for t in rec.t_seen], dtype=torch.float64)
+    torch.testing.assert_close(seen, expected[:-1], rtol=0, atol=1e-15)

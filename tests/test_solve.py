@@ -11,6 +11,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 ALL = list(sdekit.methods())
 SDE_METHODS = [m for m in ALL if m.kind == "sde"]
+ADAPTIVE_SDE_METHODS = [m for m in SDE_METHODS if m.adaptive]
+SDE_METHODS_ON_FLOW = [m for m in SDE_METHODS if "ode" in m.accepts]
+TORCHSDE_METHODS = [m for m in SDE_METHODS if m.backend == "torchsde"]
 ODE_METHODS = [m for m in ALL if m.kind == "ode"]
 N_STEPS = 8
 
@@ -59,7 +62,7 @@ def test_every_method_runs_and_counts(gaussian, recorder, m):
     assert isinstance(repr(sol), str) and m.name in repr(sol)
 
 
-@pytest.mark.parametrize("m", SDE_METHODS, ids=[m.name for m in SDE_METHODS])
+@pytest.mark.parametrize("m", ADAPTIVE_SDE_METHODS, ids=[m.name for m in ADAPTIVE_SDE_METHODS])
 def test_sde_methods_adaptive(gaussian, recorder, m):
     sde, data, x = _setup(gaussian)
     rec = recorder(data.score)
@@ -70,21 +73,34 @@ def test_sde_methods_adaptive(gaussian, recorder, m):
     assert rec.t_min >= sde.eps and rec.t_max <= sde.T
 
 
-@pytest.mark.parametrize("m", SDE_METHODS, ids=[m.name for m in SDE_METHODS])
+#: Largest |x - exact flow map| of each SDE method on the VP probability flow of ``_setup`` with 200 steps,
+#: measured (float64; |x| ~ 1).  A method is held to MARGIN times its own measured error, so a regression
+#: of more than MARGIN fails; a method without an entry is held to MARGIN times Euler's (first order).
+FLOW_ERRORS_200 = {
+    "torchsde.euler": 1.84e-3, "torchsde.milstein": 1.84e-3, "torchsde.euler_heun": 1.84e-3,
+    "torchsde.srk": 2.14e-7, "torchsde.heun": 7.43e-5, "torchsde.reversible_heun": 7.46e-5,
+    "torchsde.midpoint": 2.83e-5, "torchsde.log_ode": 2.83e-5,
+    "sdekit.ddim": 2.04e-2,   # first order in log-SNR on a uniform grid in t: large log-SNR steps near eps
+}
+MARGIN = 10.0
+
+
+@pytest.mark.parametrize("m", SDE_METHODS_ON_FLOW, ids=[m.qualified_name for m in SDE_METHODS_ON_FLOW])
 def test_sde_methods_on_probability_flow_are_deterministic(gaussian, m):
     """An SDE method takes the probability-flow ODE (zero noise) from T down: the seed does not matter,
-    and the result approaches the exact flow map (first order at worst: tolerance ~ C/steps)."""
+    and the result is as close to the exact flow map as the method's measured error allows (x MARGIN)."""
     sde, data, x = _setup(gaussian)
     pf = sdekit.probability_flow(sde, data.score)
     a = pf.solve(x, method=m.qualified_name, steps=200, seed=1)
     b = pf.solve(x, method=m.qualified_name, steps=200, seed=2)
     torch.testing.assert_close(a.x, b.x, rtol=0, atol=1e-12)
     exact = data.flow_map(x, sde.T, sde.eps)
-    # Euler on 200 steps of the VP flow: global error well below 0.05 (|x| ~ 1)
-    assert float((a.x - exact).abs().max()) < 0.05
+    measured = FLOW_ERRORS_200.get(m.qualified_name, FLOW_ERRORS_200["torchsde.euler"])
+    error = float((a.x - exact).abs().max())
+    assert error < MARGIN * measured, f"{m.qualified_name}: error {error:.3g}, measured {measured:.3g}"
 
 
-@pytest.mark.parametrize("m", SDE_METHODS, ids=[m.name for m in SDE_METHODS])
+@pytest.mark.parametrize("m", TORCHSDE_METHODS, ids=[m.name for m in TORCHSDE_METHODS])
 def test_torchsde_methods_refuse_flow_upwards(gaussian, m):
     sde, data, x = _setup(gaussian)
     pf = sdekit.probability_flow(sde, data.score)
@@ -432,6 +448,10 @@ def test_save_at_adaptive_torchsde(gaussian):
 # dtypes and events
 # ---------------------------------------------------------------------------------------------
 
+#: Measured float32 errors of the ODE rows below (rk4 10 steps; the adaptive ones at rtol = atol = 1e-4).
+FLOAT32_FLOW_ERRORS = {"rk4": 4.5e-5, "dopri5": 3.3e-4, "RK45": 1.3e-3, "LSODA": 4.5e-4}
+
+
 @pytest.mark.parametrize("kind,method,kw", [
     ("sde", "euler", dict(steps=10, seed=0)), ("sde", "srk", dict(steps=10, seed=0)),
     ("sde", "heun", dict(steps=10, seed=0)), ("sde", "euler", dict(rtol=1e-2, atol=1e-2, seed=0)),
@@ -446,9 +466,10 @@ def test_float32_state_stays_float32(gaussian, recorder, kind, method, kw):
     assert sol.x.dtype == torch.float32 and sol.x.shape == x.shape
     assert rec.x_dtypes == {torch.float32} and rec.t_dtypes == {torch.float32}
     assert bool(torch.isfinite(sol.x).all())
-    if kind == "ode":
+    if kind == "ode":   # float32 error against the exact flow map: MARGIN times the error measured for this method
         exact = data.flow_map(x.double(), sde.T, sde.eps)
-        assert float((sol.x.double() - exact).abs().max()) < 0.05
+        error = float((sol.x.double() - exact).abs().max())
+        assert error < MARGIN * FLOAT32_FLOW_ERRORS[method], f"{method}: error {error:.3g}"
 
 
 @pytest.mark.parametrize("event", [(2,), (3, 4, 4), (5, 2)])
@@ -462,3 +483,40 @@ def test_event_shapes_flow_map(gaussian, make, event):
     torch.testing.assert_close(sol.x, exact, rtol=0, atol=1e-5 * scale)
     rev = sdekit.reverse(sde, data.score).solve(x, method="srk", steps=5, seed=0)
     assert rev.x.shape == x.shape and bool(torch.isfinite(rev.x).all())
+
+
+# ---------------------------------------------------------------------------------------------
+# Adaptive stepping: every accepted step meets the tolerance
+# ---------------------------------------------------------------------------------------------
+
+ACCEPTING = [m for m in ALL if m.adaptive and "ode" in m.accepts]
+_LOOSE_ESTIMATE = {"torchdiffeq.fehlberg2": "torchdiffeq's fehlberg2 estimates its error as h (f(t+h) - f(t)) / 512, "
+                                            "far below its actual local error (docs/orders.md): it accepts steps "
+                                            "about 140x over the tolerance"}
+
+
+@pytest.mark.parametrize("m", [pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=_LOOSE_ESTIMATE[m.qualified_name]))
+                               if m.qualified_name in _LOOSE_ESTIMATE else m for m in ACCEPTING],
+                         ids=[m.qualified_name for m in ACCEPTING])
+def test_every_accepted_step_meets_the_tolerance(m):
+    """Acceptance itself, on the probability flow (deterministic, exact flow map): the state after k accepted steps is
+    the solve stopped by max_steps=k, so each accepted step [t_k-1, t_k] is compared with the exact map from the
+    previous state.  Its local error, in the controllers' scaled RMS norm |e| / (atol + rtol |x|), must be at most
+    2 (measured: at most 1.14 for every method but fehlberg2); a controller accepting 100x over the tolerance fails."""
+    from sdekit.validation import GaussianData
+    sde = sdekit.VPSDE()
+    data = GaussianData([1.0, -0.5], [[0.5, 0.2], [0.2, 2.0]], sde)
+    x = data.sample(4, t=sde.T, generator=torch.Generator().manual_seed(0))
+    flow = sdekit.probability_flow(sde, data.score)
+    tol = 1e-3
+    kw = dict(method=m.qualified_name, rtol=tol, atol=tol, seed=0)
+    full = flow.solve(x, **kw)
+    assert full.steps >= 2
+    t_prev, x_prev, worst = sde.T, x, 0.0
+    for k in range(1, full.steps + 1):
+        s = flow.solve(x, max_steps=k, throw=False, **kw)
+        local = data.flow_map(x_prev, t_prev, s.t) - s.x
+        worst = max(worst, float((local / (tol + tol * s.x.abs())).pow(2).mean().sqrt()))
+        t_prev, x_prev = s.t, s.x
+    assert t_prev == full.t == sde.eps
+    assert worst <= 2.0, f"{m.qualified_name}: an accepted step has local error {worst:.3g} x the tolerance"

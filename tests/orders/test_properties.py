@@ -1,4 +1,5 @@
-"""Property tests of the solvers (Hypothesis; derandomized, at most 20 examples each).
+"""Property tests of the solvers: every registered method (pytest parametrizes over ``sdekit.methods()``,
+so methods added later are included), Hypothesis drawing the problem, sizes and seeds.
 
 - Fixed-step solvers treat batch members independently: solving a batch gives, member by member,
   what solving each member alone gives (ODE methods and the torchsde methods on the probability-flow
@@ -9,6 +10,7 @@
 - dtype and device follow the input (float32 and float64), for every method.
 """
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,13 +18,24 @@ from hypothesis import strategies as st
 import sdekit
 from sdekit.validation.orders import GaussianFlow
 
-SETTINGS = settings(deadline=None,
+# Each method gets a fifth of the profile's examples (5 under the default "ci" profile, 200 under "thorough").
+SETTINGS = settings(deadline=None, max_examples=max(3, settings().max_examples // 5),
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
-FIXED = sorted(m.qualified_name for m in sdekit.methods() if m.stepping != "adaptive")
-ALL = sorted(m.qualified_name for m in sdekit.methods())
-SDE_METHODS = sorted(m.qualified_name for m in sdekit.methods(kind="sde"))
-ODE_METHODS = sorted(m.qualified_name for m in sdekit.methods(kind="ode"))
+METHODS = sorted(sdekit.methods(), key=lambda m: m.qualified_name)
+FIXED = [m for m in METHODS if m.stepping != "adaptive"]
+
+
+def _params(methods, needs_flow=False):
+    """One pytest parameter per method; a method that cannot take the process a test needs is skipped, saying why."""
+    out = []
+    for m in methods:
+        marks = []
+        if needs_flow and "ode" not in m.accepts:
+            marks = [pytest.mark.skip(reason=f"{m.qualified_name} integrates only the reverse SDE, whose Brownian "
+                                             "path is drawn for the whole batch: a member alone gets other noise")]
+        out.append(pytest.param(m, marks=marks, id=m.qualified_name))
+    return out
 
 
 def _sde(name):
@@ -37,52 +50,60 @@ def _case(sde_name, seed):
     return GaussianFlow(sde_name, sde, mean, var, sde.T, sde.eps)
 
 
-def _stepping(method, steps):
-    m = [x for x in sdekit.methods() if x.qualified_name == method][0]
+def _stepping(m, steps):
     return dict(steps=steps) if m.stepping != "adaptive" else dict(rtol=1e-4, atol=1e-4)
 
 
+def _process(m, case):
+    """The probability flow for methods that take it, else the reverse SDE."""
+    return case.ode() if "ode" in m.accepts else sdekit.reverse(case.sde, case.score)
+
+
+@pytest.mark.parametrize("m", _params(FIXED, needs_flow=True))
 @SETTINGS
-@given(method=st.sampled_from(FIXED), sde_name=st.sampled_from(["VP", "subVP", "VE"]),
-       batch=st.integers(2, 5), steps=st.integers(1, 12), seed=st.integers(0, 2 ** 16))
-def test_fixed_step_batch_members_are_independent(method, sde_name, batch, steps, seed):
+@given(sde_name=st.sampled_from(["VP", "subVP", "VE"]), batch=st.integers(2, 5), steps=st.integers(1, 12),
+       seed=st.integers(0, 2 ** 16))
+def test_fixed_step_batch_members_are_independent(m, sde_name, batch, steps, seed):
     case = _case(sde_name, seed)
     x = case.sample(batch, case.t_start, seed=seed)
-    together = case.ode().solve(x, method=method, steps=steps, seed=seed).x
+    together = case.ode().solve(x, method=m.qualified_name, steps=steps, seed=seed).x
     for i in range(batch):
-        alone = case.ode().solve(x[i:i + 1], method=method, steps=steps, seed=seed).x
+        alone = case.ode().solve(x[i:i + 1], method=m.qualified_name, steps=steps, seed=seed).x
         torch.testing.assert_close(together[i:i + 1], alone, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("m", _params(METHODS))
 @SETTINGS
-@given(method=st.sampled_from(ALL), sde_name=st.sampled_from(["VP", "subVP", "VE"]),
-       batch=st.integers(1, 4), steps=st.integers(1, 10), seed=st.integers(0, 2 ** 16))
-def test_event_shape_is_only_a_view(method, sde_name, batch, steps, seed):
+@given(sde_name=st.sampled_from(["VP", "subVP", "VE"]), batch=st.integers(1, 4), steps=st.integers(1, 10),
+       seed=st.integers(0, 2 ** 16))
+def test_event_shape_is_only_a_view(m, sde_name, batch, steps, seed):
     case = _case(sde_name, seed)
     x = case.sample(batch, case.t_start, seed=seed)
-    kw = _stepping(method, steps)
-    flat = case.ode().solve(x, method=method, seed=seed, **kw)
-    shaped = case.ode().solve(x.reshape(batch, 2, 3), method=method, seed=seed, **kw)
+    kw = _stepping(m, steps)
+    process = _process(m, case)
+    flat = process.solve(x, method=m.qualified_name, seed=seed, **kw)
+    shaped = process.solve(x.reshape(batch, 2, 3), method=m.qualified_name, seed=seed, **kw)
     assert shaped.x.shape == (batch, 2, 3)
     torch.testing.assert_close(shaped.x.reshape(batch, 6), flat.x, rtol=1e-12, atol=1e-12)
     assert shaped.steps == flat.steps and shaped.nfe == flat.nfe
 
 
+@pytest.mark.parametrize("m", _params(METHODS))
 @SETTINGS
-@given(method=st.sampled_from(ALL), dtype=st.sampled_from([torch.float32, torch.float64]),
-       sde_name=st.sampled_from(["VP", "VE"]), seed=st.integers(0, 2 ** 16))
-def test_dtype_and_device_follow_the_input(method, dtype, sde_name, seed):
+@given(dtype=st.sampled_from([torch.float32, torch.float64]), sde_name=st.sampled_from(["VP", "VE"]),
+       seed=st.integers(0, 2 ** 16))
+def test_dtype_and_device_follow_the_input(m, dtype, sde_name, seed):
     case = _case(sde_name, seed)
     x = case.sample(3, case.t_start, seed=seed, dtype=dtype)
-    kw = _stepping(method, 8)
+    kw = _stepping(m, 8)
     if kw.get("rtol") is not None and dtype == torch.float32:
         kw = dict(rtol=1e-3, atol=1e-3)
-    is_sde = method in SDE_METHODS
+    is_sde = m.kind == "sde"
     process = sdekit.reverse(case.sde, case.score) if is_sde else case.ode()
-    sol = process.solve(x, method=method, seed=seed, **kw)
+    sol = process.solve(x, method=m.qualified_name, seed=seed, **kw)
     assert sol.x.dtype == dtype and sol.x.device == x.device and sol.x.shape == x.shape
     assert bool(torch.isfinite(sol.x).all())
     if not is_sde:  # float32 and float64 agree to float32 accuracy on the deterministic flow
-        ref = process.solve(x.to(torch.float64), method=method, seed=seed, **kw).x
+        ref = process.solve(x.to(torch.float64), method=m.qualified_name, seed=seed, **kw).x
         scale = 1 + float(ref.abs().max())
         assert float((sol.x.to(torch.float64) - ref).abs().max()) < 1e-3 * scale
