@@ -21,10 +21,12 @@ from ._process import ForwardSDE, ProbabilityFlowODE, Process, ReverseSDE, forwa
 from ._sde import SDE, LinearSDE, SubVPSDE, VESDE, VPSDE
 from ._solution import Result, Solution
 from ._solve import solve
+from ._study import Budget, Measure, MethodSpec, StudyProblem, StudyTable, study
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "study", "StudyProblem", "StudyTable", "MethodSpec", "Budget", "Measure",
     "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE",
     "Process", "ReverseSDE", "ProbabilityFlowODE", "ForwardSDE", "reverse", "probability_flow", "forward",
     "solve", "Solution", "Result", "Method", "methods", "brownian_motion", "uniform_grid", "step_grid",

@@ -1,0 +1,422 @@
+r"""Running a study: the plan of rows, the references they share, each row's solve and errors, resuming.
+
+**The shared Brownian path.** Strong errors compare each solve with a reference driven by the same
+Brownian path.  torchsde's ``BrownianInterval`` gives values that depend on the order of the queries made
+before, so every torchsde row builds its own ``sdekit.brownian_motion`` from the row's seed (Lévy area
+``"foster"``, which every torchsde method accepts) and first queries it on the reference grid of
+``reference_steps`` uniform steps, as the reference solve does; its own steps then read that same path
+(refined by Brownian bridges between grid points).  sdekit's native samplers take one
+``sdekit.KeyedBrownian`` of the row's seed, the same path whatever the grid.  So a row is a function of
+its configuration alone: in any order, in any process, resumed or not, it gives the same numbers.
+
+**Results that survive.** Each finished row is appended to the JSON-lines results file, flushed and
+fsynced before the next starts.  Every row carries the hash of the configuration that produced it
+(problem fingerprint, sample count, dtype, device type, reference, method, budget, seed, sdekit's
+version); a re-run skips the rows whose hash is there and ignores any other (stale) row.
+"""
+
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+
+from .._brownian import brownian_motion
+from .._errors import InvalidParameterError
+from .._grid import uniform_grid
+from .._keyed import KeyedBrownian
+from ._problem import Measure, mean_with_se
+from ._spec import Budget, MethodSpec, config_hash
+
+__all__ = ["Settings", "Row", "SeedContext", "VERDICT_RULE", "plan_rows", "run_rows", "run_row", "seed_context",
+           "weak_error", "read_results", "append_row"]
+
+#: The reference solves when a problem has no exact one: per family of noise, a method and its options.
+#: ``torchsde_steps`` / ``sdekit_steps`` (or ``steps`` for both) default to :func:`reference_steps`.
+DEFAULT_REFERENCE = {"torchsde": "srk", "sdekit": "ddim", "ode": "dopri5", "ode_tol": 1e-10}
+
+
+@dataclass
+class Settings:
+    """What every row of a study shares."""
+
+    samples: int
+    dtype: str = "float64"
+    device: str = "cpu"
+    reference: dict = field(default_factory=dict)
+    threads: Optional[int] = None
+
+    def torch_dtype(self):
+        return getattr(torch, self.dtype)
+
+
+@dataclass
+class Row:
+    """One planned row: a method spec, a budget and a seed, with its configuration hash."""
+
+    spec: MethodSpec
+    budget: Budget
+    seed: int
+    key: str
+
+
+def reference_steps(specs_budgets, problem, fam: str) -> int:
+    """Steps of the SDE reference of ``fam`` (and of the torchsde path's shared grid): 8 times the most steps
+    of any of its rows, rounded up to a power of two, at least 256."""
+    span = abs(problem.t_start - problem.t_end)
+    most = 0
+    for spec, budgets in specs_budgets:
+        if spec.process != "sde" or family(spec) != fam:
+            continue
+        for b in budgets:
+            most = max(most, {"steps": b.value, "nfe": b.value, "dt": span / b.value}.get(b.kind, 0))
+    return max(256, 2 ** math.ceil(math.log2(max(1, 8 * most))))
+
+
+def plan_rows(problem, specs: List[MethodSpec], budgets: List[Budget], seeds, settings: Settings,
+              test_functions) -> List[Row]:
+    """Every (method, budget, seed) row of the study in order, each with its configuration hash."""
+    pairs = [(spec, spec.budgets_from(budgets)) for spec in specs]
+    for spec, bs in pairs:
+        if not bs:
+            kinds = "tol=..." if spec.info.stepping == "adaptive" else "steps=..., dt=... or nfe=..."
+            raise InvalidParameterError(f"no budget applies to {spec.label} ({spec.info.stepping} stepping); "
+                                        f"give budgets such as {kinds}")
+        if spec.process == "ode" and problem.ode_process() is None:
+            raise InvalidParameterError(f"{problem.name} is a forward SDE: it has no probability flow for "
+                                        f"{spec.label}; use SDE methods")
+    given = dict(settings.reference)
+    unknown = set(given) - set(DEFAULT_REFERENCE) - {"steps", "torchsde_steps", "sdekit_steps"}
+    if unknown:
+        raise InvalidParameterError(f"unknown reference settings {sorted(unknown)}; use steps, torchsde_steps, "
+                                    f"sdekit_steps, {', '.join(DEFAULT_REFERENCE)}")
+    ref = dict(DEFAULT_REFERENCE)
+    for fam in ("torchsde", "sdekit"):
+        ref[f"{fam}_steps"] = int(given.pop(f"{fam}_steps", given.get("steps") or reference_steps(pairs, problem, fam)))
+    given.pop("steps", None)
+    ref.update(given)
+    settings.reference = ref
+    import sdekit
+    base = {"format": 1, "sdekit": sdekit.__version__, "problem": problem.fingerprint(), "samples": settings.samples,
+            "dtype": settings.dtype, "device": torch.device(settings.device).type, "reference": ref,
+            "tests": sorted(test_functions)}
+    rows = []
+    for spec, bs in pairs:
+        for b in bs:
+            for seed in seeds:
+                key = config_hash(dict(base, method=spec.config(), budget=b.config(), seed=int(seed)))
+                rows.append(Row(spec, b, int(seed), key))
+    return rows
+
+
+# -- noise and references ---------------------------------------------------------------------
+def _clock(process, problem):
+    s0, s1 = float(process._t_of_s(problem.t_start)), float(process._t_of_s(problem.t_end))
+    return s0, s1
+
+
+def torchsde_noise(problem, process, x, seed: int, steps: int):
+    """The row's torchsde Brownian motion: built from ``seed`` and queried first on the reference grid."""
+    s0, s1 = _clock(process, problem)
+    y = x.reshape(x.shape[0], -1)
+    bm = brownian_motion(s0, s1, y.shape, dtype=x.dtype, device=x.device, seed=int(seed), levy_area="foster",
+                         dt=(s1 - s0) / steps)
+    s = list(process._t_of_s(uniform_grid(problem.t_start, problem.t_end, steps)).unbind())
+    for a, b in zip(s[:-1], s[1:]):
+        bm(a, b)
+    return bm
+
+
+def keyed_noise(problem, x, seed: int):
+    """The row's keyed Brownian path (one per sample, the same whatever the grid)."""
+    lo, hi = sorted((problem.t_start, problem.t_end))
+    return KeyedBrownian(lo, hi, tuple(x.shape), seed=int(seed), dtype=x.dtype, device=x.device)
+
+
+def family(spec: MethodSpec) -> str:
+    """Which reference a row compares with: ``"torchsde"``, ``"sdekit"`` (SDE rows) or ``"ode"``."""
+    if spec.process == "ode":
+        return "ode"
+    return "sdekit" if spec.info.backend == "sdekit" else "torchsde"
+
+
+@dataclass
+class SeedContext:
+    """What the rows of one seed share: initial states, exact samples and the pathwise references."""
+
+    seed: int
+    x0: torch.Tensor
+    exact: Optional[torch.Tensor] = None
+    refs: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def seed_context(problem, seed: int, settings: Settings, families) -> SeedContext:
+    """Initial states (generator seeded with ``seed``), exact samples (seed ``seed + 2**32``) and the
+    references of the ``families`` that pending rows need, in float64 on the study's device."""
+    x0 = problem.initial(settings.samples, torch.Generator().manual_seed(int(seed)))
+    exact = None
+    if problem.exact_samples is not None:
+        exact = problem.exact_samples(settings.samples, torch.Generator().manual_seed(int(seed) + 2 ** 32))
+        exact = exact.detach().to(torch.float64)
+    ctx = SeedContext(int(seed), x0, exact)
+    x = x0.to(device=settings.device)
+    ref = settings.reference
+    with torch.no_grad():
+        for fam in families:
+            if fam == "ode":
+                if problem.flow_map is not None:
+                    out = problem.flow_map(x, problem.t_start, problem.t_end)
+                else:
+                    out = problem.ode_process().solve(x, method=ref["ode"], rtol=ref["ode_tol"], atol=ref["ode_tol"],
+                                                      t_start=problem.t_start, t_end=problem.t_end).x
+            elif fam == "torchsde":
+                process = problem.sde_process()
+                bm = torchsde_noise(problem, process, x, seed, ref["torchsde_steps"])
+                if problem.exact_solution is not None:
+                    out = problem.exact_solution(x, bm)
+                else:
+                    out = process.solve(x, method=ref["torchsde"], steps=ref["torchsde_steps"], noise=bm,
+                                        t_start=problem.t_start, t_end=problem.t_end).x
+            else:
+                out = problem.sde_process().solve(x, method=ref["sdekit"], steps=ref["sdekit_steps"],
+                                                  noise=keyed_noise(problem, x, seed),
+                                                  t_start=problem.t_start, t_end=problem.t_end).x
+            ctx.refs[fam] = out.detach().to(torch.float64).cpu()
+    problem.prepare(settings.samples, int(seed))
+    return ctx
+
+
+# -- one row --------------------------------------------------------------------------------
+def _budget_kwargs(spec: MethodSpec, budget: Budget, problem, process, x) -> dict:
+    if budget.kind == "tol":
+        return dict(rtol=budget.value, atol=budget.value)
+    if budget.kind == "dt":
+        return dict(dt=budget.value)
+    steps = budget.value
+    if budget.kind == "nfe":
+        steps = max(1, budget.value // nfe_per_step(spec, problem, process, x))
+    out = dict(steps=int(steps))
+    if spec.schedule is not None:
+        out["schedule"] = spec.schedule
+    return out
+
+
+def nfe_per_step(spec: MethodSpec, problem, process, x) -> int:
+    """Score evaluations per step of ``spec``: the difference between 3- and 2-step solves of two samples."""
+    counts = []
+    for n in (2, 3):
+        noise = dict(seed=0) if spec.process == "sde" else {}
+        sol = process.solve(x[:2], method=spec.method, steps=n, options=spec.options or None, throw=False,
+                            t_start=problem.t_start, t_end=problem.t_end, **noise)
+        counts.append(sol.nfe)
+    return max(1, counts[1] - counts[0])
+
+
+def run_row(problem, row: Row, ctx: SeedContext, settings: Settings, test_functions, keep: bool = False) -> dict:
+    """Solve one row and measure its errors; returns the row's record (and its samples under ``"_x"`` if ``keep``)."""
+    spec, budget = row.spec, row.budget
+    fam = family(spec)
+    process = problem.sde_process() if spec.process == "sde" else problem.ode_process()
+    x0 = ctx.x0.to(device=settings.device, dtype=settings.torch_dtype())
+    kwargs = _budget_kwargs(spec, budget, problem, process, x0)
+    if fam == "torchsde":
+        kwargs["noise"] = torchsde_noise(problem, process, x0, row.seed, settings.reference["torchsde_steps"])
+    elif fam == "sdekit":
+        kwargs["noise"] = keyed_noise(problem, x0, row.seed)
+    with torch.no_grad():
+        sol = process.solve(x0, method=spec.method, options=spec.options or None, throw=False,
+                            t_start=problem.t_start, t_end=problem.t_end, **kwargs)
+    m = spec.info
+    span = abs(problem.t_start - problem.t_end)
+    record = dict(key=row.key, problem=problem.name, label=spec.label, method=m.name, backend=m.backend,
+                  process=spec.process, options=json.dumps(spec.options, sort_keys=True, default=repr),
+                  budget=str(budget), budget_kind=budget.kind, budget_value=budget.value, seed=row.seed,
+                  samples=settings.samples, dtype=settings.dtype, nfe=int(sol.nfe), steps=sol.steps,
+                  rejected=sol.rejected, h=(span / sol.steps) if sol.steps else None,
+                  wall_time=float(sol.wall_time), result=sol.result.name, detail=sol.detail,
+                  failed=int(sol.failed.sum()) if sol.failed is not None else 0)
+    measures = {}
+    if sol.success:
+        x = sol.x.detach().to(torch.float64).cpu()
+        ref = ctx.refs.get(fam)
+        if ref is not None:
+            measures["strong" if spec.process == "sde" else "ode"] = mean_with_se(
+                (x - ref).abs().reshape(x.shape[0], -1).mean(1))
+        for name, phi in test_functions.items():
+            measures[f"weak:{name}"] = weak_error(phi, x, ref, ctx.exact)
+        if ctx.exact is not None and problem.measures is not None:
+            measures.update(problem.measures(x, ctx.exact, row.seed))
+    record["measures"] = sorted(measures)
+    for name, meas in measures.items():
+        record.update(meas.fields(name))
+    record["verdict"] = verdict(record, measures)
+    if keep and sol.success:
+        record["_x"] = sol.x.detach().cpu()
+    return record
+
+
+def weak_error(phi, x, ref, exact) -> Measure:
+    r""":math:`|E\varphi(x) - E\varphi(y)|`: coupled with a pathwise reference ``ref`` (the mean of
+    :math:`\varphi(x_i) - \varphi(y_i)`, whose variance is the strong error's), else against independent
+    exact samples (standard error :math:`\sqrt{s_x^2/n + s_y^2/m}`); NaN with neither."""
+    fx = phi(x).to(torch.float64).reshape(-1)
+    if ref is not None:
+        m = mean_with_se(fx - phi(ref).to(torch.float64).reshape(-1))
+        return Measure(abs(m.value), m.se)
+    if exact is not None:
+        fy = phi(exact).to(torch.float64).reshape(-1)
+        se = math.sqrt(float(fx.var()) / fx.numel() + float(fy.var()) / fy.numel())
+        return Measure(abs(float(fx.mean() - fy.mean())), se)
+    return Measure(float("nan"))
+
+
+#: How a row's verdict is read.
+VERDICT_RULE = ("ok: every distributional measure passes its own test (a distance within its Monte Carlo floor's "
+                "mean + 3 std, masses and moments within 3 standard errors); CHECK: one does not; failed: the "
+                "solve did not reach t_end; '-': the problem has no distributional reference")
+
+
+def verdict(record, measures) -> str:
+    if record["result"] != "SUCCESS":
+        return "failed"
+    oks = [m.ok for m in measures.values() if m.ok is not None]
+    if not oks:
+        return "-"
+    return "ok" if all(oks) else "CHECK"
+
+
+# -- the results file -----------------------------------------------------------------------
+def read_results(path) -> Dict[str, dict]:
+    """Rows of a JSON-lines results file by key; a torn last line (a kill mid-write) is skipped."""
+    rows = {}
+    if path is None or not os.path.exists(path):
+        return rows
+    with open(path, "r", encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "key" in row:
+                rows[row["key"]] = row
+    return rows
+
+
+def append_row(path, row: dict) -> None:
+    """Append one row as a JSON line, flushed and fsynced; starts a new line after a torn one."""
+    text = json.dumps({k: v for k, v in row.items() if not k.startswith("_")}, default=_json_default)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "ab") as fh:
+        if fh.tell() > 0:
+            with open(path, "rb") as rd:
+                rd.seek(-1, os.SEEK_END)
+                if rd.read(1) != b"\n":
+                    fh.write(b"\n")
+        fh.write(text.encode("utf-8") + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _json_default(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return repr(v)
+
+
+# -- running --------------------------------------------------------------------------------
+def run_rows(problem, rows: List[Row], settings: Settings, test_functions, results=None, workers: int = 1,
+             progress=None, keep_samples=True):
+    """Run the rows not already in ``results``; returns (records in plan order, rows reused, stale rows, samples)."""
+    done = read_results(results)
+    keys = {r.key for r in rows}
+    stale = sum(1 for k in done if k not in keys)
+    pending = [r for r in rows if r.key not in done]
+    records = {r.key: done[r.key] for r in rows if r.key in done}
+    keep = _keep(rows) if keep_samples else set()
+    samples = {}
+    bar = _bar(progress, len(rows), len(records))
+    try:
+        contexts = {}
+        for seed in sorted({r.seed for r in pending}):
+            fams = sorted({family(r.spec) for r in pending if r.seed == seed})
+            contexts[seed] = seed_context(problem, seed, settings, fams)
+
+        def finish(record):
+            x = record.pop("_x", None)
+            if x is not None:
+                samples[record["label"]] = x
+            if results is not None:
+                append_row(results, record)
+            records[record["key"]] = record
+            if bar is not None:
+                bar.set_postfix_str(f"{record['label']} {record['budget']}", refresh=False)
+                bar.update(1)
+
+        if workers <= 1 or len(pending) <= 1:
+            for r in pending:
+                finish(run_row(problem, r, contexts[r.seed], settings, test_functions, r.key in keep))
+        else:
+            _run_parallel(problem, pending, contexts, settings, test_functions, keep, workers, finish)
+    finally:
+        if bar is not None:
+            bar.close()
+    ordered = [records[r.key] for r in rows]
+    return ordered, len(rows) - len(pending), stale, samples
+
+
+def _keep(rows: List[Row]) -> set:
+    """The rows whose samples the plots show: each method's largest budget, first seed."""
+    best = {}
+    first = min(r.seed for r in rows) if rows else 0
+    for r in rows:
+        if r.seed == first:
+            best[r.spec.label] = r.key
+    return set(best.values())
+
+
+def _bar(progress, total, initial):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, desc="study", unit="row", file=sys.stderr, dynamic_ncols=True)
+
+
+def _worker_init(threads):
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def _job(problem, row, ctx, settings, test_functions, keep):
+    return run_row(problem, row, ctx, settings, test_functions, keep)
+
+
+def _run_parallel(problem, pending, contexts, settings, test_functions, keep, workers, finish):
+    import multiprocessing
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    try:
+        pickle.dumps((problem, dict(test_functions)))
+    except Exception as err:
+        raise InvalidParameterError(f"workers > 1 sends the problem to other processes, and it does not pickle "
+                                    f"({type(err).__name__}: {err}); define it at module level or use workers=1") \
+            from None
+    threads = settings.threads or torch.get_num_threads()
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(_job, problem, r, contexts[r.seed], settings, dict(test_functions), r.key in keep)
+                   for r in pending]
+        try:
+            for fut in as_completed(futures):
+                finish(fut.result())
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise

@@ -1,0 +1,74 @@
+"""``sdekit.study``: a convergence study or a solver comparison in one call."""
+
+import numbers
+import os
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+
+from .._errors import ArgumentTypeError, InvalidParameterError
+from ._runner import Settings, plan_rows, run_rows
+from ._spec import as_method_spec, parse_budgets
+from ._table import StudyTable
+
+__all__ = ["study"]
+
+
+def study(problem, methods: Sequence, budgets=None, *, samples: int = 1000, seeds: Union[int, Sequence[int]] = 0,
+          results: Optional[Union[str, os.PathLike]] = None, workers: int = 1, reference: Optional[dict] = None,
+          test_functions: Optional[Dict[str, callable]] = None, dtype=torch.float64, device="cpu",
+          progress: bool = False, keep_samples: bool = True) -> StudyTable:
+    r"""Run every method at every budget and seed on ``problem``; one row each, with errors and their error bars.
+
+    **Arguments**
+
+    - ``problem``: a :class:`sdekit.StudyProblem` (an SDE, a score, initial states, a reference).
+    - ``methods``: names (``"euler"``, ``"ode:ddim"``, ``"torchdiffeq.rk4"``), dicts
+      (``{"method": "pc", "options": {...}, "budgets": [...]}``) or :class:`sdekit.MethodSpec`.
+    - ``budgets``: step counts (``[10, 20, 40]``), or strings ``"nfe=10,20"``, ``"dt=0.1,0.05"``,
+      ``"tol=1e-3,1e-5"`` (``rtol = atol``), or :class:`sdekit.Budget`; each goes to the methods that can use it.
+    - ``samples``: samples per row; ``seeds``: a seed or a list (rows per seed; the seed keys the initial states,
+      the exact samples and the Brownian path).
+    - ``results``: a JSON-lines file: each row is appended as it finishes, and a re-run skips rows already there
+      with the same configuration hash.
+    - ``workers``: local processes running rows at once (spawned); the rows are the same as with one.
+    - ``reference``: overrides of the fine reference solves, ``{"steps": 4096, "torchsde": "srk",
+      "sdekit": "ddim", "ode": "dopri5", "ode_tol": 1e-10}``; exact references are used where the problem has them.
+    - ``test_functions``: ``{name: phi}`` for weak errors (default: the problem's).
+    - ``dtype``, ``device``: of the solves (references run in float64).
+    - ``progress``: show a progress bar on stderr.
+
+    Returns a :class:`sdekit.StudyTable`.  Errors measured per row: ``strong`` (SDE rows: the mean over samples
+    of the mean absolute difference from the reference on the same Brownian path), ``ode`` (flow rows: the
+    same against the exact flow map or a fine solve), ``weak:<name>`` and the problem's distributional
+    measures (sliced W2, mode masses, moments for the built-in problems), each with its Monte Carlo standard
+    error or floor.  ``table.orders()`` fits the orders.
+    """
+    if isinstance(methods, (str, dict)):
+        methods = [methods]
+    specs = [as_method_spec(m) for m in methods]
+    if not specs:
+        raise InvalidParameterError("give at least one method, e.g. methods=['euler', 'ode:dpmpp_2m']")
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise InvalidParameterError(f"two methods share a label ({labels}); give each a distinct label=")
+    shared = parse_budgets(budgets) if budgets is not None else []
+    seeds = [seeds] if isinstance(seeds, numbers.Integral) else list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0 for s in seeds):
+        raise InvalidParameterError(f"seeds must be non-negative integers, got {seeds!r}")
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 2:
+        raise InvalidParameterError(f"samples must be an integer >= 2, got {samples!r}")
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
+        raise InvalidParameterError(f"workers must be a positive integer, got {workers!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise ArgumentTypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    tests = dict(test_functions) if test_functions else dict(problem.test_functions)
+    settings = Settings(samples=int(samples), dtype=str(dtype).replace("torch.", ""), device=str(device),
+                        reference=dict(reference or {}), threads=torch.get_num_threads())
+    rows = plan_rows(problem, specs, shared, seeds, settings, tests)
+    path = None if results is None else os.fspath(results)
+    records, reused, stale, kept = run_rows(problem, rows, settings, tests, results=path, workers=int(workers),
+                                            progress=progress, keep_samples=keep_samples)
+    noise = problem.noise_kind() if any(s.process == "sde" for s in specs) else "additive"
+    return StudyTable(records, problem.name, noise, kept, reused, stale, path,
+                      info=dict(reference=settings.reference, samples=settings.samples, seeds=seeds))
