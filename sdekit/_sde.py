@@ -323,7 +323,7 @@ class VESDE(LinearSDE):
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0, eps: float = 1e-5,
                  marginal: str = "reference"):
         super().__init__(T=T, eps=eps)
-        sigma_min, sigma_max = float(sigma_min), float(sigma_max)
+        sigma_min, sigma_max = _number(sigma_min, "sigma_min"), _number(sigma_max, "sigma_max")
         if not (0 < sigma_min < sigma_max < math.inf):
             raise InvalidParameterError(
                 f"VESDE needs 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}"

@@ -23,6 +23,12 @@ def test_vp_arguments_of_the_wrong_type_are_refused(kw):
         assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("kw", [dict(sigma_min=[0.1]), dict(sigma_max="5"), dict(sigma_min=None), dict(T="1")])
+def test_ve_arguments_of_the_wrong_type_are_refused(kw):
+    with pytest.raises(sdekit.ArgumentTypeError, match=f"{next(iter(kw))} must be a real number"):
+        sdekit.VESDE(**kw)
+
+
 def test_vp_arguments_accept_numbers_and_scalar_tensors():
     np = pytest.importorskip("numpy")
     sde = sdekit.VPSDE(beta_min=np.float32(0.25), beta_max=torch.tensor(10.0), T=2, eps=torch.tensor(1e-3))
