@@ -11,10 +11,13 @@ r"""sdekit.adapters: any trained network as a score function, and guidance that 
 
 from ._adapter import Adapter
 from ._discrete import DiscreteVPSDE
+from ._guidance import (ClassifierFreeGuidance, ClassifierGuidance, Imputation, classifier_free_guidance,
+                        classifier_guidance)
 from ._parameterisation import PARAMETERISATIONS, Coefficients, Parameterisation, parameterisation
 from ._time import TIME_CONVENTIONS, TimeConvention, time_convention
 
 __all__ = [
     "Adapter", "DiscreteVPSDE", "PARAMETERISATIONS", "Parameterisation", "Coefficients", "parameterisation",
-    "TIME_CONVENTIONS", "TimeConvention", "time_convention",
+    "TIME_CONVENTIONS", "TimeConvention", "time_convention", "ClassifierGuidance", "ClassifierFreeGuidance",
+    "Imputation", "classifier_guidance", "classifier_free_guidance",
 ]
