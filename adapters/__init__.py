@@ -10,6 +10,7 @@ r"""sdekit.adapters: any trained network as a score function, and guidance that 
 """
 
 from ._adapter import Adapter
+from ._diffusers import DiffusersAdapter, from_diffusers
 from ._discrete import DiscreteVPSDE
 from ._guidance import (ClassifierFreeGuidance, ClassifierGuidance, Imputation, classifier_free_guidance,
                         classifier_guidance)
@@ -19,5 +20,5 @@ from ._time import TIME_CONVENTIONS, TimeConvention, time_convention
 __all__ = [
     "Adapter", "DiscreteVPSDE", "PARAMETERISATIONS", "Parameterisation", "Coefficients", "parameterisation",
     "TIME_CONVENTIONS", "TimeConvention", "time_convention", "ClassifierGuidance", "ClassifierFreeGuidance",
-    "Imputation", "classifier_guidance", "classifier_free_guidance",
+    "Imputation", "classifier_guidance", "classifier_free_guidance", "DiffusersAdapter", "from_diffusers",
 ]

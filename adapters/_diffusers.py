@@ -1,0 +1,121 @@
+r"""diffusers models: ``from_diffusers(unet, scheduler)`` -> an adapter on the scheduler's ᾱ table.
+
+The UNet's timestep ``n`` is sdekit's time :math:`t_n = (n + 1)/N` on :class:`~sdekit.adapters.DiscreteVPSDE`
+(the table :math:`\bar\alpha_n` of the scheduler, ``T = 1``, ``eps = 1/N``); the network sees the nearest
+integer timestep (``quantise=True``), so on a diffusers grid it sees exactly what diffusers feeds it.
+:meth:`DiffusersAdapter.grid` maps a diffusers timestep sequence to sdekit times; diffusers' last step to
+:math:`\bar\alpha = 1` (DDIM's ``set_alpha_to_one``, DPM-Solver's ``final_sigmas_type="zero"``) is the
+data prediction at the last timestep, which sdekit takes with ``options={"denoise": True}``
+(:attr:`DiffusersAdapter.final_denoise`).
+"""
+
+import torch
+
+from sdekit import ArgumentTypeError, InvalidParameterError
+
+from ._adapter import Adapter
+from ._discrete import DiscreteVPSDE
+
+__all__ = ["DiffusersAdapter", "from_diffusers"]
+
+_PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+
+
+def _config(scheduler):
+    config = getattr(scheduler, "config", scheduler)
+    if not hasattr(config, "get"):
+        raise ArgumentTypeError(f"scheduler must be a diffusers scheduler or its config (a dict), got "
+                                f"{type(scheduler).__name__}")
+    return dict(config)
+
+
+def _alphas_cumprod(scheduler, config):
+    table = getattr(scheduler, "alphas_cumprod", None)
+    if isinstance(table, torch.Tensor):
+        return table
+    try:
+        from diffusers import DDPMScheduler
+    except ImportError:     # pragma: no cover - the extra is installed wherever a diffusers model exists
+        raise InvalidParameterError("building the table from a scheduler config needs diffusers: "
+                                    "pip install 'sdekit[diffusers]', or pass the scheduler itself")
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+            "rescale_betas_zero_snr")
+    return DDPMScheduler(**{k: config[k] for k in keys if k in config}).alphas_cumprod
+
+
+class _UNet:
+    """``unet(x, timestep, **inputs).sample``, the first half of the channels for a learned-variance UNet."""
+
+    def __init__(self, unet, split):
+        self.unet, self.split = unet, split
+
+    def __call__(self, x, tau, **inputs):
+        out = self.unet(x, tau, **inputs)
+        out = out.sample if hasattr(out, "sample") else out
+        if self.split and isinstance(out, torch.Tensor) and out.dim() > 1 and out.shape[1] == 2 * x.shape[1]:
+            out = out[:, :x.shape[1]]
+        return out
+
+
+class DiffusersAdapter(Adapter):
+    """An :class:`~sdekit.adapters.Adapter` for a diffusers UNet, with the scheduler's timestep clock.
+
+    ``final_denoise`` is true when the scheduler's last step goes to :math:`\\bar\\alpha = 1`: solve with
+    ``options={"denoise": adapter.final_denoise}`` to take it.  ``config`` is the scheduler's config.
+    """
+
+    def grid(self, timesteps) -> torch.Tensor:
+        """sdekit times (float64, decreasing) for a diffusers timestep sequence (a tensor, list or scheduler).
+
+        Timestep ``n`` maps to :math:`(n+1)/N`.  The scheduler's last step, to :math:`\\bar\\alpha_0` (the
+        time :math:`1/N`) when ``set_alpha_to_one=False`` or ``final_sigmas_type="sigma_min"``, is appended;
+        its last step to :math:`\\bar\\alpha = 1` is not a grid point (reverse processes end at ``t > 0``)
+        but ``denoise=True`` (:attr:`final_denoise`).
+        """
+        ts = getattr(timesteps, "timesteps", timesteps)
+        ts = torch.as_tensor(ts).detach().cpu()
+        if ts.dim() != 1 or ts.numel() < 1 or ts.is_floating_point() and not bool((ts == ts.round()).all()):
+            raise InvalidParameterError("timesteps must be a 1-D sequence of integer diffusers timesteps")
+        n = self.sde.n
+        if bool(((ts < 0) | (ts > n - 1)).any()):
+            raise InvalidParameterError(f"timesteps must lie in the table 0..{n - 1}, got {ts.tolist()}")
+        times = self.sde.time(ts.to(torch.float64))
+        if not self.final_denoise and int(ts[-1]) != 0:
+            times = torch.cat([times, torch.tensor([self.sde.eps], dtype=torch.float64)])
+        if times.numel() < 2 or not bool((times[1:] < times[:-1]).all()):
+            raise InvalidParameterError("timesteps must be strictly decreasing, with at least one step to take")
+        return times
+
+
+def from_diffusers(unet, scheduler, quantise: bool = True, inputs=None) -> DiffusersAdapter:
+    """An adapter for a diffusers ``unet`` trained with ``scheduler`` (a scheduler or its config).
+
+    **Arguments**
+
+    - ``unet``: a diffusers ``UNet2DModel``, ``UNet2DConditionModel`` or any module called as
+      ``unet(x, timestep, **inputs)`` returning ``.sample``.  A learned-variance UNet (twice the channels,
+      ``variance_type`` ``learned`` or ``learned_range``) is read through its first half.
+    - ``scheduler``: its ``alphas_cumprod`` table (or ``num_train_timesteps``, ``beta_*`` and
+      ``trained_betas`` of a config) gives the :class:`~sdekit.adapters.DiscreteVPSDE`; ``prediction_type``
+      the parameterisation (``epsilon``, ``sample``, ``v_prediction``).
+    - ``quantise``: hand the UNet integer timesteps (default), as diffusers does.
+    - ``inputs``: keyword inputs of every UNet call (``encoder_hidden_states=``, ``class_labels=``).
+
+    sdekit does not clip or threshold :math:`\\hat x_0` (``clip_sample``, ``thresholding``): configure the
+    scheduler without them to compare with diffusers.
+    """
+    config = _config(scheduler)
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction not in _PREDICTIONS:
+        raise InvalidParameterError(f"unknown diffusers prediction_type {prediction!r}; sdekit reads "
+                                    f"{', '.join(_PREDICTIONS)}")
+    if not callable(unet):
+        raise ArgumentTypeError(f"unet must be a diffusers UNet (callable), got {type(unet).__name__}")
+    sde = DiscreteVPSDE(_alphas_cumprod(scheduler, config).to(torch.float64), quantise=quantise)
+    split = config.get("variance_type") in ("learned", "learned_range")
+    adapter = DiffusersAdapter(_UNet(unet, split), sde, _PREDICTIONS[prediction], "index", inputs=inputs)
+    adapter.config = config
+    adapter.unet = unet
+    adapter.final_denoise = bool(config.get("set_alpha_to_one", True)) and config.get(
+        "final_sigmas_type", "zero") == "zero"
+    return adapter
