@@ -12,6 +12,8 @@ r"""sdekit.adapters: any trained network as a score function, and guidance that 
 from ._adapter import Adapter
 from ._diffusers import DiffusersAdapter, from_diffusers
 from ._discrete import DiscreteVPSDE
+from ._kdiffusion import from_k_diffusion
+from ._loading import UnsafeCheckpointError, load_checkpoint, load_weights
 from ._guidance import (ClassifierFreeGuidance, ClassifierGuidance, Imputation, classifier_free_guidance,
                         classifier_guidance)
 from ._parameterisation import PARAMETERISATIONS, Coefficients, Parameterisation, parameterisation
@@ -21,4 +23,5 @@ __all__ = [
     "Adapter", "DiscreteVPSDE", "PARAMETERISATIONS", "Parameterisation", "Coefficients", "parameterisation",
     "TIME_CONVENTIONS", "TimeConvention", "time_convention", "ClassifierGuidance", "ClassifierFreeGuidance",
     "Imputation", "classifier_guidance", "classifier_free_guidance", "DiffusersAdapter", "from_diffusers",
+    "from_k_diffusion", "UnsafeCheckpointError", "load_checkpoint", "load_weights",
 ]
