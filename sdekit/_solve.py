@@ -335,7 +335,7 @@ def _non_finite_message(record, name="score_fn") -> str:
     step = "" if record.step is None else f"step {record.step}, "
     where = f"({step}evaluation {record.evaluation}) for samples {_show(record.samples)}"
     if record.cause == "time":
-        return (f"the method asked for the drift at t=nan first near t={record.time:.6g} {where}: its step size "
+        return (f"the method asked for the drift at t=nan {where}: its step size "
                 f"went non-finite, a failure of the method, not of {name}; use float32 or float64, a smaller first "
                 "step (dt=), or a fixed-step method")
     if record.cause == "state":
