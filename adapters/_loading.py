@@ -7,6 +7,7 @@ other global; sdekit turns that refusal into :class:`UnsafeCheckpointError` and 
 
 import os
 import pickle
+import re
 
 import torch
 
@@ -40,10 +41,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()
-        detail = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else "")
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        detail = f"it names {found.group(1)}" if found else "it is not a weights-only pickle"
         raise UnsafeCheckpointError(
-            f"{path} was refused: unpickling it would build objects other than tensors ({detail.strip()[:160]}); "
+            f"{path} was refused: unpickling it would build objects other than tensors ({detail}); "
             f"it was not executed.  If you trust it, re-save its state_dict (torch.save(model.state_dict())) "
             f"or convert it to safetensors") from None
 

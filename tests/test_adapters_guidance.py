@@ -161,3 +161,45 @@ def test_imputation_checks_its_inputs():
         Imputation(sde, torch.zeros(2), torch.tensor([1, 0]))
     with pytest.raises(sdekit.ShapeError):
         Imputation(sde, torch.zeros(3), torch.tensor([True, False]))
+
+
+def _replacement_limit(sde, cov, y, t_end):
+    r"""Mean and variance of x2 at ``t_end`` under imputation of x1 = y on the probability flow, as h -> 0.
+
+    The known coordinate's fresh noise averages out of the drift, so x2 follows the flow with x1 = alpha y:
+    dx2/dt = f x2 + g^2 (P21 alpha y + P22 x2) / 2, P = (alpha^2 Sigma + sigma^2 I)^-1, from the prior N(0, 1)
+    at T; the map is affine, and its mean and variance solve two linear ODEs (integrated here by scipy).
+    """
+    from scipy.integrate import solve_ivp
+    cov = torch.as_tensor(cov, dtype=torch.float64)
+
+    def rhs(t, z):
+        tt = torch.tensor([t], dtype=torch.float64)
+        a, s = sde.alpha(tt)[0], sde.sigma(tt)[0]
+        f, g2 = sde.drift_coef(tt)[0], sde.diffusion_coef(tt)[0] ** 2
+        P = torch.linalg.inv(a * a * cov + s * s * torch.eye(2, dtype=torch.float64))
+        m, v = z
+        return [float(f * m + 0.5 * g2 * (P[1, 0] * a * y + P[1, 1] * m)), float(2 * (f + 0.5 * g2 * P[1, 1]) * v)]
+    sol = solve_ivp(rhs, (sde.T, t_end), [0.0, 1.0], method="DOP853", rtol=1e-11, atol=1e-12)
+    return sol.y[0, -1], sol.y[1, -1]
+
+
+def test_imputation_converges_to_the_replacement_methods_limit_not_the_exact_conditional():
+    sde, rho, y, n = sdekit.VPSDE(), 0.8, 1.0, 4000
+    cov = [[1.0, rho], [rho, 1.0]]
+    data = GaussianData([0.0, 0.0], cov, sde)
+    hook = Imputation(sde, torch.tensor([y, 0.0], dtype=torch.float64), torch.tensor([True, False]))
+    x_T = sde.prior_sampling((n, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    moments = []
+    for steps in (50, 100):
+        x2 = sdekit.probability_flow(sde, data.score).solve(x_T, method="dpmpp_2m", steps=steps, seed=1,
+                                                            options=dict(hook=hook)).x[:, 1]
+        moments.append((float(x2.mean()), float(x2.var())))
+    (m1, v1), (m2, v2) = moments
+    m_lim, v_lim = _replacement_limit(sde, cov, y, sde.eps)
+    se_m, se_v = (v_lim / n) ** 0.5, v_lim * (2 / (n - 1)) ** 0.5
+    # Monte Carlo error (4 standard errors) plus the discretisation error, estimated by halving the step
+    assert abs(m2 - m_lim) <= 4 * se_m + abs(m1 - m2), (m2, m_lim)
+    assert abs(v2 - v_lim) <= 4 * se_v + abs(v1 - v2), (v2, v_lim)
+    # the replacement method (Song et al. 2021) is not exact: the conditional N(rho y, 1 - rho^2) is far away
+    assert abs(m2 - rho * y) > 10 * se_m and abs(v2 - (1 - rho ** 2)) > 10 * se_v

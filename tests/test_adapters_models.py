@@ -92,7 +92,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_not_run(tmp_path):
     assert not marker.exists()
     legacy = tmp_path / "evil.pkl"
     with open(legacy, "wb") as f:
-        pickle.dump(_Evil(str(marker)), f)
+        pickle.dump(_Evil(str(marker)), f, protocol=2)
     with pytest.raises(UnsafeCheckpointError):
         load_checkpoint(legacy)
     assert not marker.exists()
