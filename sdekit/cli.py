@@ -5,8 +5,8 @@ its exact score, reverse-SDE samplers of torchsde and sdekit and probability-flo
 sdekit over a range of budgets.  It writes the results (JSON lines, resumable), a summary with a verdict per
 row, the fitted orders and the plots into ``--out``, and prints the summary.
 
-The built-in problems come from :mod:`sdekit.validation`; this module and ``sdekit._study._defaults`` import
-it lazily, inside the functions that need it, so ``import sdekit`` and the study engine never do.
+The built-in problems are made of :mod:`sdekit.validation` and live beside the core in ``sdekit.studies``;
+this module imports that lazily, inside the functions that need it, so ``import sdekit`` never does.
 
 Errors (bad arguments, a bad TOML file, an unknown method, a ``module:attr`` that is not there) print one
 line naming the fix and exit with status 2; a failure while running exits with 1, an interrupt with 130.
@@ -100,7 +100,7 @@ def _read_toml(path: str) -> dict:
 
 def _problem(sde: str, problem: Optional[str], score: Optional[str], shape) -> object:
     from ._study import StudyProblem
-    from ._study._defaults import SDES, default_problem
+    from sdekit.studies import SDES, default_problem
     if sde not in SDES:
         raise UsageError(f"unknown --sde {sde!r}; choose from {', '.join(SDES)}")
     if problem and score:
@@ -200,7 +200,7 @@ def _settings(args) -> dict:
 
 def cmd_study(args) -> int:
     from ._study import save_report, study
-    from ._study._defaults import DEFAULT_BUDGETS, DEFAULT_METHODS
+    from sdekit.studies import DEFAULT_BUDGETS, DEFAULT_METHODS
     from ._study._spec import as_method_spec, parse_budgets
     s = _settings(args)
     quiet = bool(s["quiet"])
@@ -295,11 +295,11 @@ def cmd_orders(args) -> int:
         raise UsageError(f"unknown --parts {sorted(unknown)}; choose from strong, ode, tolerance, weak")
     if args.threads < 1:
         raise UsageError("--threads must be at least 1")
-    from sdekit.validation import orders
+    from sdekit.studies import run_orders
     argv = ["--parts", ",".join(parts), "--threads", str(args.threads)]
     argv += ["--full"] if args.full else []
     argv += ["--verbose"] if args.verbose else []
-    return int(orders.main(argv) or 0)
+    return run_orders(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,6 +355,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             text = text.replace("(see sdekit --help)", f"(see sdekit {command} --help)")
         print(f"sdekit: error: {text}", file=sys.stderr)
         return 2
+    except BrokenPipeError:                      # `sdekit methods | head`: the reader has gone
+        sys.stderr.close()
+        return 0
     except (SDEKitError, OSError) as err:
         print(f"sdekit: error: {_one_line(err)}", file=sys.stderr)
         return 2 if isinstance(err, (InvalidParameterError, ValueError, TypeError)) else 1

@@ -1,7 +1,9 @@
-r"""The built-in study problems and the default study of ``sdekit study``, built from :mod:`sdekit.validation`.
+r"""sdekit.studies: the built-in study problems and the default study of ``sdekit study``.
 
-This is the default-problem code path: it imports :mod:`sdekit.validation` lazily, inside the functions
-and constructors below, so that the study engine (and ``import sdekit``) never does.
+They are made of :mod:`sdekit.validation`'s exact distributions, solutions and metrics, and so live beside
+the core, as validation does (this folder installs as ``sdekit.studies``): the study engine in ``sdekit``
+takes any problem through :class:`sdekit.StudyProblem`'s members and never imports validation; the
+``sdekit`` command imports this module lazily, for its default problem.
 
 - :class:`MixtureProblem`: the 2-D Gaussian mixture of ``GaussianMixture.default_2d`` under any linear SDE,
   with its exact score; exact samples of :math:`p_T` to start from and of :math:`p_\epsilon` to compare with:
@@ -14,11 +16,12 @@ and constructors below, so that the study engine (and ``import sdekit``) never d
 
 import torch
 
-from .._sde import SubVPSDE, VESDE, VPSDE
-from ._problem import Measure, StudyProblem
+from sdekit import InvalidParameterError, Measure, StudyProblem, SubVPSDE, VESDE, VPSDE
+from sdekit.validation import (GaussianData, GaussianMixture, exact_sdes, mean_cov_error, mode_masses,
+                               monte_carlo_floor, sliced_wasserstein)
 
 __all__ = ["MixtureProblem", "GaussianProblem", "ExactSDEProblem", "SDES", "DEFAULT_METHODS", "DEFAULT_BUDGETS",
-           "default_problem"]
+           "default_problem", "run_orders"]
 
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
@@ -40,7 +43,6 @@ class MixtureProblem(StudyProblem):
     """
 
     def __init__(self, sde=None, floor_repeats: int = 8):
-        from sdekit.validation import GaussianMixture
         sde = VPSDE() if sde is None else sde
         self.mixture = GaussianMixture.default_2d(sde)
         self.floor_repeats = int(floor_repeats)
@@ -61,14 +63,12 @@ class MixtureProblem(StudyProblem):
         return self.mixture.sample(n, t=self.t_end, generator=g)
 
     def prepare(self, n, seed):
-        from sdekit.validation import monte_carlo_floor, sliced_wasserstein
         if (n, seed) not in self._floors:
             self._floors[(n, seed)] = monte_carlo_floor(sliced_wasserstein, self._draw, n,
                                                         repeats=self.floor_repeats, seed=seed + 100)
         return self._floors[(n, seed)]
 
     def measures(self, x, exact, seed):
-        from sdekit.validation import mean_cov_error, mode_masses, sliced_wasserstein
         floor = self.prepare(x.shape[0], seed)
         sw = sliced_wasserstein(x, exact, floor=floor)
         masses = mode_masses(x, self.mixture)
@@ -85,7 +85,6 @@ class GaussianProblem(StudyProblem):
     """Gaussian data ``N(mean, cov)`` under ``sde``: exact score, exact flow map, exact samples, moments."""
 
     def __init__(self, sde=None, mean=(1.0, -0.5), cov=((0.5, 0.2), (0.2, 2.0))):
-        from sdekit.validation import GaussianData
         sde = VPSDE() if sde is None else sde
         self.data = GaussianData(list(mean), [list(r) for r in cov], sde)
         super().__init__(sde, self.data.score, name=f"gaussian-{len(mean)}d {type(sde).__name__}",
@@ -104,7 +103,6 @@ class GaussianProblem(StudyProblem):
         return self.data.log_prob(x, self.t_end)
 
     def measures(self, x, exact, seed):
-        from sdekit.validation import mean_cov_error
         mean, cov = self.data.marginal(self.t_end)
         mc = mean_cov_error(x, mean, cov)
         return {"moments": Measure(mc.value, z=mc.max_z, ok=mc.max_z <= MOMENT_K)}
@@ -115,12 +113,10 @@ class ExactSDEProblem(StudyProblem):
     ``ExactSDE``; the strong reference is its exact solution on the row's Brownian path."""
 
     def __init__(self, problem="gbm"):
-        from sdekit.validation import exact_sdes
         name = problem if isinstance(problem, str) else type(problem).__name__
         if isinstance(problem, str):
             table = exact_sdes()
             if problem not in table:
-                from .._errors import InvalidParameterError
                 raise InvalidParameterError(f"no exact-solution SDE called {problem!r}; choose from {', '.join(table)}")
             problem = table[problem]
         self.exact_sde = problem
@@ -141,3 +137,9 @@ class ExactSDEProblem(StudyProblem):
 def default_problem(sde: str = "vp") -> MixtureProblem:
     """``sdekit study``'s problem: the 2-D mixture under ``"vp"``, ``"subvp"`` or ``"ve"``."""
     return MixtureProblem(SDES[sde]())
+
+
+def run_orders(argv) -> int:
+    """``python -m sdekit.validation.orders`` with ``argv``: the order table of docs/orders.md."""
+    from sdekit.validation import orders
+    return int(orders.main(argv) or 0)

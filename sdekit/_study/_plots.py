@@ -114,7 +114,7 @@ def save_plots(table, out: str, problem=None, log=print) -> List[str]:
         for ax, (label, x) in zip(axes.flat, shown):
             ax.contourf(gx.numpy(), gy.numpy(), logp.exp().numpy(), levels=12, cmap="Blues")
             x = x[:2000].to(torch.float64)
-            ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=1.5, c="tab:red", alpha=0.5)
+            ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=1.5, c="tab:red", alpha=0.5, rasterized=True)
             budget = next(r["budget"] for r in reversed(table.rows) if r["label"] == label)
             ax.set(title=f"{label}\n{budget}", xlim=(float(lo[0]), float(hi[0])), ylim=(float(lo[1]), float(hi[1])))
             ax.title.set_fontsize(8)
