@@ -13,8 +13,8 @@ class Result(enum.Enum):
     """How a solve ended; each member carries a message that says what to do."""
 
     SUCCESS = "reached t_end"
-    MAX_STEPS = ("max_steps steps were taken before t_end; raise max_steps=, or with an adaptive method "
-                 "loosen rtol/atol")
+    MAX_STEPS = ("the step limit was reached before t_end: raise max_steps=, or loosen rtol/atol if the method "
+                 "adapts its step")
     NON_FINITE = ("non-finite values appeared; check score_fn at that time, use smaller steps, "
                   "or keep t_end away from 0 (eps)")
     DT_TOO_SMALL = ("the step size fell below its minimum; the problem is stiff or the score is rough there: "
@@ -66,6 +66,8 @@ class Solution:
     def __repr__(self):
         steps = "" if self.steps is None else f", steps={self.steps}"
         rej = "" if self.rejected is None else f", rejected={self.rejected}"
+        n_failed = 0 if self.failed is None else int(self.failed.sum())
+        failed = f", failed={n_failed} of {len(self.failed)}" if n_failed else ""
         return (f"Solution(method={self.method!r}, backend={self.backend!r}, result={self.result.name}, "
-                f"t={self.t:.6g}, x=<{tuple(self.x.shape)} {self.x.dtype}>, nfe={self.nfe}{steps}{rej}, "
+                f"t={self.t:.6g}, x=<{tuple(self.x.shape)} {self.x.dtype}>{failed}, nfe={self.nfe}{steps}{rej}, "
                 f"wall_time={self.wall_time:.4g}s)")
