@@ -5,7 +5,7 @@ import numbers
 
 import torch
 
-from sdekit import ArgumentTypeError, InvalidParameterError, LinearSDE, ScoreFunctionError
+from sdekit import ArgumentTypeError, InvalidParameterError, LinearSDE, ScoreFunctionError, ShapeError
 
 from ._parameterisation import Coefficients, parameterisation
 from ._time import time_convention
@@ -23,7 +23,7 @@ def _batch_times(t, x):
             return t.to(x.device).expand(x.shape[0])
         if t.dim() == 1 and t.shape[0] == x.shape[0]:
             return t.to(x.device)
-        raise ScoreFunctionError(f"t must be a number or have shape ({x.shape[0]},), got {tuple(t.shape)}")
+        raise ShapeError(f"t must be a number or have shape ({x.shape[0]},), got {tuple(t.shape)}")
     if isinstance(t, bool) or not isinstance(t, numbers.Real):
         raise ArgumentTypeError(f"t must be a number or a tensor of shape (batch,), got {type(t).__name__}")
     return torch.full((x.shape[0],), float(t), dtype=torch.float64, device=x.device)
