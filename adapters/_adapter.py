@@ -74,7 +74,8 @@ class Adapter:
     def __init__(self, network, sde, prediction: str = "eps", time=None, *, scale=None, quantise=None,
                  sigma_data: float = 0.5, inputs=None):
         if not callable(network):
-            raise ArgumentTypeError(f"network must be callable as network(x, tau, **inputs), got {type(network).__name__}")
+            raise ArgumentTypeError(f"network must be callable as network(x, tau, **inputs), "
+                                    f"got {type(network).__name__}")
         if not isinstance(sde, LinearSDE):
             raise ArgumentTypeError(f"sde must be an sdekit.LinearSDE (the process the network was trained with), "
                                     f"got {type(sde).__name__}")

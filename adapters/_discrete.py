@@ -77,7 +77,8 @@ class DiscreteVPSDE(LinearSDE):
 
     @classmethod
     def scaled_linear(cls, n: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012, **kwargs):
-        r"""Stable Diffusion's schedule: :math:`\sqrt{\beta_n}` linear from ``sqrt(beta_start)`` to ``sqrt(beta_end)``."""
+        r"""Stable Diffusion's schedule: :math:`\sqrt{\beta_n}` linear from ``sqrt(beta_start)`` to
+        ``sqrt(beta_end)``."""
         return cls.from_betas(torch.linspace(beta_start ** 0.5, beta_end ** 0.5, int(n), dtype=torch.float64) ** 2,
                               **kwargs)
 

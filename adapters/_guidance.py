@@ -65,7 +65,7 @@ class _Guided:
 
 
 class ClassifierGuidance(_Guided):
-    r"""``score_fn`` guided by ``classifier``: :math:`s + w\,\nabla_x \log\operatorname{softmax}(\text{classifier}(x, t))_y`.
+    r"""``score_fn`` guided by ``classifier``: :math:`s + w\,\nabla_x \log\operatorname{softmax}(c(x, t))_y`.
 
     **Arguments**
 

@@ -3,19 +3,19 @@ r"""What a network predicts, and how each prediction becomes the score, :math:`\
 For a linear SDE, :math:`x_t = \alpha x_0 + \sigma\varepsilon`; with :math:`\tilde\sigma = \sigma/\alpha` and
 :math:`\tilde x = x/\alpha` (the VE frame, where :math:`\tilde x = x_0 + \tilde\sigma\varepsilon`):
 
-==============  ===========================================================================================
-``"eps"``       :math:`\hat\varepsilon`; :math:`s = -\hat\varepsilon/\sigma`
-``"x0"``        :math:`\hat x_0`; :math:`s = (\alpha\hat x_0 - x)/\sigma^2`
-``"v"``         :math:`v = \alpha\varepsilon - \sigma x_0`; :math:`\hat x_0 = (\alpha x - \sigma v)/(\alpha^2 + \sigma^2)`,
-                :math:`\hat\varepsilon = (\sigma x + \alpha v)/(\alpha^2 + \sigma^2)` (Salimans & Ho 2022)
-``"score"``     :math:`s` itself
-``"denoiser"``  :math:`D(\tilde x; \tilde\sigma) = \hat x_0`, called on the VE-frame state (k-diffusion, EDM's D)
-``"edm"``       EDM's raw network :math:`F`, :math:`D = c_{skip}\tilde x + c_{out} F(c_{in}\tilde x; c_{noise})` with
-                :math:`c_{skip} = \sigma_d^2/(\tilde\sigma^2 + \sigma_d^2)`, :math:`c_{out} = \tilde\sigma\sigma_d/\sqrt{\tilde\sigma^2 + \sigma_d^2}`,
-                :math:`c_{in} = 1/\sqrt{\tilde\sigma^2 + \sigma_d^2}` (Karras et al. 2022, Table 1)
-``"flow"``      the velocity :math:`u = \dot\alpha\hat x_0 + \dot\sigma\hat\varepsilon` of
-                :math:`x_t` in :math:`t` (flow matching, rectified flow); :math:`\hat x_0 = (\dot\sigma x - \sigma u)/(\dot\sigma\alpha - \sigma\dot\alpha)`
-==============  ===========================================================================================
+- ``"eps"``: :math:`\hat\varepsilon`; :math:`s = -\hat\varepsilon/\sigma`.
+- ``"x0"``: :math:`\hat x_0`; :math:`s = (\alpha\hat x_0 - x)/\sigma^2`.
+- ``"v"``: :math:`v = \alpha\varepsilon - \sigma x_0` (Salimans & Ho 2022);
+  :math:`\hat x_0 = (\alpha x - \sigma v)/(\alpha^2 + \sigma^2)`,
+  :math:`\hat\varepsilon = (\sigma x + \alpha v)/(\alpha^2 + \sigma^2)`.
+- ``"score"``: :math:`s` itself.
+- ``"denoiser"``: :math:`D(\tilde x; \tilde\sigma) = \hat x_0`, called on the VE-frame state (k-diffusion, EDM's D).
+- ``"edm"``: EDM's raw network :math:`F`, :math:`D = c_{skip}\tilde x + c_{out} F(c_{in}\tilde x; c_{noise})`,
+  :math:`c_{skip} = \sigma_d^2/(\tilde\sigma^2 + \sigma_d^2)`,
+  :math:`c_{out} = \tilde\sigma\sigma_d/\sqrt{\tilde\sigma^2 + \sigma_d^2}`,
+  :math:`c_{in} = 1/\sqrt{\tilde\sigma^2 + \sigma_d^2}` (Karras et al. 2022, Table 1).
+- ``"flow"``: the velocity :math:`u = \dot\alpha\hat x_0 + \dot\sigma\hat\varepsilon` of :math:`x_t` in :math:`t`
+  (flow matching, rectified flow); :math:`\hat x_0 = (\dot\sigma x - \sigma u)/(\dot\sigma\alpha - \sigma\dot\alpha)`.
 
 and always :math:`\hat x_0 = (x + \sigma^2 s)/\alpha`, :math:`\hat\varepsilon = -\sigma s`.  Each
 :class:`Parameterisation` converts a network output to all three and back (``output_of_score``), so the

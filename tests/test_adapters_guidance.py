@@ -8,7 +8,6 @@ from sdekit.adapters import (Adapter, ClassifierFreeGuidance, Imputation, classi
                              classifier_guidance)
 from sdekit.validation import GaussianData, GaussianMixture, mean_cov_error, mode_masses
 
-torch.set_default_dtype(torch.float32)
 
 
 def _points(sde, n=128, seed=0):
@@ -107,7 +106,8 @@ def test_classifier_free_guidance_batches_one_network_call_counted_as_two():
     sol = sdekit.probability_flow(sde, guided).solve(x.float(), method="ddim", steps=7)
     assert sol.nfe == 14
     # per-sample labels batch as well
-    per = ClassifierFreeGuidance(a.with_inputs(label=torch.arange(16) % 2), a.with_inputs(label=torch.tensor([-1])), 1.0)
+    per = ClassifierFreeGuidance(a.with_inputs(label=torch.arange(16) % 2), a.with_inputs(label=torch.tensor([-1])),
+                                 1.0)
     torch.testing.assert_close(per(x, t), a.with_inputs(label=torch.arange(16) % 2)(x, t), rtol=1e-12, atol=1e-12)
     with pytest.raises(sdekit.InvalidParameterError, match="same keys"):
         ClassifierFreeGuidance(cond, a, 2.0)(x, t)
