@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import sdekit
-from sdekit.adapters import (PARAMETERISATIONS, TIME_CONVENTIONS, Adapter, DiscreteVPSDE, parameterisation,
-                             time_convention)
+from sdekit.adapters import (PARAMETERISATIONS, TIME_CONVENTIONS, Adapter, DiscreteVPSDE, RectifiedFlowSDE,
+                             parameterisation, time_convention)
 from sdekit.validation import GaussianData, moment_residual
 
 SDES = {
@@ -17,6 +17,7 @@ SDES = {
     "ve_exact": lambda: sdekit.VESDE(marginal="exact"),
     "ddpm_linear": lambda: DiscreteVPSDE.linear(),
     "ddpm_cosine": lambda: DiscreteVPSDE.cosine(),
+    "rectified_flow": lambda: RectifiedFlowSDE(),
 }
 MEAN = [0.5, -1.0, 2.0]
 COV = [[1.0, 0.3, 0.0], [0.3, 0.5, -0.1], [0.0, -0.1, 0.8]]
@@ -246,3 +247,22 @@ def test_adapter_errors_name_the_fix():
     a = Adapter(lambda x, tau: x, table, "eps", "index", quantise=True)
     with pytest.raises(sdekit.InvalidParameterError, match="outside the table 0..99"):
         a(x, torch.full((4,), 1e-3))
+
+
+def test_rectified_flow_sde_is_the_straight_line_and_solves_its_moment_equations():
+    sde = RectifiedFlowSDE()
+    t = torch.linspace(sde.eps, sde.T, 101, dtype=torch.float64)
+    torch.testing.assert_close(sde.alpha(t), 1 - t, rtol=1e-14, atol=0)
+    torch.testing.assert_close(sde.sigma(t), t)
+    assert moment_residual(sde, t).ok
+    data = GaussianData(MEAN, COV, sde)
+    x, tt = _points(sde, seed=3)
+    # the velocity of the straight line is u = eps - x0: a network returning it gives the score back
+
+    def velocity(x_in, tau):
+        s = data.score(x_in, tau)
+        x0 = (x_in + tau[:, None] ** 2 * s) / (1 - tau[:, None])
+        return -tau[:, None] * s - x0
+    torch.testing.assert_close(Adapter(velocity, sde, "flow")(x, tt), data.score(x, tt), rtol=1e-9, atol=1e-9)
+    with pytest.raises(sdekit.InvalidParameterError, match="below 1"):
+        RectifiedFlowSDE(T=1.0)
