@@ -136,3 +136,20 @@ def test_learned_variance_unet_is_read_through_its_first_half(config, x_T):
     with torch.no_grad():
         t = a.sde.time(torch.full((3,), 500.0, dtype=torch.float64))
         torch.testing.assert_close(a.noise(x_T, t), net(x_T, 500).sample[:, :2])
+
+
+def test_classifier_free_guidance_on_a_class_conditional_unet_is_diffusers_batched_call(config, x_T):
+    from sdekit.adapters import ClassifierFreeGuidance
+    torch.manual_seed(0)
+    net = UNet2DModel(sample_size=8, in_channels=2, out_channels=2, layers_per_block=1, block_out_channels=(8, 16),
+                      norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+                      up_block_types=("UpBlock2D", "UpBlock2D"), num_class_embeds=4).eval()
+    a = from_diffusers(net, config)
+    labels, null = torch.tensor([1, 2, 0]), torch.tensor([3])
+    guided = ClassifierFreeGuidance(a.with_inputs(class_labels=labels), a.with_inputs(class_labels=null), 5.0)
+    assert guided.batched and guided.nfe_per_call == 2
+    t = a.sde.time(torch.full((3,), 600.0, dtype=torch.float64))
+    with torch.no_grad():    # what a diffusers pipeline does: one call on the doubled batch, then chunk
+        uncond, cond = net(torch.cat([x_T, x_T]), 600, class_labels=torch.cat([null.expand(3), labels])).sample.chunk(2)
+        got = guided.noise(x_T, t)
+    _close(got, uncond + 5.0 * (cond - uncond))
