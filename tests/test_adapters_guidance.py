@@ -29,10 +29,11 @@ def test_classifier_guidance_with_the_exact_posterior_is_the_component_score(sde
     torch.testing.assert_close(guided(x, t), expect, rtol=1e-9, atol=1e-9)
 
 
-def test_classifier_guided_sampling_reproduces_the_chosen_component():
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_classifier_guided_sampling_reproduces_the_chosen_component(k):
     sde = sdekit.VPSDE()
     mix = GaussianMixture.default_2d(sde)
-    n, k = 4000, 2
+    n = 4000
     x_T = sde.prior_sampling((n, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     guided = classifier_guidance(mix.score, mix.log_posterior, label=k)
     x = sdekit.probability_flow(sde, guided).solve(x_T, method="dpmpp_2m", steps=50).x
@@ -153,6 +154,23 @@ def test_imputation_replaces_known_coordinates_by_their_keyed_forward_marginal()
                                                  options=dict(hook=hook))
     torch.testing.assert_close(part.x, sol.x[10:20], rtol=1e-12, atol=1e-12)
     assert torch.equal(hook.finish(sol.x)[:, 0], torch.full((64,), 1.5, dtype=torch.float64))
+
+
+def test_imputation_takes_any_event_shape():
+    sde = sdekit.VESDE()
+    shape = (3, 2, 4, 4)
+    known = torch.randn(shape[1:], generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(shape[1:], dtype=torch.bool)
+    mask[:, :2] = True                                          # the top half of every image is known
+    hook = Imputation(sde, known, mask)
+    noise = sdekit.KeyedBrownian(sde.eps, sde.T, shape, seed=0, dtype=torch.float32)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    t = torch.full((3,), 0.5, dtype=torch.float64)
+    out = hook(x, t, noise)
+    z = noise.normal(t, tag=hook.tag)
+    expect = known + float(sde.sigma(t[:1])) * z
+    assert torch.equal(out[:, mask], expect[:, mask]) and torch.equal(out[:, ~mask], x[:, ~mask])
+    assert torch.equal(hook.finish(out)[:, mask], known.expand(shape)[:, mask])
 
 
 def test_imputation_checks_its_inputs():
