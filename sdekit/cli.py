@@ -105,6 +105,13 @@ def _problem(sde: str, problem: Optional[str], score: Optional[str], shape) -> o
         raise UsageError(f"unknown --sde {sde!r}; choose from {', '.join(SDES)}")
     if problem and score:
         raise UsageError("give --problem or --score, not both")
+    if problem in ("mixture", "gaussian") or (problem or "").startswith("exact:"):
+        from sdekit.studies import ExactSDEProblem, GaussianProblem
+        if problem == "gaussian":
+            return GaussianProblem(SDES[sde]())
+        if problem.startswith("exact:"):
+            return ExactSDEProblem(problem[len("exact:"):])
+        return default_problem(sde)
     if problem:
         obj = load_attr(problem)
         if not hasattr(obj, "sde_process") and callable(obj):
@@ -156,7 +163,9 @@ def _study_parser(sub):
                                    "and plots go to --out, resumable after a kill.")
     p.add_argument("--config", metavar="FILE", help="a TOML file describing the study ([study] table)")
     p.add_argument("--sde", help="forward SDE of the built-in problem: vp (default), subvp, ve")
-    p.add_argument("--problem", metavar="MODULE:ATTR", help="a StudyProblem (or a function returning one)")
+    p.add_argument("--problem", metavar="NAME|MODULE:ATTR",
+                   help="mixture (default), gaussian, exact:NAME (gbm, gbm-tv, additive, additive-tv, arctan, sinh: "
+                        "forward SDEs with exact solutions), or your StudyProblem (or a function returning one)")
     p.add_argument("--score", metavar="MODULE:ATTR", help="your score(x, t); the reference is then a fine solve")
     p.add_argument("--shape", help="event shape for --score, comma-separated (default 2)")
     p.add_argument("--methods", help="comma-separated, e.g. 'euler,sde:ddim,ode:dpmpp_2m,dopri5'")

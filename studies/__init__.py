@@ -30,7 +30,7 @@ SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 DEFAULT_METHODS = ["sde:torchsde.euler", "sde:euler_ancestral", "sde:dpmpp_2m_sde", "sde:ddim",
                    "ode:torchdiffeq.euler", "ode:ddim", "ode:dpmpp_2m", "ode:unipc", "ode:dopri5"]
 #: Step counts for the fixed-step methods, tolerances for the adaptive ones.
-DEFAULT_BUDGETS = "steps=8,16,32,64,128;tol=1e-2,1e-3,1e-4,1e-5"
+DEFAULT_BUDGETS = "steps=4,8,16,32;tol=1e-2,1e-3,1e-4,1e-5"
 
 #: Floor standard deviations a row's sliced W2 may exceed the floor's mean by; standard errors for masses, moments.
 SW2_K, MODE_K, MOMENT_K = 3.0, 3.0, 4.0

@@ -148,6 +148,9 @@ def test_resume_skips_done_rows_and_a_changed_config_recomputes(tmp_path):
     again = study(p, ["ode:ddim", "ode:dpmpp_2m"], [4, 8, 16], samples=50, results=path)
     assert again.reused == 4 and len(again) == 6 and len(path.read_text().splitlines()) == 6
     assert _strip(again.rows[:2]) == _strip(first.rows[:2])
+    same = study(p, ["ode:ddim", "ode:dpmpp_2m"], [4, 8, 16], samples=50, results=path)
+    assert same.reused == 6 and set(same.samples) == set(again.samples)        # the plots' samples, solved again
+    assert all(torch.equal(same.samples[k], again.samples[k]) for k in same.samples)
     changed = study(p, ["ode:ddim"], [4], samples=60, results=path)     # another sample count: another config
     assert changed.reused == 0 and changed.stale == 6
     edited = StudyProblem(p.sde, lambda x, t: 0.9 * p.score(x, t), p.initial, name=p.name, config=p.config)

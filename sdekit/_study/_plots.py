@@ -112,7 +112,8 @@ def save_plots(table, out: str, problem=None, log=print) -> List[str]:
         rows = math.ceil(len(shown) / cols)
         fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows), squeeze=False)
         for ax, (label, x) in zip(axes.flat, shown):
-            ax.contourf(gx.numpy(), gy.numpy(), logp.exp().numpy(), levels=12, cmap="Blues")
+            shade = logp.clamp(min=float(logp.max()) - 10.0)          # log-density, 10 nats deep
+            ax.contourf(gx.numpy(), gy.numpy(), shade.numpy(), levels=10, cmap="Blues")
             x = x[:2000].to(torch.float64)
             ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=1.5, c="tab:red", alpha=0.5, rasterized=True)
             budget = next(r["budget"] for r in reversed(table.rows) if r["label"] == label)
@@ -120,7 +121,7 @@ def save_plots(table, out: str, problem=None, log=print) -> List[str]:
             ax.title.set_fontsize(8)
         for ax in list(axes.flat)[len(shown):]:
             ax.axis("off")
-        fig.suptitle(f"Samples (red) against the exact density: {table.problem}")
+        fig.suptitle(f"Samples (red) against the exact log-density: {table.problem}")
         paths += _save(fig, out, "samples")
         plt.close(fig)
     return paths

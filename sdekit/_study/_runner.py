@@ -31,7 +31,8 @@ from .._keyed import KeyedBrownian
 from ._problem import Measure, mean_with_se
 from ._spec import Budget, MethodSpec, config_hash
 
-__all__ = ["Settings", "Row", "SeedContext", "VERDICT_RULE", "plan_rows", "run_rows", "run_row", "seed_context",
+__all__ = ["Settings", "Row", "SeedContext", "VERDICT_RULE", "plan_rows", "run_rows", "run_row", "solve_row",
+           "seed_context",
            "weak_error", "read_results", "append_row"]
 
 #: The reference solves when a problem has no exact one: per family of noise, a method and its options.
@@ -215,20 +216,26 @@ def nfe_per_step(spec: MethodSpec, problem, process, x) -> int:
     return max(1, counts[1] - counts[0])
 
 
-def run_row(problem, row: Row, ctx: SeedContext, settings: Settings, test_functions, keep: bool = False) -> dict:
-    """Solve one row and measure its errors; returns the row's record (and its samples under ``"_x"`` if ``keep``)."""
-    spec, budget = row.spec, row.budget
-    fam = family(spec)
+def solve_row(problem, row: Row, x0: torch.Tensor, settings: Settings):
+    """The row's solve from ``x0`` on its own noise (no errors measured): a :class:`sdekit.Solution`."""
+    spec, fam = row.spec, family(row.spec)
     process = problem.sde_process() if spec.process == "sde" else problem.ode_process()
-    x0 = ctx.x0.to(device=settings.device, dtype=settings.torch_dtype())
-    kwargs = _budget_kwargs(spec, budget, problem, process, x0)
+    x0 = x0.to(device=settings.device, dtype=settings.torch_dtype())
+    kwargs = _budget_kwargs(spec, row.budget, problem, process, x0)
     if fam == "torchsde":
         kwargs["noise"] = torchsde_noise(problem, process, x0, row.seed, settings.reference["torchsde_steps"])
     elif fam == "sdekit":
         kwargs["noise"] = keyed_noise(problem, x0, row.seed)
     with torch.no_grad():
-        sol = process.solve(x0, method=spec.method, options=spec.options or None, throw=False,
-                            t_start=problem.t_start, t_end=problem.t_end, **kwargs)
+        return process.solve(x0, method=spec.method, options=spec.options or None, throw=False,
+                              t_start=problem.t_start, t_end=problem.t_end, **kwargs)
+
+
+def run_row(problem, row: Row, ctx: SeedContext, settings: Settings, test_functions, keep: bool = False) -> dict:
+    """Solve one row and measure its errors; returns the row's record (and its samples under ``"_x"`` if ``keep``)."""
+    spec, budget = row.spec, row.budget
+    fam = family(spec)
+    sol = solve_row(problem, row, ctx.x0, settings)
     m = spec.info
     span = abs(problem.t_start - problem.t_end)
     record = dict(key=row.key, problem=problem.name, label=spec.label, method=m.name, backend=m.backend,
@@ -344,6 +351,9 @@ def run_rows(problem, rows: List[Row], settings: Settings, test_functions, resul
     bar = _bar(progress, len(rows), len(records))
     try:
         contexts = {}
+        if bar is not None and pending:
+            bar.set_description_str("study (references)")
+            bar.refresh()
         for seed in sorted({r.seed for r in pending}):
             fams = sorted({family(r.spec) for r in pending if r.seed == seed})
             contexts[seed] = seed_context(problem, seed, settings, fams)
@@ -359,6 +369,8 @@ def run_rows(problem, rows: List[Row], settings: Settings, test_functions, resul
                 bar.set_postfix_str(f"{record['label']} {record['budget']}", refresh=False)
                 bar.update(1)
 
+        if bar is not None:
+            bar.set_description_str("study")
         if workers <= 1 or len(pending) <= 1:
             for r in pending:
                 finish(run_row(problem, r, contexts[r.seed], settings, test_functions, r.key in keep))
@@ -367,6 +379,10 @@ def run_rows(problem, rows: List[Row], settings: Settings, test_functions, resul
     finally:
         if bar is not None:
             bar.close()
+    for r in rows:     # samples of rows read back from the file, for the plots: solve again, measure nothing
+        if r.key in keep and r.spec.label not in samples and records[r.key]["result"] == "SUCCESS":
+            x0 = problem.initial(settings.samples, torch.Generator().manual_seed(r.seed))
+            samples[r.spec.label] = solve_row(problem, r, x0, settings).x.detach().cpu()
     ordered = [records[r.key] for r in rows]
     return ordered, len(rows) - len(pending), stale, samples
 

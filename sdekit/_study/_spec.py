@@ -118,7 +118,8 @@ class MethodSpec:
         if ":" in name:
             prefix, name = name.split(":", 1)
             if prefix not in ("sde", "ode"):
-                raise InvalidParameterError(f"method prefix must be 'sde:' or 'ode:', got {prefix!r} in {self.method!r}")
+                raise InvalidParameterError(f"method prefix must be 'sde:' or 'ode:', got {prefix!r} in "
+                                            f"{self.method!r}")
             process = process or prefix
         if process not in (None, "sde", "ode"):
             raise InvalidParameterError(f"process must be 'sde' or 'ode', got {process!r}")
