@@ -69,8 +69,10 @@ class Evaluator:
     **Arguments**
 
     - ``fn``: the function, ``fn(x, t) -> tensor shaped like x`` (a score network); ``t`` has shape
-      ``(batch,)``, x's dtype (float32 for a float16 or bfloat16 state) and x's device.
-    - ``name``: how error messages call the function.
+      ``(batch,)``, x's dtype and x's device.
+    - ``name``: how error messages call the function.  The score (``"score_fn"``) sees times in at least
+      float32, also for a float16/bfloat16 state; any other function (a forward SDE's drift ``"f"``, like
+      the SDE's coefficients) sees them in x's dtype.
 
     A function that evaluates a network more than once per call (classifier-free guidance: twice)
     says so with an attribute ``fn.nfe_per_call``, a positive integer; NFE counts network evaluations
@@ -81,6 +83,7 @@ class Evaluator:
     def __init__(self, fn: Callable, name: str = "score_fn"):
         self.fn = fn
         self.name = name
+        self._score_times = name == "score_fn"
         self.nfe = 0
         self.calls = 0
         self.cost = _cost(fn, name)
@@ -97,7 +100,7 @@ class Evaluator:
         "time".  For a float16/bfloat16 state the next call hands ``fn`` this time in float32, before its
         rounding to the state's dtype.
         """
-        raw = batch_times(t, x, dtype=time_dtype(x.dtype))
+        raw = batch_times(t, x, dtype=self._time_dtype(x))
         t = raw.clamp(low, high).nan_to_num(nan=high)
         self._raw_time = raw
         if t.dtype == x.dtype:
@@ -105,10 +108,13 @@ class Evaluator:
         self._pending_time = t
         return t.to(x.dtype)
 
+    def _time_dtype(self, x):
+        return time_dtype(x.dtype) if self._score_times else x.dtype
+
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
         exact, raw = self._pending_time, self._raw_time
         self._pending_time = self._raw_time = None
-        t = exact if exact is not None else batch_times(t, x, dtype=time_dtype(x.dtype))
+        t = exact if exact is not None else batch_times(t, x, dtype=self._time_dtype(x))
         self.calls += 1
         try:
             out = self.fn(x, t)

@@ -240,7 +240,7 @@ def _check_save_at(save_at, t_start, t_end):
 
 def _real(name, v, *, positive=False, nonnegative=False) -> float:
     """``v`` (a real number or a one-element tensor) as a float; refused if not a number, NaN, or out of range."""
-    if isinstance(v, torch.Tensor) and v.numel() == 1 and (v.is_floating_point() or not v.dtype.is_complex):
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.dtype.is_complex:
         v = v.item()
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise ArgumentTypeError(f"{name} must be a real number, got {type(v).__name__} {v!r:.40}")

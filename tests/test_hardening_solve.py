@@ -345,6 +345,13 @@ def test_half_precision_states_hand_the_score_float32_times(dtype):
     assert seen[-1].dtype == torch.float32 and float(seen[-1]) == float(times[0].float())
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_forward_sde_still_solves(dtype):
+    """The forward SDE's drift is the SDE's own coefficient: it keeps seeing times in the state's dtype."""
+    sol = sdekit.forward(SDE).solve(_x(dtype=torch.float32).to(dtype), method="euler", steps=10, seed=0)
+    assert sol.success and sol.x.dtype == dtype
+
+
 # ---------------------------------------------------------------------------------------------
 # §5 the result keeps the state's dtype
 # ---------------------------------------------------------------------------------------------
