@@ -204,6 +204,13 @@ def _settings(args) -> dict:
             raise UsageError(f"{key} must be an integer, got {out[key]!r}")
     if out["samples"] < 2 or out["seeds"] < 1 or out["workers"] < 1 or out["seed"] < 0:
         raise UsageError("need samples >= 2, seeds >= 1, workers >= 1 and seed >= 0")
+    if out["threads"] is not None and (isinstance(out["threads"], bool) or not isinstance(out["threads"], int)):
+        raise UsageError(f"threads must be an integer, got {out['threads']!r}")
+    for key in ("sde", "device", "dtype", "out"):
+        if not isinstance(out[key], str):
+            raise UsageError(f"{key} must be a string, got {out[key]!r}")
+    if not isinstance(out["reference"], dict):
+        raise UsageError(f"reference must be a table such as {{ steps = 1024 }}, got {out['reference']!r}")
     return out
 
 

@@ -95,7 +95,10 @@ def test_errors_are_one_line_with_a_fix_and_exit_2(argv, text, tmp_path, monkeyp
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("content, text", [("samples = [\n", "bad TOML"), ("speed = 3\n", "unknown keys")])
+@pytest.mark.parametrize("content, text", [("samples = [\n", "bad TOML"), ("speed = 3\n", "unknown keys"),
+                                           ('threads = "two"\n', "threads must be an integer"),
+                                           ("reference = 3\n", "reference must be a table"),
+                                           ('methods = ["nosuch"]\n', "unknown method")])
 def test_bad_toml_is_one_line(content, text, tmp_path, capsys):
     conf = tmp_path / "s.toml"
     conf.write_text(content)

@@ -91,6 +91,16 @@ def test_ode_orders_against_the_exact_flow_map():
     assert [r["nfe"] for r in table if r["method"] == "rk4"] == [32, 64, 128, 256]
 
 
+def test_nfe_budgets_and_float32_rows():
+    table = study(GaussianProblem(), ["ode:dpm_solver_2", "ode:dpmpp_2m"], "nfe=8,16", samples=50,
+                  dtype=torch.float32)
+    assert [(r["steps"], r["nfe"]) for r in table] == [(4, 8), (8, 16), (8, 8), (16, 16)]   # 2 and 1 per step
+    assert all(r["dtype"] == "float32" and r["ode"] > 0 for r in table)
+    assert table.samples["ode:sdekit.dpm_solver_2"].dtype == torch.float32
+    fit = table.fit("ode:sdekit.dpm_solver_2", x="nfe")
+    assert fit.slope < 0                                     # error falls as the work grows
+
+
 def test_native_rows_use_the_keyed_path_of_their_seed():
     """A native SDE row's samples are those of solve(seed=seed): the keyed path does not depend on the grid."""
     problem = MixtureProblem()
