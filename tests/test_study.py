@@ -221,7 +221,7 @@ def test_sigkill_halfway_loses_nothing_and_repeats_nothing(tmp_path):
 
 
 def test_parallel_rows_equal_serial_rows(tmp_path):
-    p = MixtureProblem()
+    p = GaussianProblem()
     methods = ["sde:euler", "sde:dpmpp_2m_sde", "ode:unipc"]
     ref = dict(steps=32)                                    # a coarse reference: this test is about equality
     serial = study(p, methods, [4, 8], samples=60, seeds=[0, 1], reference=ref)
