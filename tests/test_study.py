@@ -230,3 +230,16 @@ def test_parallel_rows_equal_serial_rows(tmp_path):
     assert _strip(parallel.rows) == _strip(serial.rows)
     for label, x in serial.samples.items():
         assert torch.equal(parallel.samples[label], x)
+
+
+def test_the_documented_study_runs(tmp_path, monkeypatch, capsys):
+    import pathlib
+    import re
+    page = (pathlib.Path(__file__).parents[1] / "docs" / "study.md").read_text()
+    code = re.search(r"```python\n(.*?)```", page.split("## The Python API", 1)[1], re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/study.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "[0.5, 1.0]"
+    assert "ode:sdekit.dpmpp_2m ode 2.1 ok" in lines and "ode:sdekit.unipc ode 3.0 ok" in lines
+    assert lines[-2].endswith(" ok") and (tmp_path / "mixture.jsonl").exists()
