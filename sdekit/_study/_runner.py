@@ -317,7 +317,8 @@ def read_results(path) -> Dict[str, dict]:
 
 def append_row(path, row: dict) -> None:
     """Append one row as a JSON line, flushed and fsynced; starts a new line after a torn one."""
-    text = json.dumps({k: v for k, v in row.items() if not k.startswith("_")}, default=_json_default)
+    text = json.dumps({k: _finite(v) for k, v in row.items() if not k.startswith("_")}, default=_json_default,
+                      allow_nan=False)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     with open(path, "ab") as fh:
@@ -331,9 +332,12 @@ def append_row(path, row: dict) -> None:
         os.fsync(fh.fileno())
 
 
+def _finite(v):
+    """Strict JSON: a NaN or infinite float (an error that could not be measured) is written as null."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
 def _json_default(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
     return repr(v)
 
 
