@@ -182,6 +182,16 @@ class GaussianFlow:
         self.t_start, self.t_end = float(t_start), float(t_end)
         self.data = GaussianData(self.mean, torch.diag(self.var), sde)
 
+    def _av(self, t, like):
+        r""":math:`\alpha_t` (shape ``(n, 1)``), :math:`v_t = \alpha_t^2 S + \sigma_t^2` (``(n, d)``) and :math:`\mu`, in
+        ``like``'s dtype: the moments the weak-order study reads (``t`` a number or ``n`` times)."""
+        t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+        t = t.expand(like.shape[0]) if t.dim() == 0 else t.reshape(-1)
+        a = self.data.moments.alpha(t).reshape(-1, 1)
+        s = self.data.moments.sigma(t).reshape(-1, 1)
+        mu, var = self.mean.to(like), self.var.to(like)
+        return a, a * a * var + s * s, mu
+
     def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The exact score of :math:`p_t`; any event shape with ``d`` elements."""
         return self.data.score(x.reshape(x.shape[0], -1), t).reshape(x.shape)

@@ -16,13 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sdekit
-from sdekit.validation.orders import GaussianFlow
+from sdekit.validation.orders import TOLERANCE_PLAN, GaussianFlow
 
 # Each method gets a fifth of the profile's examples (5 under the default "ci" profile, 200 under "thorough").
 SETTINGS = settings(deadline=None, max_examples=max(3, settings().max_examples // 5),
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 METHODS = sorted(sdekit.methods(), key=lambda m: m.qualified_name)
+#: Largest global error / (tol (1 + max|x|)) of each adaptive ODE method (TOLERANCE_PLAN; 10 where not listed).
+_TOLERANCE_RATIO = {name: ratio for name, _, _, _, ratio in TOLERANCE_PLAN}
 FIXED = [m for m in METHODS if m.stepping != "adaptive"]
 
 
@@ -96,14 +98,16 @@ def test_dtype_and_device_follow_the_input(m, dtype, sde_name, seed):
     case = _case(sde_name, seed)
     x = case.sample(3, case.t_start, seed=seed, dtype=dtype)
     kw = _stepping(m, 8)
-    if kw.get("rtol") is not None and dtype == torch.float32:
-        kw = dict(rtol=1e-3, atol=1e-3)
     is_sde = m.kind == "sde"
     process = sdekit.reverse(case.sde, case.score) if is_sde else case.ode()
     sol = process.solve(x, method=m.qualified_name, seed=seed, **kw)
     assert sol.x.dtype == dtype and sol.x.device == x.device and sol.x.shape == x.shape
     assert bool(torch.isfinite(sol.x).all())
-    if not is_sde:  # float32 and float64 agree to float32 accuracy on the deterministic flow
+    if not is_sde:
+        # On the deterministic flow, float32 and float64 agree to float32 accuracy with fixed steps.  Adaptive steps
+        # differ between the two (their error estimates differ by rounding), so each is only as close to the exact
+        # flow as its tolerance promises: within twice the tolerance study's bound of each other.
         ref = process.solve(x.to(torch.float64), method=m.qualified_name, seed=seed, **kw).x
         scale = 1 + float(ref.abs().max())
-        assert float((sol.x.to(torch.float64) - ref).abs().max()) < 1e-3 * scale
+        bound = 2 * _TOLERANCE_RATIO.get(m.qualified_name, 10.0) * kw["rtol"] if "rtol" in kw else 1e-3
+        assert float((sol.x.to(torch.float64) - ref).abs().max()) < bound * scale
