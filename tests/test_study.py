@@ -15,7 +15,8 @@ import torch
 import sdekit
 from sdekit import Budget, InvalidParameterError, MethodSpec, StudyProblem, UnknownMethodError, study
 from sdekit._study import fit_slope
-from sdekit._study._runner import append_row, keyed_noise, read_results
+from sdekit._study._results import append_row, read_results
+from sdekit._study._runner import keyed_noise
 from sdekit.studies import ExactSDEProblem, GaussianProblem, MixtureProblem
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -9,15 +9,14 @@ before, so every torchsde row builds its own ``sdekit.brownian_motion`` from the
 ``sdekit.KeyedBrownian`` of the row's seed, the same path whatever the grid.  So a row is a function of
 its configuration alone: in any order, in any process, resumed or not, it gives the same numbers.
 
-**Results that survive.** Each finished row is appended to the JSON-lines results file, flushed and
-fsynced before the next starts.  Every row carries the hash of the configuration that produced it
+**Results that survive.** Each finished row is appended to the JSON-lines results file (``_results``),
+flushed and fsynced before the next starts.  Every row carries the hash of the configuration that produced it
 (problem fingerprint, sample count, dtype, device type, reference, method, budget, seed, sdekit's
 version); a re-run skips the rows whose hash is there and ignores any other (stale) row.
 """
 
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -28,12 +27,12 @@ from .._brownian import brownian_motion
 from .._errors import InvalidParameterError
 from .._grid import uniform_grid
 from .._keyed import KeyedBrownian
-from ._problem import Measure, mean_with_se
+from ._measures import VERDICT_RULE, pathwise_error, verdict, weak_error
+from ._results import append_row, read_results
 from ._spec import Budget, MethodSpec, config_hash
 
 __all__ = ["Settings", "Row", "SeedContext", "VERDICT_RULE", "plan_rows", "run_rows", "run_row", "solve_row",
-           "seed_context",
-           "weak_error", "read_results", "append_row"]
+           "seed_context", "read_results", "append_row"]
 
 #: The reference solves when a problem has no exact one: per family of noise, a method and its options.
 #: ``torchsde_steps`` / ``sdekit_steps`` (or ``steps`` for both) default to :func:`reference_steps`.
@@ -250,8 +249,7 @@ def run_row(problem, row: Row, ctx: SeedContext, settings: Settings, test_functi
         x = sol.x.detach().to(torch.float64).cpu()
         ref = ctx.refs.get(fam)
         if ref is not None:
-            measures["strong" if spec.process == "sde" else "ode"] = mean_with_se(
-                (x - ref).abs().reshape(x.shape[0], -1).mean(1))
+            measures["strong" if spec.process == "sde" else "ode"] = pathwise_error(x, ref)
         for name, phi in test_functions.items():
             measures[f"weak:{name}"] = weak_error(phi, x, ref, ctx.exact)
         if ctx.exact is not None and problem.measures is not None:
@@ -263,82 +261,6 @@ def run_row(problem, row: Row, ctx: SeedContext, settings: Settings, test_functi
     if keep and sol.success:
         record["_x"] = sol.x.detach().cpu()
     return record
-
-
-def weak_error(phi, x, ref, exact) -> Measure:
-    r""":math:`|E\varphi(x) - E\varphi(y)|`: coupled with a pathwise reference ``ref`` (the mean of
-    :math:`\varphi(x_i) - \varphi(y_i)`, whose variance is the strong error's), else against independent
-    exact samples (standard error :math:`\sqrt{s_x^2/n + s_y^2/m}`); NaN with neither."""
-    fx = phi(x).to(torch.float64).reshape(-1)
-    if ref is not None:
-        m = mean_with_se(fx - phi(ref).to(torch.float64).reshape(-1))
-        return Measure(abs(m.value), m.se)
-    if exact is not None:
-        fy = phi(exact).to(torch.float64).reshape(-1)
-        se = math.sqrt(float(fx.var()) / fx.numel() + float(fy.var()) / fy.numel())
-        return Measure(abs(float(fx.mean() - fy.mean())), se)
-    return Measure(float("nan"))
-
-
-#: How a row's verdict is read.
-VERDICT_RULE = ("ok: every distributional measure passes its own test (a distance within its Monte Carlo floor's "
-                "mean + 3 std, masses and moments within 3 standard errors); CHECK: one does not; failed: the "
-                "solve did not reach t_end; '-': the problem has no distributional reference")
-
-
-def verdict(record, measures) -> str:
-    if record["result"] != "SUCCESS":
-        return "failed"
-    oks = [m.ok for m in measures.values() if m.ok is not None]
-    if not oks:
-        return "-"
-    return "ok" if all(oks) else "CHECK"
-
-
-# -- the results file -----------------------------------------------------------------------
-def read_results(path) -> Dict[str, dict]:
-    """Rows of a JSON-lines results file by key; a torn last line (a kill mid-write) is skipped."""
-    rows = {}
-    if path is None or not os.path.exists(path):
-        return rows
-    with open(path, "r", encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "key" in row:
-                rows[row["key"]] = row
-    return rows
-
-
-def append_row(path, row: dict) -> None:
-    """Append one row as a JSON line, flushed and fsynced; starts a new line after a torn one."""
-    text = json.dumps({k: _finite(v) for k, v in row.items() if not k.startswith("_")}, default=_json_default,
-                      allow_nan=False)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with open(path, "ab") as fh:
-        if fh.tell() > 0:
-            with open(path, "rb") as rd:
-                rd.seek(-1, os.SEEK_END)
-                if rd.read(1) != b"\n":
-                    fh.write(b"\n")
-        fh.write(text.encode("utf-8") + b"\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _finite(v):
-    """Strict JSON: a NaN or infinite float (an error that could not be measured) is written as null."""
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def _json_default(v):
-    return repr(v)
 
 
 # -- running --------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from typing import List, Optional
 from .._errors import InvalidParameterError
 from .._methods import lookup
 from ._fit import OrderFit, fit_slope
-from ._runner import VERDICT_RULE
+from ._measures import VERDICT_RULE
 
 __all__ = ["StudyTable"]
 
