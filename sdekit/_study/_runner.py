@@ -314,7 +314,8 @@ def run_rows(problem, rows: List[Row], settings: Settings, test_functions, resul
 
 
 def _keep(rows: List[Row]) -> set:
-    """The rows whose samples the plots show: each method's largest budget, first seed."""
+    """The rows whose samples the plots show: each method's last budget (its largest, as usually listed),
+    first seed."""
     best = {}
     first = min(r.seed for r in rows) if rows else 0
     for r in rows:

@@ -21,7 +21,7 @@ class StudyTable:
       ``budget``, ``seed``, ``nfe``, ``steps``, ``rejected``, ``h`` (span / steps), ``wall_time``, ``result``,
       each error measure ``m`` as ``m``, ``m_se``, ``m_lo``, ``m_hi`` (95% Monte Carlo interval) and, where
       it has them, ``m_floor``, ``m_floor_std``, ``m_z``, ``m_ok``; and a ``verdict``.
-    - ``measures``: the error measures present; ``samples``: each method's samples at its largest budget
+    - ``measures``: the error measures present; ``samples``: each method's samples at its last budget
       (first seed) from this run; ``reused``, ``stale``: rows read back from the results file, rows there from
       another configuration (ignored).
     """
