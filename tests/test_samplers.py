@@ -149,15 +149,19 @@ def test_moments_converge(method, options, first_order):
 @pytest.mark.parametrize("sde_name", ["VP", "VE"])
 @pytest.mark.parametrize("method,options,first_order", CONVERGENT, ids=CONVERGENT_IDS)
 def test_moments_converge_closely(method, options, first_order, sde_name):
-    """20000 samples at 200 steps: within 4 standard errors (about 0.04 in a covariance entry), plus C/N
-    for the first-order samplers; and closer than at 25 steps."""
+    """10000 samples at 200 steps: within 4 standard errors (about 0.06 in a covariance entry), plus C/N
+    for the first-order samplers; and closer than at 25 steps, unless 25 steps are within Monte Carlo error
+    already."""
     sde = sdekit.VPSDE() if sde_name == "VP" else sdekit.VESDE(0.01, 20.0)
     data = gaussian(sde)
-    x = start(data, 20000)
+    x = start(data, 10000)
     allowance = BIAS_C / 200 if first_order else 0.0
     err_fine = moment_errors(sample(data, x, method, options, steps=200).x, data, allowance)
-    err_coarse = moment_errors(sample(data, x, method, options, steps=25).x, data, BIAS_C / 25)
-    assert err_fine < err_coarse
+    coarse = sample(data, x, method, options, steps=25).x
+    err_coarse = moment_errors(coarse, data, BIAS_C / 25)
+    mean, cov = data.marginal(sde.eps)
+    assert err_fine < err_coarse or mean_cov_error(coarse, mean, cov).within(4), \
+        "a discretisation error visible at 25 steps must shrink by 200"
 
 
 #: the mixture at 40 steps on VP for four samplers in the quick run, all of them with ``-m slow``
