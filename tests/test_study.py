@@ -102,6 +102,24 @@ def test_nfe_budgets_and_float32_rows():
     assert fit.slope < 0                                     # error falls as the work grows
 
 
+def test_torchsde_rows_read_the_reference_path():
+    """A row's Brownian motion, built from its seed and queried on the reference grid first, gives a coarse
+    step the sum of the reference's increments over it: the coarse solve and the reference share one path,
+    whatever other rows ran before (each row builds its own)."""
+    from sdekit._study._runner import torchsde_noise
+    problem = GaussianProblem()
+    process = problem.sde_process()
+    x = problem.initial(5, torch.Generator().manual_seed(0))
+    fine = torchsde_noise(problem, process, x, seed=7, steps=16)
+    s = [float(v) for v in process._t_of_s(sdekit.uniform_grid(problem.t_start, problem.t_end, 16))]
+    steps = [fine(a, b) for a, b in zip(s[:-1], s[1:])]
+    coarse = torchsde_noise(problem, process, x, seed=7, steps=16)
+    for k in range(4):
+        assert torch.allclose(coarse(s[4 * k], s[4 * k + 4]), sum(steps[4 * k:4 * k + 4]), atol=1e-12)
+    other = torchsde_noise(problem, process, x, seed=8, steps=16)
+    assert not torch.allclose(other(s[0], s[4]), coarse(s[0], s[4]))
+
+
 def test_native_rows_use_the_keyed_path_of_their_seed():
     """A native SDE row's samples are those of solve(seed=seed): the keyed path does not depend on the grid."""
     problem = MixtureProblem()
