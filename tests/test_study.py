@@ -138,7 +138,7 @@ def test_distributional_measures_have_floors_and_verdicts():
         assert r["sw2_floor"] > 0 and r["sw2_floor_std"] > 0 and r["modes_z"] >= 0
     assert good["verdict"] == "ok"
     assert bad["verdict"] == "CHECK"                       # two DDIM steps cannot carry the mixture
-    assert bad["weak:|x|^2"] > good["weak:|x|^2"]
+    assert bad["weak:sqnorm"] > good["weak:sqnorm"]
     assert "CHECK" in table.report() and "floor" in table.summary()
 
 

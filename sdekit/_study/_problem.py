@@ -92,7 +92,7 @@ class StudyProblem:
     - ``exact_solution``, ``flow_map``, ``exact_samples``, ``measures``, ``density``: references (see the
       module's docstring); ``density(x)`` is the log-density at ``t_end``, for the 2-D sample plots.
     - ``test_functions``: ``{name: phi}`` with ``phi(x)`` of shape ``(n,)``, for weak errors (default
-      :math:`|x|^2`).
+      :math:`|x|^2`, named ``"sqnorm"``).
     - ``noise``: ``"additive"`` or ``"diagonal"``: which strong order of a method to expect (default: additive
       for a reverse SDE of an SDE whose ``g`` ignores ``x``).
     - ``config``: a JSON-able dict describing anything else that changes results (hashed with the rows).
@@ -128,7 +128,7 @@ class StudyProblem:
                             measures=measures, density=density).items():
             if fn is not None:          # a subclass may define these as methods instead
                 setattr(self, key, fn)
-        self.test_functions = dict(test_functions) if test_functions else {"|x|^2": _square_norm}
+        self.test_functions = dict(test_functions) if test_functions else {"sqnorm": _square_norm}
         lo, hi = ((0.0, sde.T) if process == "forward" else (sde.T, sde.eps))
         self.t_start = lo if t_start is None else float(t_start)
         self.t_end = hi if t_end is None else float(t_end)
