@@ -149,6 +149,14 @@ def test_to_pandas_needs_pandas(monkeypatch):
         table.to_pandas()
 
 
+def test_a_failed_reference_says_so():
+    def score(x, t):                    # non-finite below t = 0.3: no reference solve can get through
+        return torch.where((t < 0.3)[:, None], torch.full_like(x, float("nan")), -x)
+    problem = StudyProblem(sdekit.VPSDE(), score, name="broken")
+    with pytest.raises(sdekit.SolveError, match="the ode reference of seed 0 failed.*reference=dict"):
+        study(problem, ["ode:dpmpp_2m"], [4], samples=10)
+
+
 def test_study_refuses_bad_arguments():
     p = GaussianProblem()
     with pytest.raises(InvalidParameterError, match="no budget applies"):

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .._brownian import brownian_motion
-from .._errors import InvalidParameterError
+from .._errors import InvalidParameterError, SolveError
 from .._grid import uniform_grid
 from .._keyed import KeyedBrownian
 from ._measures import VERDICT_RULE, pathwise_error, verdict, weak_error
@@ -166,27 +166,36 @@ def seed_context(problem, seed: int, settings: Settings, families) -> SeedContex
     ref = settings.reference
     with torch.no_grad():
         for fam in families:
-            if fam == "ode":
-                if problem.flow_map is not None:
-                    out = problem.flow_map(x, problem.t_start, problem.t_end)
-                else:
-                    out = problem.ode_process().solve(x, method=ref["ode"], rtol=ref["ode_tol"], atol=ref["ode_tol"],
-                                                      t_start=problem.t_start, t_end=problem.t_end).x
-            elif fam == "torchsde":
-                process = problem.sde_process()
-                bm = torchsde_noise(problem, process, x, seed, ref["torchsde_steps"])
-                if problem.exact_solution is not None:
-                    out = problem.exact_solution(x, bm)
-                else:
-                    out = process.solve(x, method=ref["torchsde"], steps=ref["torchsde_steps"], noise=bm,
-                                        t_start=problem.t_start, t_end=problem.t_end).x
-            else:
-                out = problem.sde_process().solve(x, method=ref["sdekit"], steps=ref["sdekit_steps"],
-                                                  noise=keyed_noise(problem, x, seed),
-                                                  t_start=problem.t_start, t_end=problem.t_end).x
-            ctx.refs[fam] = out.detach().to(torch.float64).cpu()
+            try:
+                ctx.refs[fam] = _reference(problem, fam, x, seed, ref)
+            except SolveError as err:
+                raise SolveError(f"the {fam} reference of seed {seed} failed ({err}); give the problem an exact "
+                                 f"reference or change it with reference=dict(...)", err.solution) from None
     problem.prepare(settings.samples, int(seed))
     return ctx
+
+
+def _reference(problem, fam, x, seed, ref):
+    """The pathwise reference of one family: exact where the problem has it, else a fine solve."""
+    if fam == "ode":
+        if problem.flow_map is not None:
+            out = problem.flow_map(x, problem.t_start, problem.t_end)
+        else:
+            out = problem.ode_process().solve(x, method=ref["ode"], rtol=ref["ode_tol"], atol=ref["ode_tol"],
+                                              t_start=problem.t_start, t_end=problem.t_end).x
+    elif fam == "torchsde":
+        process = problem.sde_process()
+        bm = torchsde_noise(problem, process, x, seed, ref["torchsde_steps"])
+        if problem.exact_solution is not None:
+            out = problem.exact_solution(x, bm)
+        else:
+            out = process.solve(x, method=ref["torchsde"], steps=ref["torchsde_steps"], noise=bm,
+                                t_start=problem.t_start, t_end=problem.t_end).x
+    else:
+        out = problem.sde_process().solve(x, method=ref["sdekit"], steps=ref["sdekit_steps"],
+                                          noise=keyed_noise(problem, x, seed),
+                                          t_start=problem.t_start, t_end=problem.t_end).x
+    return out.detach().to(torch.float64).cpu()
 
 
 # -- one row --------------------------------------------------------------------------------
