@@ -137,6 +137,19 @@ def _shape(text) -> tuple:
         raise UsageError(f"--shape takes comma-separated sizes such as 2 or 3,16,16, got {text!r}") from None
 
 
+def _device(name: str) -> str:
+    """``name`` if torch can use it here, else a one-line error."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"--device {name!r} is not a torch device; use cpu, cuda, cuda:1, mps") from None
+    ok = {"cpu": True, "cuda": torch.cuda.is_available(),
+          "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not ok.get(dev.type, True):
+        raise UsageError(f"--device {name}: no {dev.type} device is available here; use --device cpu")
+    return name
+
+
 def _dtype(name: str):
     if name not in ("float32", "float64"):
         raise UsageError(f"--dtype must be float32 or float64, got {name!r}")
@@ -209,6 +222,7 @@ def _settings(args) -> dict:
     for key in ("sde", "device", "dtype", "out"):
         if not isinstance(out[key], str):
             raise UsageError(f"{key} must be a string, got {out[key]!r}")
+    _device(out["device"])
     if not isinstance(out["reference"], dict):
         raise UsageError(f"reference must be a table such as {{ steps = 1024 }}, got {out['reference']!r}")
     return out
@@ -279,6 +293,7 @@ def cmd_sample(args) -> int:
         raise UsageError(f"--out must end in .pt or .npz, got {args.out!r}")
     if args.samples < 1 or args.seed < 0:
         raise UsageError("need --samples >= 1 and --seed >= 0")
+    _device(args.device)
     threads, why = _threads(args.threads, args.samples * problem.initial(1, torch.Generator())[0].numel(),
                             args.device)
     torch.set_num_threads(threads)

@@ -79,6 +79,7 @@ BAD = [
     (["study", "--config", "missing.toml"], "no config file"),
     (["study", "--sde", "xx"], "unknown --sde"),
     (["study", "--samples", "1"], "samples >= 2"),
+    (["study", "--device", "nodevice"], "not a torch device"),
     (["sample", "--steps", "4", "--out", "x.txt"], ".pt or .npz"),
     (["sample"], "--steps N"),
     (["methods", "--kind", "pde"], "sde or ode"),
