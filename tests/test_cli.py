@@ -143,3 +143,19 @@ def test_python_dash_m_sdekit_is_the_command():
     out = subprocess.run([sys.executable, "-m", "sdekit", "methods", "--kind", "ode"], capture_output=True,
                          text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode == 0 and "dopri5" in out.stdout and "euler_ancestral" not in out.stdout
+
+
+def test_the_documented_toml_is_valid(tmp_path):
+    import pathlib
+    import re
+
+    from sdekit._study._spec import as_method_spec, parse_budgets
+    from sdekit.cli import _read_toml
+    page = (pathlib.Path(__file__).parents[1] / "docs" / "study.md").read_text()
+    conf = tmp_path / "study.toml"
+    conf.write_text(re.search(r"```toml\n(.*?)```", page, re.S).group(1))
+    data = _read_toml(str(conf))
+    specs = [as_method_spec(m) for m in data["methods"]]
+    assert [s.label for s in specs] == ["sde:torchsde.euler", "sde:sdekit.pc[corrector=annealed_langevin,snr=0.16]",
+                                        "ode:torchdiffeq.dopri5"]
+    assert len(parse_budgets(data["budgets"])) == 4 and len(specs[2].budgets) == 3
