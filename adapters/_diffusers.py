@@ -72,6 +72,9 @@ class DiffusersAdapter(Adapter):
         its last step to :math:`\\bar\\alpha = 1` is not a grid point (reverse processes end at ``t > 0``)
         but ``denoise=True`` (:attr:`final_denoise`).
         """
+        return self._grid(timesteps, self.final_denoise)
+
+    def _grid(self, timesteps, final_denoise: bool) -> torch.Tensor:
         ts = getattr(timesteps, "timesteps", timesteps)
         ts = torch.as_tensor(ts).detach().cpu()
         if ts.dim() != 1 or ts.numel() < 1 or ts.is_floating_point() and not bool((ts == ts.round()).all()):
@@ -80,11 +83,60 @@ class DiffusersAdapter(Adapter):
         if bool(((ts < 0) | (ts > n - 1)).any()):
             raise InvalidParameterError(f"timesteps must lie in the table 0..{n - 1}, got {ts.tolist()}")
         times = self.sde.time(ts.to(torch.float64))
-        if not self.final_denoise and int(ts[-1]) != 0:
+        if not final_denoise and int(ts[-1]) != 0:
             times = torch.cat([times, torch.tensor([self.sde.eps], dtype=torch.float64)])
         if times.numel() < 2 or not bool((times[1:] < times[:-1]).all()):
             raise InvalidParameterError("timesteps must be strictly decreasing, with at least one step to take")
         return times
+
+    def solve_arguments(self, scheduler) -> dict:
+        """``method``, ``grid`` and ``options`` for ``solve()`` that reproduce ``scheduler``'s sampling loop.
+
+        For a ``DDIMScheduler`` (``eta=0``, ``leading`` or ``trailing`` spacing) and a
+        ``DPMSolverMultistepScheduler`` (``dpmsolver++``, order 2) after ``set_timesteps``; the result equals
+        diffusers' loop on the same UNet and noise to float32 rounding.  Configurations sdekit cannot
+        reproduce are refused with the reason (see the adapters documentation)::
+
+            sdekit.probability_flow(adapter.sde, adapter).solve(x_T, **adapter.solve_arguments(scheduler))
+        """
+        name, config = type(scheduler).__name__, _config(scheduler)
+        if getattr(scheduler, "timesteps", None) is None or getattr(scheduler, "num_inference_steps", None) is None:
+            raise InvalidParameterError("call scheduler.set_timesteps(steps) first")
+        if config.get("clip_sample") or config.get("thresholding"):
+            raise InvalidParameterError("the scheduler clips or thresholds x0 (clip_sample, thresholding), which "
+                                        "sdekit does not: build it with clip_sample=False, thresholding=False")
+        grid = self._grid(scheduler.timesteps, final_to_one(config))
+        if name == "DDIMScheduler":
+            if config.get("timestep_spacing") == "linspace":
+                raise InvalidParameterError(
+                    "DDIMScheduler with timestep_spacing='linspace' steps from n to n - N//steps but evaluates the "
+                    "UNet at the next listed timestep, which differs; use 'leading' or 'trailing'")
+            return dict(method="ddim", grid=grid, options=dict(denoise=final_to_one(config)))
+        if name == "DPMSolverMultistepScheduler":
+            if config.get("algorithm_type") != "dpmsolver++" or config.get("solver_order") != 2 or any(
+                    config.get(k) for k in ("use_karras_sigmas", "use_lu_lambdas", "use_exponential_sigmas",
+                                            "use_beta_sigmas", "use_flow_sigmas", "euler_at_final")):
+                raise InvalidParameterError(
+                    "sdekit reproduces DPMSolverMultistepScheduler with algorithm_type='dpmsolver++', "
+                    "solver_order=2 and sigmas from the timesteps; for order 3 sdekit's dpmpp_3m weights the "
+                    "second difference by 2*phi_3 (diffusers: phi_3), so it differs by design")
+            n = len(scheduler.timesteps)
+            if final_to_one(config):      # diffusers' last step is first order: sdekit's denoise
+                return dict(method="dpmpp_2m", grid=grid, options=dict(denoise=True, lower_order_final=False))
+            lowers = bool(config.get("lower_order_final", True)) and n < 15
+            if lowers and n >= 10:
+                raise InvalidParameterError(
+                    f"with final_sigmas_type='sigma_min' and {n} steps diffusers takes a first-order last step "
+                    f"(below 15 steps) and sdekit a second-order one (its lower_order_final acts below 10): use "
+                    f"final_sigmas_type='zero', fewer than 10 or at least 15 steps")
+            return dict(method="dpmpp_2m", grid=grid, options=dict(lower_order_final=lowers))
+        raise InvalidParameterError(f"solve_arguments reproduces DDIMScheduler and DPMSolverMultistepScheduler, "
+                                    f"not {name}; use adapter.grid(scheduler.timesteps) with any sdekit method")
+
+
+def final_to_one(config) -> bool:
+    """Whether a scheduler's last step goes to alpha_bar = 1 (``set_alpha_to_one``, ``final_sigmas_type="zero"``)."""
+    return bool(config.get("set_alpha_to_one", True)) and config.get("final_sigmas_type", "zero") == "zero"
 
 
 def from_diffusers(unet, scheduler, quantise: bool = True, inputs=None) -> DiffusersAdapter:
@@ -116,6 +168,5 @@ def from_diffusers(unet, scheduler, quantise: bool = True, inputs=None) -> Diffu
     adapter = DiffusersAdapter(_UNet(unet, split), sde, _PREDICTIONS[prediction], "index", inputs=inputs)
     adapter.config = config
     adapter.unet = unet
-    adapter.final_denoise = bool(config.get("set_alpha_to_one", True)) and config.get(
-        "final_sigmas_type", "zero") == "zero"
+    adapter.final_denoise = final_to_one(config)
     return adapter

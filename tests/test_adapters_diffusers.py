@@ -71,8 +71,9 @@ def test_ddim_equals_diffusers_ddim_scheduler(unet, config, x_T, spacing, predic
     with torch.no_grad():
         sol = sdekit.probability_flow(a.sde, a).solve(x_T, method="ddim", grid=a.grid(sched.timesteps),
                                                       options=dict(denoise=a.final_denoise))
+        again = sdekit.probability_flow(a.sde, a).solve(x_T, **a.solve_arguments(sched))
     _close(sol.x, ref)
-    assert sol.nfe == 10
+    assert sol.nfe == 10 and torch.equal(again.x, sol.x)
 
 
 def test_ddim_without_alpha_to_one_ends_at_the_first_timestep(unet, config, x_T):
@@ -84,7 +85,9 @@ def test_ddim_without_alpha_to_one_ends_at_the_first_timestep(unet, config, x_T)
     assert not a.final_denoise and float(grid[-1]) == 1 / 1000 and grid.numel() == 7
     with torch.no_grad():
         sol = sdekit.probability_flow(a.sde, a).solve(x_T, method="ddim", grid=grid)
+        again = sdekit.probability_flow(a.sde, a).solve(x_T, **a.solve_arguments(sched))
     _close(sol.x, ref)
+    assert torch.equal(again.x, sol.x)
 
 
 @pytest.mark.parametrize("steps", [8, 20])
@@ -97,20 +100,40 @@ def test_dpmpp_2m_equals_diffusers_dpm_solver_multistep(unet, config, x_T, steps
         # diffusers' last step to sigma = 0 is first order; every earlier one is second order
         sol = sdekit.probability_flow(a.sde, a).solve(x_T, method="dpmpp_2m", grid=a.grid(sched.timesteps),
                                                       options=dict(denoise=True, lower_order_final=False))
+        again = sdekit.probability_flow(a.sde, a).solve(x_T, **a.solve_arguments(sched))
     _close(sol.x, ref)
-    assert sol.nfe == steps
+    assert sol.nfe == steps and torch.equal(again.x, sol.x)
 
 
-def test_dpmpp_2m_equals_diffusers_with_a_sigma_min_final_step(unet, config, x_T):
+@pytest.mark.parametrize("steps", [8, 16])
+def test_dpmpp_2m_equals_diffusers_with_a_sigma_min_final_step(unet, config, x_T, steps):
     sched = DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
                                                     final_sigmas_type="sigma_min")
-    sched.set_timesteps(8)
+    sched.set_timesteps(steps)
     ref = _diffusers_loop(unet, sched, x_T)
     a = from_diffusers(unet, sched)
     assert not a.final_denoise
     with torch.no_grad():
-        sol = sdekit.probability_flow(a.sde, a).solve(x_T, method="dpmpp_2m", grid=a.grid(sched))
+        sol = sdekit.probability_flow(a.sde, a).solve(x_T, **a.solve_arguments(sched))
     _close(sol.x, ref)
+    assert sol.nfe == steps
+
+
+def test_solve_arguments_refuses_what_sdekit_cannot_reproduce(unet, config):
+    a = from_diffusers(unet, config)
+    cases = [
+        (DDIMScheduler.from_config(config, timestep_spacing="linspace"), 10, "linspace"),
+        (DDIMScheduler.from_config(config, clip_sample=True), 10, "clip_sample=False"),
+        (DPMSolverMultistepScheduler.from_config(config, solver_order=3), 20, "2\\*phi_3"),
+        (DPMSolverMultistepScheduler.from_config(config, final_sigmas_type="sigma_min"), 12, "at least 15 steps"),
+        (DDPMScheduler.from_config(config), 10, "not DDPMScheduler"),
+    ]
+    for sched, steps, match in cases:
+        sched.set_timesteps(steps)
+        with pytest.raises(sdekit.InvalidParameterError, match=match):
+            a.solve_arguments(sched)
+    with pytest.raises(sdekit.InvalidParameterError, match="set_timesteps"):
+        a.solve_arguments(DDIMScheduler.from_config(config))
 
 
 def test_grid_and_config_errors(unet, config):
