@@ -122,6 +122,7 @@ def save_plots(table, out: str, problem=None, log=print) -> List[str]:
         for ax in list(axes.flat)[len(shown):]:
             ax.axis("off")
         fig.suptitle(f"Samples (red) against the exact log-density: {table.problem}")
+        fig.tight_layout(rect=(0, 0, 1, 0.97))
         paths += _save(fig, out, "samples")
         plt.close(fig)
     return paths
