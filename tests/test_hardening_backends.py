@@ -269,6 +269,27 @@ def test_save_at_does_not_change_the_brownian_path():
     torch.testing.assert_close(extra.x, plain.x, rtol=0, atol=1e-14)
 
 
+def test_keyed_noise_keeps_samples_under_a_save_time_off_the_grid():
+    """torchsde's Brownian interval splits where it is queried; sdekit's keyed noise is queried, not split."""
+    gm = sdekit.validation.GaussianMixture.default_2d(SDE)
+    rev = sdekit.reverse(SDE, gm.score)
+    x = _x(32)
+    grid = torch.linspace(SDE.T, SDE.eps, 41, dtype=torch.float64)
+    off = math.nextafter(float(grid[20]), 0.0)   # one ulp off a grid time
+
+    def keyed():
+        return sdekit.KeyedBrownian(SDE.eps, SDE.T, x.shape, seed=4, dtype=torch.float64)
+    plain = rev.solve(x, method="euler", grid=grid, noise=keyed())
+    saved = rev.solve(x, method="euler", grid=grid, save_at=[off], noise=keyed())
+    # the extra step is one ulp long: its Brownian increment, ~1e-8, moves the drift's argument, nothing else
+    torch.testing.assert_close(saved.x, plain.x, rtol=0, atol=1e-6)
+    assert rev.solve(x, method="heun", grid=grid, noise=keyed()).success
+    with pytest.raises(sdekit.MethodArgumentError, match="levy_area"):
+        rev.solve(x, method="srk", grid=grid, noise=keyed())
+    with pytest.raises(sdekit.InvalidParameterError, match="covers"):
+        rev.solve(x, method="euler", grid=grid, noise=sdekit.KeyedBrownian(0.5, SDE.T, x.shape, seed=4))
+
+
 def test_save_times_on_the_grid_leave_every_sample_unchanged():
     gm = sdekit.validation.GaussianMixture.default_2d(SDE)
     rev = sdekit.reverse(SDE, gm.score)

@@ -13,7 +13,9 @@ quadratic in the steps), and the hint is the span over the grid's step count *wi
 times, rounded up to a power of two; adaptive solves use 64.  The tree splits at midpoints only, so
 its nodes (at ``span / 2**k``) take the same values for every grid.  A query splits the leaf it lands
 in, so a save time *off* the grid draws the rest of that leaf differently (the path elsewhere is
-unchanged): put save times on the grid to keep every sample unchanged.
+unchanged): put save times on the grid to keep every sample unchanged, or pass sdekit's keyed noise
+(``noise=sdekit.KeyedBrownian(eps, T, x.shape, seed)``), whose values depend on the seed, the sample and
+the time alone, at the cost of ``depth + 1`` keyed draws a query.
 
 On a failure the state returned is the one its time says: a fixed-step solve runs to the end of its
 grid (each step is independent per sample, and checking the state every step would cost a host
@@ -50,6 +52,8 @@ def _solver(method: Method, pb: Problem, y0: torch.Tensor, s0: float, s1: float)
     if bm is None:
         bm = brownian_motion(s0, s1, y0.shape, dtype=y0.dtype, device=y0.device, seed=pb.seed,
                              generator=pb.generator, levy_area=method.levy_area, dt=(s1 - s0) / _tree_steps(pb))
+    elif getattr(bm, "keyed", False) is True:
+        bm = _KeyedOnClock(method, proc, bm, y0)
     else:
         _check_noise(method, proc, bm, y0, s0, s1)
     if method.name == "srk" and proc.kind == "sde" and not proc.diffusion_depends_on_x(*proc._natural(s0, y0)):
@@ -86,6 +90,42 @@ def _check_noise(method, proc, bm, y0, s0, s1):
             f"the noise covers [{span[0]:.6g}, {span[1]:.6g}] on the torchsde clock but this solve needs "
             f"[{s0:.6g}, {s1:.6g}] (past its end it would stand still); build it with "
             f"sdekit.brownian_motion({s0!r}, {s1!r}, ...)")
+
+
+class _KeyedOnClock:
+    """sdekit's keyed noise (``KeyedBrownian``: natural time, a path per sample) read by torchsde on its clock.
+
+    Its values depend on the seed, the sample index and the time alone, so a save time off the grid or a
+    finer grid queries the same path.  It carries no Lévy area (srk and log_ode refuse it).
+    """
+
+    levy_area_approximation = "none"
+
+    def __init__(self, method, proc, kb, y0):
+        if method.levy_area != "none":
+            raise MethodArgumentError(f"{method.name} needs a Brownian motion with levy_area {method.levy_area!r}, "
+                                      "which keyed noise does not carry; use sdekit.brownian_motion or another method")
+        if tuple(kb.shape[:1]) != (y0.shape[0],) or math.prod(kb.shape[1:]) != y0.shape[1]:
+            raise ShapeError(f"the keyed noise has shape {tuple(kb.shape)} but the state {tuple(y0.shape)} "
+                             "(batch, flattened event)")
+        lo, hi = proc.t_min, proc.t_max
+        if not kb.covers(lo, hi):
+            raise InvalidParameterError(f"the keyed noise covers [{kb.t0:.6g}, {kb.t1:.6g}] but this solve needs "
+                                        f"[{lo:.6g}, {hi:.6g}]; build it over the solve's span")
+        self.kb, self.proc, self.dtype = kb, proc, y0.dtype
+        self.batch = y0.shape[0]
+        self._last = (None, None)
+
+    def _value(self, s) -> torch.Tensor:
+        s = float(s)
+        if self._last[0] != s:
+            t = torch.full((self.batch,), float(self.proc._t_of_s(s)), dtype=torch.float64)
+            self._last = (s, self.kb.value(t).reshape(self.batch, -1))
+        return self._last[1]
+
+    def __call__(self, ta, tb, return_U=False, return_A=False):
+        w_a = self._value(ta)
+        return (self._value(tb) - w_a).to(self.dtype)
 
 
 def _span_of(bm):
