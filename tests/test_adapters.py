@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import sdekit
 from sdekit.adapters import (PARAMETERISATIONS, TIME_CONVENTIONS, Adapter, DiscreteVPSDE, RectifiedFlowSDE,
@@ -266,3 +268,29 @@ def test_rectified_flow_sde_is_the_straight_line_and_solves_its_moment_equations
     torch.testing.assert_close(Adapter(velocity, sde, "flow")(x, tt), data.score(x, tt), rtol=1e-9, atol=1e-9)
     with pytest.raises(sdekit.InvalidParameterError, match="below 1"):
         RectifiedFlowSDE(T=1.0)
+
+
+# -- properties over random tables and outputs ---------------------------------------------------
+
+@given(betas=st.lists(st.floats(1e-5, 0.3), min_size=2, max_size=60), u=st.floats(0.0, 1.0))
+def test_any_table_round_trips_between_t_index_sigma_and_log_snr(betas, u):
+    sde = DiscreteVPSDE.from_betas(betas)
+    t = torch.tensor([sde.eps + u * (1 - sde.eps)], dtype=torch.float64)
+    torch.testing.assert_close(sde.t_of_log_snr(sde.log_snr(t)), t, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(sde.time(sde.index(t)), t, rtol=1e-14, atol=0)
+    sigma = time_convention("sigma", sde)
+    torch.testing.assert_close(sigma.from_network(sigma.to_network(t)), t, rtol=1e-9, atol=1e-12)
+    n = torch.arange(len(betas), dtype=torch.float64)
+    torch.testing.assert_close(sde.alpha(sde.time(n)) ** 2, sde.alphas_cumprod, rtol=1e-12, atol=0)
+
+
+@given(prediction=st.sampled_from(sorted(PARAMETERISATIONS)), seed=st.integers(0, 2 ** 16),
+       sde_name=st.sampled_from(sorted(SDES)))
+def test_every_parameterisation_inverts_on_every_sde(prediction, seed, sde_name):
+    sde = SDES[sde_name]()
+    pred = parameterisation(prediction)
+    x, t = _points(sde, n=8, seed=seed)
+    c = Adapter(lambda x, tau: x, sde, prediction).coefficients(x, t)
+    s = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    out = pred.output_of_score(s, x, c)
+    torch.testing.assert_close(pred.score(out, x, c), s, rtol=1e-8, atol=1e-8)
