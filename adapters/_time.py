@@ -62,6 +62,7 @@ class TimeConvention:
             if self.quantise:
                 tau = torch.round(tau)
             lo = 0 if self.quantise else -1
+            # one host sync per network call (reading the range), the price of refusing a time off the table
             if tau.numel() and (float(tau.min()) < lo or float(tau.max()) > self.sde.n - 1 + 1e-9):
                 raise InvalidParameterError(
                     f"time t in [{float(t64.min()):.6g}, {float(t64.max()):.6g}] maps to timesteps "
