@@ -1,4 +1,4 @@
-"""The study's figures (matplotlib, Agg): convergence, work–precision, and samples against the exact density.
+"""The study's figures (matplotlib, without pyplot): convergence, work–precision, and samples against the exact density.
 
 Each figure is written as PNG and SVG.  :func:`save_plots` returns the paths written, or an empty list
 with a message when matplotlib is not installed.
@@ -11,14 +11,13 @@ from typing import List
 __all__ = ["save_plots"]
 
 
-def _pyplot():
+def _figure_class():
+    """matplotlib's ``Figure`` (no pyplot: the caller's backend and open figures are left alone), or ``None``."""
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ImportError:
         return None
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    return plt
+    return Figure
 
 
 def _save(fig, out, name) -> List[str]:
@@ -46,8 +45,8 @@ def _errorbars(ax, pts, label, marker="o"):
 def save_plots(table, out: str, problem=None, log=print) -> List[str]:
     """Write ``convergence``, ``work_precision_nfe``, ``work_precision_time`` and, for a 2-D problem with a
     density, ``samples`` into the folder ``out``; returns the files written."""
-    plt = _pyplot()
-    if plt is None:
+    Figure = _figure_class()
+    if Figure is None:
         log("plots skipped: matplotlib is not installed (pip install matplotlib)")
         return []
     os.makedirs(out, exist_ok=True)
@@ -55,7 +54,8 @@ def save_plots(table, out: str, problem=None, log=print) -> List[str]:
     labels = table.labels
 
     # convergence: pathwise error against the step, the fitted slope in the legend
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = Figure(figsize=(7, 5))
+    ax = fig.subplots()
     for label in labels:
         first = next(r for r in table.rows if r["label"] == label)
         measure = table.pathwise(first)
@@ -70,13 +70,13 @@ def save_plots(table, out: str, problem=None, log=print) -> List[str]:
            title=f"Convergence: {table.problem}")
     ax.legend(fontsize=7)
     paths += _save(fig, out, "convergence")
-    plt.close(fig)
 
     # work-precision: each error measure against NFE and against wall time
     measures = [m for m in ("pathwise", "sw2", "modes", "moments") if m == "pathwise" or m in table.measures]
     for x, xlabel, name in (("nfe", "score evaluations (NFE)", "work_precision_nfe"),
                             ("wall_time", "wall time (s)", "work_precision_time")):
-        fig, axes = plt.subplots(1, len(measures), figsize=(5.5 * len(measures), 4.5), squeeze=False)
+        fig = Figure(figsize=(5.5 * len(measures), 4.5))
+        axes = fig.subplots(1, len(measures), squeeze=False)
         for ax, m in zip(axes[0], measures):
             for label in labels:
                 first = next(r for r in table.rows if r["label"] == label)
@@ -94,8 +94,7 @@ def save_plots(table, out: str, problem=None, log=print) -> List[str]:
         axes[0][0].legend(fontsize=7)
         fig.suptitle(f"Work–precision: {table.problem}")
         paths += _save(fig, out, name)
-        plt.close(fig)
-
+    
     # samples against the exact density (2-D problems)
     density = getattr(problem, "density", None) if problem is not None else None
     shown = [(k, v) for k, v in table.samples.items() if v.dim() == 2 and v.shape[1] == 2]
@@ -110,7 +109,8 @@ def save_plots(table, out: str, problem=None, log=print) -> List[str]:
         logp = density(torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)).reshape(gx.shape)
         cols = min(3, len(shown))
         rows = math.ceil(len(shown) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows), squeeze=False)
+        fig = Figure(figsize=(4.2 * cols, 4 * rows))
+        axes = fig.subplots(rows, cols, squeeze=False)
         for ax, (label, x) in zip(axes.flat, shown):
             shade = logp.clamp(min=float(logp.max()) - 10.0)          # log-density, 10 nats deep
             ax.contourf(gx.numpy(), gy.numpy(), shade.numpy(), levels=10, cmap="Blues")
@@ -124,5 +124,4 @@ def save_plots(table, out: str, problem=None, log=print) -> List[str]:
         fig.suptitle(f"Samples (red) against the exact log-density: {table.problem}")
         fig.tight_layout(rect=(0, 0, 1, 0.97))
         paths += _save(fig, out, "samples")
-        plt.close(fig)
-    return paths
+        return paths
