@@ -21,6 +21,10 @@ def _figure_class():
 
 
 def _save(fig, out, name) -> List[str]:
+    from matplotlib.ticker import NullFormatter
+    for ax in fig.axes:                      # minor-tick labels of a short log x-axis overlap: drop them
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    fig.tight_layout()
     paths = []
     for ext in ("png", "svg"):
         path = os.path.join(out, f"{name}.{ext}")
@@ -122,6 +126,5 @@ def save_plots(table, out: str, problem=None, log=print) -> List[str]:
         for ax in list(axes.flat)[len(shown):]:
             ax.axis("off")
         fig.suptitle(f"Samples (red) against the exact log-density: {table.problem}")
-        fig.tight_layout(rect=(0, 0, 1, 0.97))
         paths += _save(fig, out, "samples")
         return paths
