@@ -90,31 +90,31 @@ class Evaluator:
         self.step: Optional[int] = None  # set by the method's loop, for error messages
         self.user_error: Optional[BaseException] = None
         self._first = self._time = self._step = None  # per-sample record: see _note
-        self._pending_time = self._raw_time = None    # handed over by times() to the next call
+        self._handed = None                            # (time handed out, exact time, raw time) from times()
 
     def times(self, t, x: torch.Tensor, low: float, high: float) -> torch.Tensor:
         """``t`` as a ``(batch,)`` tensor for ``x``, clamped into ``[low, high]``, in x's dtype.
 
         A NaN time is a failure of the method (its step went non-finite): the time is replaced by ``high``,
-        so the function is never evaluated at NaN, and the next call records the sample with the cause
-        "time".  For a float16/bfloat16 state the next call hands ``fn`` this time in float32, before its
-        rounding to the state's dtype.
+        so the function is never evaluated at NaN, and a call with the returned tensor records the sample
+        with the cause "time".  For a float16/bfloat16 state such a call hands the score this time in
+        float32, before its rounding to the state's dtype.
         """
         raw = batch_times(t, x, dtype=self._time_dtype(x))
-        t = raw.clamp(low, high).nan_to_num(nan=high)
-        self._raw_time = raw
-        if t.dtype == x.dtype:
-            return t
-        self._pending_time = t
-        return t.to(x.dtype)
+        exact = raw.clamp(low, high).nan_to_num(nan=high)
+        t = exact if exact.dtype == x.dtype else exact.to(x.dtype)
+        self._handed = (t, exact, raw)   # read by a call with this very tensor
+        return t
 
     def _time_dtype(self, x):
         return time_dtype(x.dtype) if self._score_times else x.dtype
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
-        exact, raw = self._pending_time, self._raw_time
-        self._pending_time = self._raw_time = None
-        t = exact if exact is not None else batch_times(t, x, dtype=self._time_dtype(x))
+        handed, self._handed = self._handed, None
+        if handed is not None and handed[0] is t:
+            t, raw = handed[1], handed[2]
+        else:
+            t = raw = batch_times(t, x, dtype=self._time_dtype(x))
         self.calls += 1
         try:
             out = self.fn(x, t)
@@ -125,7 +125,7 @@ class Evaluator:
                 and out.device == x.device):
             raise ScoreFunctionError(self._wrong_output(out, x))
         self.nfe += self.cost
-        self._note(x, t if raw is None or raw.shape != t.shape else raw, out)
+        self._note(x, raw, out)
         return out
 
     def _note(self, x, t, out):
