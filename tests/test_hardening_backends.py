@@ -324,10 +324,18 @@ def test_scipy_refuses_an_input_that_requires_grad():
 
 @pytest.mark.parametrize("method, stepping", [("dopri5", {}), ("bosh3", dict(save_at=[0.5])),
                                               ("rk4", dict(steps=5))])
-def test_torchdiffeq_solves_warn_nothing(method, stepping):
+@pytest.mark.parametrize("grad", [False, True])
+def test_torchdiffeq_solves_warn_nothing(method, stepping, grad):
+    """A score with parameters makes torchdiffeq's step sizes require grad; reading them must not warn."""
+    weight = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+
+    def score(x, t):
+        return -weight * x
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert sdekit.probability_flow(SDE, _standard).solve(_x(), method=method, **stepping).success
+        extra = dict(grad=True) if grad else {}
+        sol = sdekit.probability_flow(SDE, score).solve(_x(), method=method, **extra, **stepping)
+    assert sol.success and sol.x.requires_grad == grad
 
 
 # ---------------------------------------------------------------------------------------------

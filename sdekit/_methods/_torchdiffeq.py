@@ -68,8 +68,9 @@ class _Counting(_Func):
 
     def _step_begins(self, t0, y0, dt):
         # Called with the start of a step: the state after `accepted` steps.
-        self.last = (float(t0), y0)
-        self.dt = abs(float(dt))
+        # detached: with a graph (a score with parameters), t0 and dt require grad, and float() of them warns
+        self.last = (float(t0.detach()), y0)
+        self.dt = abs(float(dt.detach()))
         if self.max_steps is not None and self.accepted >= self.max_steps:
             raise _Stop()
         self.accepted += 1
