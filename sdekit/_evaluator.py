@@ -1,7 +1,7 @@
 """The guarded call of the expensive function of a process (the score network).
 
-One :class:`Evaluator` wraps ``fn(x, t)``.  It hands the function times of shape ``(batch,)`` in
-at least float32, checks every output's type, shape, dtype and device (tensor metadata, read on
+One :class:`Evaluator` wraps ``fn(x, t)``.  It hands the function times of shape ``(batch,)`` (the
+score: in at least float32), checks every output's type, shape, dtype and device (tensor metadata, read on
 the host without a synchronisation), counts the evaluations (NFE), and keeps, per sample, the
 first evaluation at which something went non-finite: the function's output, the state handed to
 it, or the time a method asked for.  The record is a few tensors of shape ``(batch,)`` updated on
