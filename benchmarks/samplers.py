@@ -67,8 +67,8 @@ import warnings
 import torch
 
 import sdekit
-from sdekit.validation import GaussianData, GaussianMixture, mode_masses, monte_carlo_floor, sliced_wasserstein
-from sdekit.validation import fitted_gaussian_w2
+from sdekit.validation import (GaussianData, GaussianMixture, fitted_gaussian_w2, mode_masses, monte_carlo_floor,
+                               sliced_wasserstein)
 
 GRIDS = ("uniform", "logsnr", "karras")
 GRID_MARK = {"uniform": "U", "logsnr": "L", "karras": "K", "own": "L"}
