@@ -18,13 +18,13 @@ import time
 
 import torch
 
-from ._orders import (ODE_PLAN, STRONG_EXCEPTIONS, STRONG_PLAN, TOLERANCE_PLAN, GaussianFlow, OrderResult,
+from ._orders import (ODE_EXCEPTIONS, ODE_PLAN, STRONG_EXCEPTIONS, STRONG_PLAN, TOLERANCE_PLAN, GaussianFlow, OrderResult,
                       expected_strong_order, fit_order, format_table, gaussian_flows, ode_order, order_table,
                       strong_order, tolerance_study, weak_order)
 
 __all__ = ["OrderResult", "GaussianFlow", "gaussian_flows", "fit_order", "strong_order", "ode_order",
            "tolerance_study", "weak_order", "order_table", "format_table", "expected_strong_order",
-           "STRONG_PLAN", "STRONG_EXCEPTIONS", "ODE_PLAN", "TOLERANCE_PLAN", "main"]
+           "STRONG_PLAN", "STRONG_EXCEPTIONS", "ODE_PLAN", "ODE_EXCEPTIONS", "TOLERANCE_PLAN", "main"]
 
 
 def main(argv=None) -> int:

@@ -11,13 +11,15 @@ import torch
 from torchdiffeq._impl.rk_common import _ButcherTableau
 
 import sdekit
-from sdekit.validation.orders import ODE_PLAN, TOLERANCE_PLAN, gaussian_flows, ode_order, tolerance_study
+from sdekit.validation.orders import ODE_EXCEPTIONS, ODE_PLAN, TOLERANCE_PLAN, gaussian_flows, ode_order, tolerance_study
 from sdekit.validation._orders import _rk_fixed
 
 
-@pytest.mark.parametrize("method,problem,steps", ODE_PLAN, ids=[f"{m}-{p}" for m, p, _ in ODE_PLAN])
-def test_ode_order(method, problem, steps):
-    r = ode_order(method, problem, steps=steps)
+@pytest.mark.parametrize("method,problem,steps,options", [(m, p, s, o[0] if o else None) for m, p, s, *o in ODE_PLAN],
+                         ids=[f"{m}-{p}" + ("-" + "-".join(map(str, o[0].values())) if o else "")
+                              for m, p, _, *o in ODE_PLAN])
+def test_ode_order(method, problem, steps, options):
+    r = ode_order(method, problem, steps=steps, options=options)
     assert min(r.errors) > 1e-13, f"errors reach the rounding floor: {r.describe()}"
     assert r.steps == list(steps), f"the method did not take exactly the fixed steps: {r.describe()}"
     assert r.within(0.3), r.describe()
@@ -34,15 +36,17 @@ def test_error_follows_tolerance(method, problem, tols, slope, ratio):
 
 def test_plans_cover_every_ode_method():
     ode = {m.qualified_name: m for m in sdekit.methods(kind="ode")}
-    in_order_plan = {m for m, _, _ in ODE_PLAN}
+    ode.update({m.qualified_name: m for m in sdekit.methods(kind="sde") if m.backend == "sdekit" and m.order})
+    in_order_plan = {m for m, *_ in ODE_PLAN}
     in_tol_plan = {m for m, *_ in TOLERANCE_PLAN}
     for name, m in ode.items():
         if m.stepping == "fixed":
-            assert name in in_order_plan
+            assert name in in_order_plan or name in ODE_EXCEPTIONS, name
         else:
             assert name in in_tol_plan
-            assert name in in_order_plan or name == "scipy.LSODA"  # LSODA varies its order: none to fit
+            assert name in in_order_plan or name in ODE_EXCEPTIONS, name
     assert in_order_plan | in_tol_plan <= set(ode)
+    assert set(ODE_EXCEPTIONS) <= set(ode) and not set(ODE_EXCEPTIONS) & in_order_plan
 
 
 def test_tableau_stepper_matches_sdekit_midpoint():
