@@ -131,7 +131,7 @@ class KeyedBrownian:
         self.index = index.to(self.device)
         self._root = keyed_normal(seed, self.index, torch.ones_like(self.index), self.size, dtype) \
             * math.sqrt(t1 - t0)
-        self._last = (None, None)   # the last query (the time tensor object, its value): a step's end is the next's start
+        self._recent = []   # the last few queries (time tensor object, value), newest first: a step's end is the next's start
 
     def covers(self, t0: float, t1: float) -> bool:
         """Whether the path is defined on ``[min(t0, t1), max(t0, t1)]``."""
@@ -168,14 +168,18 @@ class KeyedBrownian:
     def increment(self, ta: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
         r""":math:`W(t_b) - W(t_a)` per sample (``ta``, ``tb`` of shape ``(batch,)``; either order).
 
-        The value at ``tb`` is kept: when the next call's ``ta`` is the same tensor object (a loop
-        passing a step's end as the next step's start) it is not queried again.
+        The last few values are kept by time tensor: a loop that passes a step's end as the next step's
+        start, or a step that takes two increments from the same start, queries each time once.
         """
-        last_t, last_w = self._last
-        w_a = last_w if ta is last_t else self.value(ta)
-        w_b = self.value(tb)
-        self._last = (tb, w_b)
-        return w_b - w_a
+        return self._cached(tb) - self._cached(ta)
+
+    def _cached(self, t: torch.Tensor) -> torch.Tensor:
+        for seen, w in self._recent:
+            if seen is t:
+                return w
+        w = self.value(t)
+        self._recent = [(t, w)] + self._recent[:2]
+        return w
 
     def normal(self, t: torch.Tensor, tag: int = 0) -> torch.Tensor:
         """Fresh standard normals keyed by the time ``t`` (per sample, float64 bits) and a small ``tag``.
