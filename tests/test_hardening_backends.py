@@ -364,8 +364,8 @@ def test_declared_weak_orders_are_measured(method):
     declared = lookup(method, "sde").weak_order
     rows = weak_order(method, steps=(8, 16, 32, 64), batch=4000, reference_steps=256, seed=0)
     for r in rows:
-        # the biases dominate their standard errors at every step count, so the fitted slope is the order
-        assert all(abs(b) > 4 * s for b, s in zip(r.extra["bias"], r.extra["stderr"]))
+        # each bias is at least 3 standard errors from zero at every step count: the fitted slope is the order's
+        assert all(abs(b) > 3 * s for b, s in zip(r.extra["bias"], r.extra["stderr"]))
         assert abs(r.measured - declared) <= 0.3, r
 
 

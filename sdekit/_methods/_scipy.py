@@ -45,8 +45,8 @@ def _check(method: Method, pb: Problem, n: int, d: int) -> None:
         raise MethodArgumentError(
             f"{method.name} would build a Jacobian of {n * d * d * 8 / 2 ** 20:.0f} MiB for this state (batch {n} x "
             f"d^2 = {d}^2 float64 blocks; its factorisation needs about 20 times that, and each Jacobian {d} "
-            f"evaluations); it takes at most {JACOBIAN_BUDGET // 2 ** 20} MiB: use RK45, DOP853 or a torchdiffeq method, "
-            "or fewer samples")
+            f"evaluations); it takes at most {JACOBIAN_BUDGET // 2 ** 20} MiB: use RK45, DOP853 or a torchdiffeq "
+            "method, or fewer samples")
 
 
 def integrate(method: Method, pb: Problem) -> Outcome:
