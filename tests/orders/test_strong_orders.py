@@ -35,7 +35,10 @@ def test_strong_order_long(method, problem):
 
 
 def test_plan_covers_every_sde_method_on_every_problem():
-    names = {m.name for m in sdekit.methods(kind="sde")}
+    """Every SDE method that integrates a general SDE (it needs the process's drift) is measured on every problem.
+    The diffusion samplers (needs "score", "x0" or "eps") step a LinearSDE's reverse process in its own frame and
+    cannot run on these exact-solution SDEs, which are not linear."""
+    names = {m.name for m in sdekit.methods(kind="sde") if m.needs == "drift"}
     assert names == {m for m, _ in STRONG_PLAN}
     assert {p for _, p in STRONG_PLAN} == set(exact_sdes())
     assert {exact_sdes()[p].noise for _, p in STRONG_PLAN} == {"diagonal", "additive"}
