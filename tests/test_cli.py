@@ -159,3 +159,9 @@ def test_the_documented_toml_is_valid(tmp_path):
     assert [s.label for s in specs] == ["sde:torchsde.euler", "sde:sdekit.pc[corrector=annealed_langevin,snr=0.16]",
                                         "ode:torchdiffeq.dopri5"]
     assert len(parse_budgets(data["budgets"])) == 4 and len(specs[2].budgets) == 3
+
+
+def test_strict_exits_1_when_a_row_is_not_ok(tmp_path):
+    args = ["study", "--methods", "ode:ddim", "--budgets", "2", "--out", str(tmp_path), "--no-plots"] + SMALL
+    assert main(args) == 0                                   # two DDIM steps: verdict CHECK, but it ran
+    assert main(args + ["--strict"]) == 1
