@@ -31,6 +31,7 @@ __all__ = [
     "Process", "ReverseSDE", "ProbabilityFlowODE", "ForwardSDE", "reverse", "probability_flow", "forward",
     "solve", "Solution", "Result", "Method", "methods", "brownian_motion", "uniform_grid", "step_grid",
     "log_snr_grid", "karras_grid", "quadratic_grid", "schedule_grid", "SCHEDULES", "KeyedBrownian", "keyed_normal",
-    "SDEKitError", "ArgumentTypeError", "InvalidParameterError", "ShapeError", "ScoreFunctionError", "UnknownMethodError",
+    "SDEKitError", "ArgumentTypeError", "InvalidParameterError", "ShapeError", "ScoreFunctionError",
+    "UnknownMethodError",
     "MethodArgumentError", "SolveError",
 ]

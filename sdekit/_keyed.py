@@ -131,7 +131,7 @@ class KeyedBrownian:
         self.index = index.to(self.device)
         self._root = keyed_normal(seed, self.index, torch.ones_like(self.index), self.size, dtype) \
             * math.sqrt(t1 - t0)
-        self._recent = []   # the last few queries (time tensor object, value), newest first: a step's end is the next's start
+        self._recent = []   # the last queries (time tensor, value), newest first: a step's end is the next's start
 
     def covers(self, t0: float, t1: float) -> bool:
         """Whether the path is defined on ``[min(t0, t1), max(t0, t1)]``."""

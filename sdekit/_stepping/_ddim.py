@@ -39,8 +39,8 @@ class DDIM(Stepper):
         self.eta = check_number("eta", eta, 0.0, 1.0)
         self.s_noise = check_number("s_noise", s_noise, 0.0, 10.0)
         if on_ode and self.eta > 0:
-            raise InvalidParameterError(f"{self.name} with eta={eta} adds noise: integrate sdekit.reverse(...) with it, "
-                                        "or use eta=0 on the probability flow")
+            raise InvalidParameterError(f"{self.name} with eta={eta} adds noise: integrate sdekit.reverse(...) "
+                                        "with it, or use eta=0 on the probability flow")
 
     def step(self, x, t, t_next, i, n):
         f = self.frame

@@ -13,13 +13,15 @@ divided differences of the predictions in :math:`\lambda` (the exact integral of
 last three predictions).  DPM-Solver's reference code (and k-diffusion's ``dpmpp_3m_sde``) weights
 :math:`D_2` by :math:`\varphi_3` rather than :math:`2\varphi_3`, which leaves an :math:`O(h^3)` local error:
 measured global order 2.1–2.3 instead of 3.  The second-order method uses
-:math:`x' = \tfrac{\sigma'}{\sigma_0}x - \alpha'\varphi_1(m_0 + \tfrac{1}{2r_1}(m_0 - m_{-1}))`.  The first steps use the orders the history allows; with
-``lower_order_final`` (default) grids of fewer than 10 steps also lower the order of the last steps.
+:math:`x' = \tfrac{\sigma'}{\sigma_0}x - \alpha'\varphi_1(m_0 + \tfrac{1}{2r_1}(m_0 - m_{-1}))`.
 
-Warm-up: DPM-Solver's (``warmup="multistep"``, default) takes a first-order first step, whose local
-error :math:`O(h^2)` limits the third-order method's global order to 2 as :math:`h \to 0` (measured 2.0 on
-the exact VE Gaussian flow, where the first steps dominate); ``warmup="singlestep"`` takes the first step with DPM-Solver++(2S) instead,
-one more evaluation in all, and the method then converges at order 3.
+The first steps use the orders the history allows; with ``lower_order_final`` (default) grids of fewer
+than 10 steps also lower the order of the last steps.  DPM-Solver's warm-up (``warmup="multistep"``,
+default) takes a first-order first step, whose local error :math:`O(h^2)` limits the third-order method's
+global order to 2 as :math:`h \to 0` (measured 2.0 on the exact VE Gaussian flow, where the first steps
+dominate); ``warmup="singlestep"`` takes the first step with DPM-Solver++(2S) instead, one more evaluation
+in all, and the method then converges at order 3 (4 on the VP Gaussian flow, which it happens to
+integrate one order better).
 """
 
 import torch

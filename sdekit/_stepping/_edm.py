@@ -30,7 +30,7 @@ class EDMHeun(Stepper):
     defaults = {}
 
     def heun(self, x_ve, s, t, s1, t1, like):
-        """One Heun step in the VE frame from ``(x_ve, s)`` at time ``t`` to noise ``s1`` at ``t1``; the natural state."""
+        """One Heun step in the VE frame from ``(x_ve, s)`` at ``t`` to noise ``s1`` at ``t1``; the natural state."""
         f = self.frame
         alpha, alpha1 = f.alpha(t), f.alpha(t1)
         d = (x_ve - f.data(ps(alpha, like) * x_ve, t)) * ps(1 / s, like)

@@ -42,7 +42,8 @@ def run(stepper_class, method, pb):
     if not isinstance(denoise, bool):
         raise InvalidParameterError(f"option denoise must be True or False, got {denoise!r}")
     if hook is not None and not callable(hook):
-        raise InvalidParameterError(f"option hook must be callable as hook(x, t, noise) -> x, got {type(hook).__name__}")
+        raise InvalidParameterError(f"option hook must be callable as hook(x, t, noise) -> x, "
+                                    f"got {type(hook).__name__}")
     frame = Frame(proc, method.name)
     x = pb.x0
     stochastic = stepper_class.kind == "sde" and proc.kind == "sde"

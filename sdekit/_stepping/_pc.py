@@ -79,7 +79,8 @@ class PredictorCorrector(Stepper):
         if self.predictor == "euler_maruyama":
             tx = t.to(x.dtype)
             dt = t_next - t
-            return x + ps(dt, x) * f.process.drift(tx, x) + ps(dt.abs().sqrt(), x) * ps(f.process.diffusion(tx, x), x) * z
+            g = ps(f.process.diffusion(tx, x), x)
+            return x + ps(dt, x) * f.process.drift(tx, x) + ps(dt.abs().sqrt(), x) * g * z
         sigma, sigma1 = f.sigma(t), f.sigma(t_next)
         G2 = (sigma * sigma - a * a * sigma1 * sigma1).clamp_min(0)
         s = f.score(x, t)
