@@ -345,8 +345,9 @@ def test_torchdiffeq_solves_warn_nothing(method, stepping, grad):
 def test_reversible_heun_warns_on_a_reverse_sde_and_says_so():
     m = lookup("reversible_heun", "sde")
     assert "not dissipative" in m.description
-    with pytest.warns(UserWarning, match="not dissipative"):
+    with pytest.warns(UserWarning, match="not dissipative") as caught:
         sdekit.reverse(SDE, _standard).solve(_x(), method="reversible_heun", steps=10, seed=0)
+    assert caught[0].filename == __file__   # pointed at the caller, not at sdekit
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sdekit.forward(SDE).solve(_x(), method="reversible_heun", steps=10, seed=0)

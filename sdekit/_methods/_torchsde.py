@@ -24,6 +24,8 @@ non-finite; an adaptive solve stops at the last accepted step, whose state is fi
 """
 
 import math
+import os
+import sys
 import warnings
 
 import torch
@@ -62,6 +64,15 @@ def _solver(method: Method, pb: Problem, y0: torch.Tensor, s0: float, s1: float)
     solver = cls(sde=base_sde.ForwardSDE(proc), bm=bm, dt=1.0, adaptive=False, rtol=0.0, atol=0.0,
                  dt_min=0.0, options=dict(pb.options))
     return solver
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside sdekit (the user's call)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    level, frame = 2, sys._getframe(2)  # 1: the function that warns
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def _tree_steps(pb) -> int:
@@ -144,7 +155,7 @@ def integrate(method: Method, pb: Problem) -> Outcome:
     if method.name == "reversible_heun" and proc.kind == "sde" and not proc.runs_forward:
         warnings.warn("reversible_heun is not dissipative: on a reverse-time diffusion SDE its samples are wrong "
                       "at ordinary step counts (mode masses off by many standard errors); use heun, srk or euler",
-                      UserWarning, stacklevel=3)
+                      UserWarning, stacklevel=_caller_level())
     shape = pb.x0.shape
     y = pb.x0.reshape(shape[0], -1)
     s0, s1 = float(proc._t_of_s(pb.t_start)), float(proc._t_of_s(pb.t_end))
