@@ -47,7 +47,7 @@ Install k-diffusion for the comparison (only its ``k_diffusion.sampling`` module
 
 Without k-diffusion the script prints sdekit's numbers alone, with a note.
 
-    python benchmarks/samplers.py                          # about 10 minutes of one CPU thread
+    python benchmarks/samplers.py                          # about 5 minutes of one CPU thread
     python benchmarks/samplers.py --quick                  # about a minute: fewer samples, NFE 10 and 20
     python benchmarks/samplers.py --full                   # stochastic samplers at NFE 50 too
     python benchmarks/samplers.py --figures docs/figures   # also the work-precision plots (PNG and SVG)
