@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ._broadcast import batch_times, per_sample
+from ._broadcast import batch_times, per_sample, time_dtype
 from ._errors import ArgumentTypeError, InvalidParameterError, ShapeError
 from ._evaluator import Evaluator
 from ._sde import SDE
@@ -198,9 +198,10 @@ class Process:
 
     # -- torchsde dialect -----------------------------------------------------------------
     def _natural(self, s, y):
+        """The state in its natural shape and the time ``(batch,)`` in :func:`time_dtype` (float32 at least)."""
         x = y if self.event_shape is None else y.view((y.shape[0],) + self.event_shape)
         t = self._t_of_s(s)
-        return batch_times(t, x), x
+        return batch_times(t, x, dtype=time_dtype(x.dtype)), x
 
     def _t_of_s(self, s):
         return (self.sde.T - s) if self._direction < 0 else s
@@ -209,6 +210,7 @@ class Process:
         """torchsde drift on the clock ``s`` with the flattened state ``y``."""
         t, x = self._natural(s, y)
         out = self._direction * self.drift(t, x)
+        t = t.to(x.dtype)
         if self.sde_type == "stratonovich" and self.kind == "sde" and self.diffusion_depends_on_x(t, x):
             out = out - 0.25 * self._g_squared_divergence(t, x)  # Stratonovich: minus ½ g ∂g = ¼ ∂(g²)
         return out.reshape(y.shape)
@@ -216,13 +218,13 @@ class Process:
     def g(self, s, y: torch.Tensor) -> torch.Tensor:
         """torchsde diffusion on the clock ``s``: ``(batch, d)`` if diagonal, ``(batch, d, d)`` if additive."""
         t, x = self._natural(s, y)
-        g = per_sample(self.diffusion(t, x), x).expand(x.shape).reshape(y.shape)
+        g = per_sample(self.diffusion(t.to(x.dtype), x), x).expand(x.shape).reshape(y.shape)
         return torch.diag_embed(g) if self.noise_type == "additive" else g
 
     def g_prod(self, s, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """torchsde's product of the diffusion with a noise increment ``v`` of shape ``(batch, d)``."""
         t, x = self._natural(s, y)
-        return (per_sample(self.diffusion(t, x), x) * v.view(x.shape)).reshape(y.shape)
+        return (per_sample(self.diffusion(t.to(x.dtype), x), x) * v.view(x.shape)).reshape(y.shape)
 
     def __repr__(self):
         return f"{type(self).__name__}({self.sde!r}, {getattr(self.fn, '__name__', self.fn)!r})"

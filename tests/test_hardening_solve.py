@@ -457,3 +457,17 @@ def test_mixture_sampling_unchanged_by_the_checks():
     x = SDE.prior_sampling((256, 2), generator=torch.Generator().manual_seed(0))
     sol = sdekit.reverse(SDE, mix.score).solve(x, method="euler", steps=50, seed=0)
     assert sol.success and not bool(sol.failed.any()) and sol.x.grad_fn is None and sol.t == SDE.eps
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_solve_hands_the_score_every_grid_time(dtype):
+    """Through torchsde's stepping too: 1000 Euler steps show the score 1000 distinct float32 times."""
+    seen = []
+
+    def score(x, t):
+        seen.append(t)
+        return -x
+    sol = sdekit.reverse(SDE, score).solve(_x(n=2).to(dtype), method="euler", steps=1000, seed=0)
+    assert sol.success and sol.x.dtype == dtype
+    assert {s.dtype for s in seen} == {torch.float32}
+    assert len({float(s[0]) for s in seen}) == 1000

@@ -58,7 +58,8 @@ def _solver(method: Method, pb: Problem, y0: torch.Tensor, s0: float, s1: float)
         bm = _KeyedOnClock(method, proc, bm, y0)
     else:
         _check_noise(method, proc, bm, y0, s0, s1)
-    if method.name == "srk" and proc.kind == "sde" and not proc.diffusion_depends_on_x(*proc._natural(s0, y0)):
+    t0, x0 = proc._natural(s0, y0)
+    if method.name == "srk" and proc.kind == "sde" and not proc.diffusion_depends_on_x(t0.to(x0.dtype), x0):
         proc.noise_type = "additive"  # SRA1: 3 drift evaluations a step instead of SRI2's 10
     cls = _ts_methods.select(method=method.name, sde_type=proc.sde_type)
     solver = cls(sde=base_sde.ForwardSDE(proc), bm=bm, dt=1.0, adaptive=False, rtol=0.0, atol=0.0,
