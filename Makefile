@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The main job: `sdekit study` (docs/study.md); results, summary and plots go to sdekit-study/.
 demo: $(VENV)/.installed
-	$(PY) -m sdekit.validation.demo
+	$(VENV)/bin/sdekit study
 
 # The tests' tensors are small: one OpenMP thread is the fast path (tests/conftest.py also sets torch's count).
 test: $(VENV)/.installed
