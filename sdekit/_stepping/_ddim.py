@@ -44,8 +44,8 @@ class DDIM(Stepper):
 
     def step(self, x, t, t_next, i, n):
         f = self.frame
-        alpha, sigma, alpha1, sigma1 = f.alpha(t), f.sigma(t), f.alpha(t_next), f.sigma(t_next)
-        h = torch.log(alpha1 / sigma1) - torch.log(alpha / sigma)
+        alpha, sigma, lam, alpha1, sigma1, lam1 = f.ends(t, t_next)
+        h = lam1 - lam
         x0 = f.data(x, t)
         if self.eta == 0:
             return ps(sigma1 / sigma, x) * x - ps(alpha1 * torch.expm1(-h), x) * x0

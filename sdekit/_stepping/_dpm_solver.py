@@ -22,11 +22,6 @@ class _SingleStep(Stepper):
     schedule = "logsnr"
     defaults = {}
 
-    def _coefs(self, t):
-        f = self.frame
-        alpha, sigma = f.alpha(t), f.sigma(t)
-        return alpha, sigma, torch.log(alpha / sigma)
-
     def _at(self, lam):
         """Time, alpha and sigma at log-SNR ``lam``."""
         s = self.frame.t_of_log_snr(lam)
@@ -41,8 +36,7 @@ class DPMSolver2(_SingleStep):
 
     def step(self, x, t, t_next, i, n):
         r1 = 0.5
-        alpha, sigma, lam = self._coefs(t)
-        alpha1, sigma1, lam1 = self._coefs(t_next)
+        alpha, sigma, lam, alpha1, sigma1, lam1 = self.frame.ends(t, t_next)
         h = lam1 - lam
         s, alpha_s, sigma_s = self._at(lam + r1 * h)
         e0 = self.frame.noise(x, t)
@@ -60,8 +54,7 @@ class DPMSolver3(_SingleStep):
 
     def step(self, x, t, t_next, i, n):
         r1, r2 = 1.0 / 3.0, 2.0 / 3.0
-        alpha, sigma, lam = self._coefs(t)
-        alpha1, sigma1, lam1 = self._coefs(t_next)
+        alpha, sigma, lam, alpha1, sigma1, lam1 = self.frame.ends(t, t_next)
         h = lam1 - lam
         s1, alpha_s1, sigma_s1 = self._at(lam + r1 * h)
         s2, alpha_s2, sigma_s2 = self._at(lam + r2 * h)
@@ -84,8 +77,7 @@ class DPMSolverPP2S(_SingleStep):
 
     def step(self, x, t, t_next, i, n):
         r = 0.5
-        alpha, sigma, lam = self._coefs(t)
-        alpha1, sigma1, lam1 = self._coefs(t_next)
+        alpha, sigma, lam, alpha1, sigma1, lam1 = self.frame.ends(t, t_next)
         h = lam1 - lam
         s, alpha_s, sigma_s = self._at(lam + r * h)
         m0 = self.frame.data(x, t)

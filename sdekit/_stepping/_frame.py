@@ -71,6 +71,12 @@ class Frame:
         alpha, sigma = self._coefs(t)
         return torch.log(alpha / sigma)
 
+    def ends(self, t, t_next):
+        r"""``(alpha, sigma, lam, alpha', sigma', lam')`` at the two ends of a step: what every exponential
+        integrator starts from (:math:`h = \lambda' - \lambda`)."""
+        (alpha, sigma), (alpha1, sigma1) = self._coefs(t), self._coefs(t_next)
+        return alpha, sigma, torch.log(alpha / sigma), alpha1, sigma1, torch.log(alpha1 / sigma1)
+
     def t_of_log_snr(self, lam):
         return self.sde.t_of_log_snr(lam)
 

@@ -44,9 +44,7 @@ class UniPC(Stepper):
 
     def step(self, x, t, t_next, i, n):
         f = self.frame
-        alpha, sigma = f.alpha(t), f.sigma(t)
-        alpha1, sigma1 = f.alpha(t_next), f.sigma(t_next)
-        lam, lam1 = torch.log(alpha / sigma), torch.log(alpha1 / sigma1)
+        alpha, sigma, lam, alpha1, sigma1, lam1 = f.ends(t, t_next)
         h = lam1 - lam
         m0 = self.current if self.current is not None else f.data(x, t)
         p = step_order(self.p, i, n, self.lower_order_final)
