@@ -14,7 +14,7 @@ import torch
 from ._errors import InvalidParameterError
 
 __all__ = ["uniform_grid", "step_grid", "log_snr_grid", "karras_grid", "quadratic_grid", "schedule_grid",
-           "SCHEDULES", "as_grid", "merge_times"]
+           "SCHEDULES", "as_grid", "merge_times", "save_indices"]
 
 
 def uniform_grid(t_start: float, t_end: float, steps: int) -> torch.Tensor:
@@ -215,6 +215,14 @@ def as_grid(grid: Union[torch.Tensor, Sequence[float]], low: float, high: float)
             f"grid spans [{float(g.min())}, {float(g.max())}] but the process lives on [{low}, {high}]"
         )
     return g
+
+
+def save_indices(grid: torch.Tensor, save_at: Optional[torch.Tensor]) -> set:
+    """The positions in ``grid`` of the ``save_at`` times (which :func:`merge_times` put there)."""
+    if save_at is None:
+        return set()
+    where = {float(t): i for i, t in enumerate(grid.tolist())}
+    return {where[float(t)] for t in save_at.tolist()}
 
 
 def merge_times(grid: torch.Tensor, times: Optional[torch.Tensor]) -> torch.Tensor:

@@ -35,6 +35,7 @@ from torchsde._core import methods as _ts_methods
 from .._brownian import brownian_motion
 from .._controller import check_options, error_ratio, next_step
 from .._errors import InvalidParameterError, MethodArgumentError, ShapeError
+from .._grid import save_indices
 from .._solution import Result
 from ._base import Method, Outcome, Problem
 
@@ -170,7 +171,7 @@ def integrate(method: Method, pb: Problem) -> Outcome:
 def _fixed(pb, solver, y, extra, shape):
     proc = pb.process
     s = list(proc._t_of_s(pb.grid).unbind())  # 0-dim float64 tensors, as torchsde's own loop passes
-    save = _save_indices(pb.grid, pb.save_at)
+    save = save_indices(pb.grid, pb.save_at)
     path = [pb.x0] if 0 in save else []
     n = len(s) - 1
     limit = n if pb.max_steps is None else min(n, pb.max_steps)
@@ -188,13 +189,6 @@ def _fixed(pb, solver, y, extra, shape):
 
 def _time(s: float) -> torch.Tensor:
     return torch.tensor(s, dtype=torch.float64)
-
-
-def _save_indices(grid, save_at):
-    if save_at is None:
-        return set()
-    where = {float(t): i for i, t in enumerate(grid.tolist())}
-    return {where[float(t)] for t in save_at.tolist()}
 
 
 def _adaptive(method, pb, solver, y, extra, s0, s1, shape):

@@ -19,6 +19,7 @@ numbers are keyed like the sampler's: imputation replaces known coordinates ther
 import torch
 
 from .._errors import InvalidParameterError, MethodArgumentError
+from .._grid import save_indices
 from .._keyed import KeyedBrownian
 from .._methods._base import Outcome
 from .._solution import Result
@@ -54,7 +55,7 @@ def run(stepper_class, method, pb):
     times = pb.grid.to(device=x.device)
     n = times.numel() - 1
     ts = frame.remember(times, batch)
-    save = _save_indices(pb.grid, pb.save_at)
+    save = save_indices(pb.grid, pb.save_at)
     if hook is not None:
         x = _hooked(hook, x, ts[0], noise)
     path = [x] if 0 in save else []
@@ -102,10 +103,3 @@ def _noise(pb, x):
         where = pb.generator.device if pb.generator is not None else "cpu"
         seed = int(torch.randint(0, _ENTROPY_HIGH, (1,), generator=pb.generator, device=where))
     return KeyedBrownian(lo, hi, tuple(x.shape), seed=int(seed), dtype=x.dtype, device=x.device)
-
-
-def _save_indices(grid, save_at):
-    if save_at is None:
-        return set()
-    where = {float(t): i for i, t in enumerate(grid.tolist())}
-    return {where[float(t)] for t in save_at.tolist()}
