@@ -150,7 +150,7 @@ def test_the_documented_toml_is_valid(tmp_path):
     import re
 
     from sdekit._study._spec import as_method_spec, parse_budgets
-    from sdekit.cli import _read_toml
+    from sdekit._commands.study import _read_toml
     page = (pathlib.Path(__file__).parents[1] / "docs" / "study.md").read_text()
     conf = tmp_path / "study.toml"
     conf.write_text(re.search(r"```toml\n(.*?)```", page, re.S).group(1))

@@ -1,0 +1,131 @@
+"""``sdekit study``: every method at every budget and seed on one problem; results, summary, orders and plots."""
+
+import os
+import sys
+
+import torch
+
+from ._common import UsageError, _device, _dtype, _problem, _say, _shape, _threads
+
+STUDY_KEYS = ("sde", "problem", "score", "shape", "methods", "budgets", "samples", "seed", "seeds", "device",
+              "dtype", "threads", "workers", "out", "reference", "quiet")
+
+
+
+def _read_toml(path: str) -> dict:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"no config file {path!r}; give the path of a study TOML file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"bad TOML in {path}: {err}; fix the file (docs/study.md shows one)") from None
+    data = data.get("study", data)
+    unknown = sorted(set(data) - set(STUDY_KEYS))
+    if unknown:
+        raise UsageError(f"unknown keys {unknown} in {path}; valid keys: {', '.join(STUDY_KEYS)}")
+    return data
+
+
+def add_parser(sub):
+    p = sub.add_parser("study", help="run a convergence study / solver comparison (default: the 2-D mixture)",
+                       description="Run a study: every method at every budget and seed; results, summary, orders "
+                                   "and plots go to --out, resumable after a kill.")
+    p.add_argument("--config", metavar="FILE", help="a TOML file describing the study ([study] table)")
+    p.add_argument("--sde", help="forward SDE of the built-in problem: vp (default), subvp, ve")
+    p.add_argument("--problem", metavar="NAME|MODULE:ATTR",
+                   help="mixture (default), gaussian, exact:NAME (gbm, gbm-tv, additive, additive-tv, arctan, sinh: "
+                        "forward SDEs with exact solutions), or your StudyProblem (or a function returning one)")
+    p.add_argument("--score", metavar="MODULE:ATTR", help="your score(x, t); the reference is then a fine solve")
+    p.add_argument("--shape", help="event shape for --score, comma-separated (default 2)")
+    p.add_argument("--methods", help="comma-separated, e.g. 'euler,sde:ddim,ode:dpmpp_2m,dopri5'")
+    p.add_argument("--budgets", help="e.g. '8,16,32' (steps), 'nfe=10,20', 'steps=8,16;tol=1e-3,1e-5'")
+    p.add_argument("--samples", type=int, help="samples per row (default 2000)")
+    p.add_argument("--seed", type=int, help="first seed (default 0)")
+    p.add_argument("--seeds", type=int, help="number of seeds, from --seed on (default 1)")
+    p.add_argument("--device", help="cpu (default), cuda, ...")
+    p.add_argument("--dtype", help="float64 (default) or float32")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: 1 for small CPU states)")
+    p.add_argument("--workers", type=int, help="local processes running rows at once (default 1)")
+    p.add_argument("--reference-steps", type=int, dest="reference_steps",
+                   help="steps of the fine SDE reference solves (default 8x the most steps, at least 256)")
+    p.add_argument("--out", help="output folder (default sdekit-study)")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when a row's verdict is not ok")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no printed table")
+    p.set_defaults(run=run)
+
+
+def _settings(args) -> dict:
+    conf = _read_toml(args.config) if args.config else {}
+    defaults = dict(sde="vp", problem=None, score=None, shape="2", methods=None, budgets=None, samples=2000, seed=0,
+                    seeds=1, device="cpu", dtype="float64", threads=None, workers=1, out="sdekit-study",
+                    reference={}, quiet=False)
+    out = dict(defaults)
+    out.update(conf)
+    for key in defaults:
+        v = getattr(args, key, None)
+        if v is not None and v is not False:
+            out[key] = v
+    if getattr(args, "reference_steps", None):
+        out["reference"] = dict(out.get("reference") or {}, steps=args.reference_steps)
+    for key in ("samples", "seed", "seeds", "workers"):
+        if isinstance(out[key], bool) or not isinstance(out[key], int):
+            raise UsageError(f"{key} must be an integer, got {out[key]!r}")
+    if out["samples"] < 2 or out["seeds"] < 1 or out["workers"] < 1 or out["seed"] < 0:
+        raise UsageError("need samples >= 2, seeds >= 1, workers >= 1 and seed >= 0")
+    if out["threads"] is not None and (isinstance(out["threads"], bool) or not isinstance(out["threads"], int)):
+        raise UsageError(f"threads must be an integer, got {out['threads']!r}")
+    for key in ("sde", "device", "dtype", "out"):
+        if not isinstance(out[key], str):
+            raise UsageError(f"{key} must be a string, got {out[key]!r}")
+    _device(out["device"])
+    if not isinstance(out["reference"], dict):
+        raise UsageError(f"reference must be a table such as {{ steps = 1024 }}, got {out['reference']!r}")
+    return out
+
+
+def run(args) -> int:
+    from .._study import save_report, study
+    from sdekit.studies import DEFAULT_BUDGETS, DEFAULT_METHODS
+    from .._study._spec import as_method_spec, parse_budgets
+    s = _settings(args)
+    quiet = bool(s["quiet"])
+    methods = s["methods"] or DEFAULT_METHODS
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    if not isinstance(methods, list):
+        raise UsageError(f"methods must be a list or a comma-separated string, got {methods!r}")
+    methods = [as_method_spec(m) for m in methods]          # unknown names fail here, before anything runs
+    budgets = parse_budgets(s["budgets"] or DEFAULT_BUDGETS)
+    problem = _problem(s["sde"], s["problem"], s["score"], _shape(s["shape"]))
+    x = problem.initial(2, torch.Generator().manual_seed(0))
+    numel = s["samples"] * x[0].numel()
+    threads, why = _threads(s["threads"], numel, s["device"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out = s["out"]
+    os.makedirs(out, exist_ok=True)
+    results = os.path.join(out, "results.jsonl")
+    _say(quiet, f"problem: {problem.name}; {s['samples']} samples per row, seeds "
+                f"{s['seed']}..{s['seed'] + s['seeds'] - 1}, {s['dtype']} on {s['device']}")
+    _say(quiet, f"threads: {threads} ({why})")
+    _say(quiet, f"results: {results} (each row saved as it finishes; re-run to resume)")
+    try:
+        table = study(problem, methods, budgets, samples=s["samples"], seeds=range(s["seed"], s["seed"] + s["seeds"]),
+                      results=results, workers=s["workers"], reference=s["reference"], dtype=_dtype(s["dtype"]),
+                      device=s["device"], progress=not quiet)
+    finally:
+        torch.set_num_threads(before)
+    files = save_report(table, out, problem=problem, plots=not args.no_plots, log=lambda m: _say(quiet, m))
+    _say(quiet, "")
+    _say(quiet, table.report())
+    _say(quiet, "")
+    _say(quiet, f"wrote {', '.join(os.path.basename(f) for f in files)} to {out}/")
+    if args.strict and any(r["verdict"] in ("CHECK", "failed") for r in table.rows):
+        return 1
+    return 0
