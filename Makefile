@@ -12,7 +12,7 @@ TORCH_CPU ?= torch==2.13.0
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_CPU)"
-	$(PY) -m pip install -q -e ".[test,diffusers]"
+	$(PY) -m pip install -q -e ".[test,diffusers,dask]"
 	touch $@
 
 install: $(VENV)/.installed
