@@ -16,6 +16,7 @@ from ._errors import (ArgumentTypeError, InvalidParameterError, MethodArgumentEr
                       SDEKitError, ShapeError, SolveError, UnknownMethodError)
 from ._grid import SCHEDULES, karras_grid, log_snr_grid, quadratic_grid, schedule_grid, step_grid, uniform_grid
 from ._keyed import KeyedBrownian, keyed_normal
+from ._likelihood import AugmentedFlow, BitsPerDim, Likelihood, bits_per_dim, decode, encode, log_likelihood
 from ._methods import Method, methods
 from ._process import ForwardSDE, ProbabilityFlowODE, Process, ReverseSDE, forward, probability_flow, reverse
 from ._sde import SDE, LinearSDE, SubVPSDE, VESDE, VPSDE
@@ -35,4 +36,5 @@ __all__ = [
     "SDEKitError", "ArgumentTypeError", "InvalidParameterError", "ShapeError", "ScoreFunctionError",
     "UnknownMethodError",
     "MethodArgumentError", "SolveError",
+    "log_likelihood", "bits_per_dim", "encode", "decode", "Likelihood", "BitsPerDim", "AugmentedFlow",
 ]

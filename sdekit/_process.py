@@ -277,6 +277,21 @@ class ProbabilityFlowODE(_ScoreDriven):
     def __call__(self, t, x):
         return self.drift(batch_times(t, x), x)
 
+    def log_likelihood(self, x, method="dopri5", **options):
+        r"""Per-sample :math:`\log p(x) = \log\pi(x_T) + \int_\epsilon^T \nabla\!\cdot v\,dt`; see :func:`sdekit.log_likelihood`."""
+        from ._likelihood import log_likelihood
+        return log_likelihood(self, x, method, **options)
+
+    def encode(self, x, method="dopri5", **options):
+        """The latent at ``T`` of data ``x`` (a Solution whose ``x`` is ``z``); see :func:`sdekit.encode`."""
+        from ._likelihood import encode
+        return encode(self, x, method, **options)
+
+    def decode(self, z, method="dopri5", **options):
+        """The data at ``eps`` of a latent ``z`` (a Solution whose ``x`` is the data); see :func:`sdekit.decode`."""
+        from ._likelihood import decode
+        return decode(self, z, method, **options)
+
 
 class ForwardSDE(Process):
     r"""The forward SDE :math:`dx = f\,dt + g\,dw` as a process from ``0`` to ``T``; NFE counts drift calls."""
