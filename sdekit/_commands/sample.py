@@ -1,23 +1,44 @@
-"""``sdekit sample``: draw samples of a problem with one method and save them (.pt or .npz)."""
+"""``sdekit sample``: draw samples of a problem with one method, in shards, on one process or under torchrun.
+
+``sdekit sample --n 50000 --seed 0 --method ode:dpmpp_2m --steps 20 --out samples.pt`` draws the samples
+on one process; ``torchrun --nproc-per-node 8 -m sdekit sample ...`` (same options) splits them between
+the processes (NCCL on GPUs, gloo on the CPU).  Sample ``i`` comes from ``(seed, i)`` alone
+(:mod:`sdekit._sharding`), so the file is the same bit for bit whatever the number of processes; each
+finished shard is saved under ``<out>.shards/`` at once, and the same command resumes a killed run.
+"""
+
+import os
 
 import torch
 
 from ._common import UsageError, _device, _dtype, _problem, _say, _shape, _threads
 
+#: Samples per shard file unless ``--shard-size`` says otherwise.
+DEFAULT_SHARD = 1000
+
 
 def add_parser(sub):
-    s = sub.add_parser("sample", help="draw samples with one method and save them (.pt or .npz)",
-                       description="Draw samples of a problem with one method; save them as .pt or .npz.")
+    s = sub.add_parser("sample", help="draw samples with one method (one process or torchrun) and save them",
+                       description="Draw samples of a problem with one method and save them as .pt or .npz. "
+                                   "Under torchrun the samples are split between the processes; sample i comes "
+                                   "from (seed, i) alone, so the file is the same whatever the number of "
+                                   "processes. Finished shards are kept in OUT.shards/; run the same command to "
+                                   "resume a killed run.")
     s.add_argument("--sde", help="vp (default), subvp, ve")
     s.add_argument("--problem", metavar="MODULE:ATTR")
     s.add_argument("--score", metavar="MODULE:ATTR")
     s.add_argument("--shape", help="event shape for --score (default 2)")
     s.add_argument("--method", default="sde:euler", help="e.g. euler, sde:ddim, ode:dpmpp_2m (default sde:euler)")
     s.add_argument("--steps", type=int)
-    s.add_argument("--tol", type=float)
-    s.add_argument("--samples", type=int, default=1000)
+    s.add_argument("--tol", type=float, help="adaptive tolerance (rtol = atol); batch-coupled methods need --batch 1")
+    s.add_argument("--n", "--samples", dest="n", type=int, default=1000, help="number of samples (default 1000)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--batch", type=int, help="samples per solve (default: the shard size); memory, not results")
+    s.add_argument("--shard-size", dest="shard_size", type=int, default=DEFAULT_SHARD,
+                   help=f"samples per shard file (default {DEFAULT_SHARD}); fixed for a run and its restarts")
+    s.add_argument("--keep-shards", dest="keep_shards", action="store_true",
+                   help="keep OUT.shards/ after gathering (default: delete it)")
+    s.add_argument("--device", default="cpu", help="cpu (default), cuda (under torchrun: cuda:LOCAL_RANK), ...")
     s.add_argument("--dtype", default="float64")
     s.add_argument("--threads", type=int)
     s.add_argument("--out", default="samples.pt", help="file ending in .pt or .npz (default samples.pt)")
@@ -25,36 +46,85 @@ def add_parser(sub):
     s.set_defaults(run=run)
 
 
-def run(args) -> int:
-    from .._study import MethodSpec
-    problem = _problem(args.sde or "vp", args.problem, args.score, _shape(args.shape or "2"))
-    spec = MethodSpec(args.method)
+def _checked(args):
     if (args.steps is None) == (args.tol is None):
         raise UsageError("give --steps N (fixed steps) or --tol T (adaptive), one of them")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    if args.tol is not None and not args.tol > 0:
+        raise UsageError(f"--tol must be positive, got {args.tol}")
     if not args.out.endswith((".pt", ".npz")):
         raise UsageError(f"--out must end in .pt or .npz, got {args.out!r}")
-    if args.samples < 1 or args.seed < 0:
-        raise UsageError("need --samples >= 1 and --seed >= 0")
-    _device(args.device)
-    threads, why = _threads(args.threads, args.samples * problem.initial(1, torch.Generator())[0].numel(),
-                            args.device)
-    torch.set_num_threads(threads)
-    x0 = problem.initial(args.samples, torch.Generator().manual_seed(args.seed))
-    x0 = x0.to(device=args.device, dtype=_dtype(args.dtype))
+    if args.n < 1 or not 0 <= args.seed < 2 ** 64:
+        raise UsageError("need --n >= 1 and 0 <= --seed < 2**64")
+    if args.shard_size < 1 or (args.batch is not None and args.batch < 1):
+        raise UsageError("--shard-size and --batch must be at least 1")
+
+
+def run(args) -> int:
+    import sdekit
+    from .._sharding import ShardStore, batch_coupling, dist_context, sample_shard, save_samples, shards, wait_for
+    from .._study import MethodSpec
+    _checked(args)
+    problem = _problem(args.sde or "vp", args.problem, args.score, _shape(args.shape or "2"))
+    spec = MethodSpec(args.method)
     process = problem.sde_process() if spec.process == "sde" else problem.ode_process()
     if process is None:
         raise UsageError(f"{problem.name} has no probability flow; use an SDE method")
+    dtype = _dtype(args.dtype)
+    _device(args.device)
+    shard_size = min(args.shard_size, args.n)
+    batch = min(args.batch or shard_size, shard_size)
+    adaptive = args.tol is not None or spec.info.stepping == "adaptive"
+    extra = batch_coupling(spec.info, adaptive, batch)
     budget = dict(steps=args.steps) if args.steps is not None else dict(rtol=args.tol, atol=args.tol)
-    noise = dict(seed=args.seed) if spec.process == "sde" else {}
-    sol = process.solve(x0, method=spec.method, t_start=problem.t_start, t_end=problem.t_end, **budget, **noise)
-    x = sol.x.detach().cpu()
-    meta = dict(problem=problem.name, method=spec.label, seed=args.seed, nfe=sol.nfe, steps=sol.steps,
-                t_end=problem.t_end)
-    if args.out.endswith(".pt"):
-        torch.save(dict(x=x, **meta), args.out)
-    else:
-        import numpy as np
-        np.savez(args.out, x=x.numpy(), **{k: np.asarray(str(v) if v is None else v) for k, v in meta.items()})
-    _say(args.quiet, f"{args.samples} samples of {problem.name} by {spec.label} ({sol.nfe} NFE, "
-                     f"{sol.wall_time:.2f} s, threads {threads}: {why}) -> {args.out}")
+    ctx = dist_context(args.device)
+    try:
+        device = _device(ctx.device)
+        tag = f"[rank {ctx.rank}/{ctx.world}] " if ctx.world > 1 else ""
+        say = (lambda m: _say(args.quiet, tag + m))
+        numel = batch * problem.initial(1, torch.Generator().manual_seed(0))[0].numel()
+        threads, why = _threads(args.threads, numel, device)
+        torch.set_num_threads(threads)
+        identity = dict(problem=problem.fingerprint(), method=spec.config(), budget=budget, seed=int(args.seed),
+                        n=int(args.n), shard_size=int(shard_size), dtype=args.dtype,
+                        device=torch.device(device).type, sdekit=sdekit.__version__)
+        store = ShardStore(args.out + ".shards", identity)
+        every = shards(args.n, shard_size)
+        if ctx.rank == 0:
+            store.claim()
+            done = sum(store.peek(s) for s in every)
+            if done:
+                say(f"resuming: {done} of {len(every)} shards already in {store.folder}")
+        ctx.barrier()
+        store.check()
+        todo = [s for s in every if not os.path.exists(store.path(s.k))]
+        mine = todo[ctx.rank::ctx.world]
+        say(f"{len(mine)} of {len(every)} shards of {shard_size} samples to solve here ({spec.label}, batch "
+            f"{batch}, {args.dtype} on {device}, threads {threads}: {why})")
+        for s in mine:
+            rec = sample_shard(problem, spec, s, args.seed, budget, batch, dtype, device, extra)
+            store.save(s, rec.pop("x"), **rec)
+            say(f"shard {s.k}: samples {s.start}..{s.stop - 1} ({rec['nfe']} NFE, {rec['wall_time']:.2f} s) -> "
+                f"{store.path(s.k)}")
+        ctx.barrier()
+        if ctx.rank == 0:
+            wait_for([store.path(s.k) for s in every], timeout=60.0)
+            recs = [store.load(s) for s in every]
+            missing = [s.k for s, r in zip(every, recs) if r is None]
+            if missing:
+                raise UsageError(f"shards {missing[:5]} of {store.folder} could not be read; run the same command "
+                                 "again to solve them")
+            x = torch.cat([r["x"] for r in recs])
+            nfe, calls = max(int(r["nfe"]) for r in recs), sum(int(r["calls"]) for r in recs)
+            meta = dict(problem=problem.name, method=spec.label, seed=int(args.seed), n=int(args.n), nfe=nfe, calls=calls,
+                        steps=max(int(r["steps"]) for r in recs), t_end=problem.t_end, shard_size=int(shard_size),
+                        dtype=args.dtype, run=store.key)
+            save_samples(args.out, x, meta)
+            if not args.keep_shards:
+                store.remove()
+            say(f"{args.n} samples of {problem.name} by {spec.label} ({nfe} NFE a sample, {calls} score calls, "
+                f"{sum(float(r['wall_time']) for r in recs):.2f} s of solving) -> {args.out}")
+    finally:
+        ctx.close()
     return 0
