@@ -27,23 +27,54 @@ _GOLDEN = 0x9E3779B9
 _TWO_PI = 2 * math.pi
 
 
+def _s32(c: int) -> int:
+    """An unsigned 32-bit constant as the int32 with the same bits."""
+    c &= _M32
+    return c - (1 << 32) if c >> 31 else c
+
+
+def _i32(v: torch.Tensor) -> torch.Tensor:
+    """The low 32 bits of an int64 tensor as int32 (the same bits)."""
+    v = v & _M32
+    return (v - ((v >> 31) << 32)).to(torch.int32)
+
+
 def _mix(x: torch.Tensor) -> torch.Tensor:
-    """murmur3's 32-bit finaliser on int64 tensors holding unsigned 32-bit values (products wrap; low bits kept)."""
-    x = x ^ (x >> 16)
-    x = (x * 0x85EBCA6B) & _M32
-    x = x ^ (x >> 13)
-    x = (x * 0xC2B2AE35) & _M32
-    return x ^ (x >> 16)
+    """murmur3's 32-bit finaliser on int32 tensors (the bits of unsigned values; products wrap).
+
+    The shifts are logical: the arithmetic shift's sign bits are masked off.
+    """
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x.mul_(_s32(0x85EBCA6B))
+    x.bitwise_xor_((x >> 13).bitwise_and_(0x7FFFF))
+    x.mul_(_s32(0xC2B2AE35))
+    return x.bitwise_xor_((x >> 16).bitwise_and_(0xFFFF))
 
 
 def _row_keys(seed: int, index: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
-    """One 32-bit key per row from the seed (64 bits), the sample index and a per-row counter (both int64)."""
-    k = _mix(torch.full_like(index, (seed >> 32) & _M32) ^ _GOLDEN)
-    k = _mix(k ^ (seed & _M32))
-    k = _mix(k ^ (index & _M32))
-    k = _mix(k ^ ((index >> 32) & _M32) ^ 0x632BE5AB)
-    k = _mix(k ^ (counter & _M32))
-    return _mix(k ^ ((counter >> 32) & _M32) ^ 0x7F4A7C15)
+    """One 32-bit key per row (int64 holding the unsigned value) from the seed (64 bits), the sample index
+    and a per-row counter (both int64)."""
+    return _counter_keys(_index_keys(seed, index), counter).to(torch.int64) & _M32
+
+
+def _index_keys(seed: int, index: torch.Tensor) -> torch.Tensor:
+    """The part of a row's key (int32 bits) that depends on (seed, sample index) only: computed once per path."""
+    k = _mix(torch.full(index.shape, _s32(((seed >> 32) & _M32) ^ _GOLDEN), dtype=torch.int32,
+                        device=index.device))
+    k = _mix(k ^ _s32(seed))
+    k = _mix(k ^ _i32(index))
+    return _mix(k ^ _i32(index >> 32) ^ _s32(0x632BE5AB))
+
+
+def _counter_keys(index_keys: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
+    """Row keys (int32 bits) from :func:`_index_keys` and per-row int64 counters (broadcast together)."""
+    k = _mix(index_keys ^ _i32(counter))
+    return _mix(k ^ _i32(counter >> 32) ^ _s32(0x7F4A7C15))
+
+
+def _uniform(h: torch.Tensor, dtype) -> torch.Tensor:
+    """:math:`h/2^{32} + \tfrac12` in :math:`[2^{-33}, 1]` for the int32 ``h`` (signed: the hash's top bit flipped)."""
+    return h.to(dtype).mul_(1.0 / 4294967296.0).add_(0.5).clamp_min_(1.0 / 8589934592.0)
 
 
 def keyed_normal(seed: int, index: torch.Tensor, counter: torch.Tensor, size: int,
@@ -57,26 +88,32 @@ def keyed_normal(seed: int, index: torch.Tensor, counter: torch.Tensor, size: in
     - ``counter``: int64 tensor ``(batch,)``, where on the path (a tree node, a step, a tag).
     - ``size``: columns; ``dtype``: float32 or float64 (the arithmetic runs in it; device follows ``index``).
 
-    Uniforms are :math:`(h + \tfrac12)/2^{32}` of the hash :math:`h`, so the tails are cut at
-    :math:`|z| < 6.7`; pairs become normals by Box–Muller, both the cosine and the sine used.
+    Uniforms are :math:`h/2^{32} + \tfrac12` of the hash :math:`h` read as a signed 32-bit integer, at least
+    :math:`2^{-33}`, so the tails are cut at :math:`|z| < 6.8`; pairs become normals by Box–Muller, both the cosine and the sine used.
     """
+    return _normals(_counter_keys(_index_keys(seed, index), counter), size, dtype)
+
+
+def _normals(keys: torch.Tensor, size: int, dtype) -> torch.Tensor:
+    """Standard normals of shape ``(*keys.shape, size)`` from 32-bit row keys (int32 bits, any shape)."""
     pairs = (size + 1) // 2
-    rows = _row_keys(seed, index, counter).unsqueeze(1)                         # (batch, 1)
-    col = torch.arange(pairs, device=index.device, dtype=torch.int64).unsqueeze(0)
-    base = _mix((col * _GOLDEN) & _M32)                                          # (1, pairs)
+    rows = keys.unsqueeze(-1)                                                    # (..., 1)
+    col = torch.arange(pairs, device=keys.device, dtype=torch.int64)
+    base = _mix(_i32(col * _GOLDEN))                                             # (pairs,)
     h1 = _mix(rows ^ base)
-    h2 = _mix(h1 ^ 0x5BD1E995)
-    scale = 1.0 / 4294967296.0
-    u1 = (h1.to(dtype) + 0.5) * scale
-    u2 = (h2.to(dtype) + 0.5) * scale
-    r = torch.sqrt(-2.0 * torch.log(u1))
-    angle = _TWO_PI * u2
-    z = torch.cat([r * torch.cos(angle), r * torch.sin(angle)], dim=1)           # (batch, 2 * pairs)
-    return z[:, :size]
+    h2 = _mix(h1 ^ _s32(0x5BD1E995))
+    u1, u2 = _uniform(h1, dtype), _uniform(h2, dtype)
+    r = u1.log_().mul_(-2.0).sqrt_()
+    angle = u2.mul_(_TWO_PI)
+    z = torch.empty(keys.shape + (2 * pairs,), dtype=dtype, device=keys.device)
+    torch.mul(r, torch.cos(angle), out=z[..., :pairs])
+    torch.mul(r, angle.sin_(), out=z[..., pairs:])
+    return z[..., :size]
 
 
 _FINAL = 1 << 62        # counters >= this are the in-leaf bridges and tagged draws, never tree nodes
 _TAGGED = 3 << 60
+_BLOCK = 1 << 22    # normals drawn at once by a query: rows are taken in blocks of at most this many
 
 
 class KeyedBrownian:
@@ -129,8 +166,8 @@ class KeyedBrownian:
         elif bool((index < 0).any()):
             raise InvalidParameterError("sample indices must be non-negative")
         self.index = index.to(self.device)
-        self._root = keyed_normal(seed, self.index, torch.ones_like(self.index), self.size, dtype) \
-            * math.sqrt(t1 - t0)
+        self._keys = _index_keys(seed, self.index)
+        self._root = self._draw(torch.ones_like(self.index)) * math.sqrt(t1 - t0)
         self._recent = []   # the last queries (time tensor, value), newest first: a step's end is the next's start
 
     def covers(self, t0: float, t1: float) -> bool:
@@ -138,32 +175,47 @@ class KeyedBrownian:
         return self.t0 <= min(t0, t1) and max(t0, t1) <= self.t1
 
     def _draw(self, counter: torch.Tensor) -> torch.Tensor:
-        return keyed_normal(self.seed, self.index, counter, self.size, self.dtype)
+        return _normals(_counter_keys(self._keys, counter), self.size, self.dtype)
 
     def value(self, t: torch.Tensor) -> torch.Tensor:
-        """:math:`W(t)` at per-sample times ``t`` (shape ``(batch,)``), shape ``(batch, *event_shape)``."""
+        r""":math:`W(t)` at per-sample times ``t`` (shape ``(batch,)``), shape ``(batch, *event_shape)``.
+
+        The tree's recursion :math:`W(m) = \tfrac12(W(l) + W(h)) + \sqrt{(h - l)/4}\,z_{node}` is linear in
+        the normals, so the value is their Lévy–Ciesielski sum: :math:`W(t) = \frac{t - t_0}{t_1 - t_0}W(t_1)
+        + \sum_k \sqrt{(h_k - l_k)/4}\,\Lambda_k(t)\,z_k + s(t)\,z_{leaf}`, with :math:`\Lambda_k` the tent
+        of the k-th interval on ``t``'s way down (1 at its midpoint, 0 at its ends) and :math:`s(t)` the
+        leaf bridge's standard deviation.  The coefficients are per-sample scalars (float64); the normals
+        of all levels are drawn at once, and each row is summed in the same order whatever the batch.
+        """
         t = t.to(device=self.device, dtype=torch.float64).clamp(self.t0, self.t1)
         batch = self.shape[0]
         lo = torch.full((batch,), self.t0, dtype=torch.float64, device=self.device)
         hi = torch.full((batch,), self.t1, dtype=torch.float64, device=self.device)
-        w_lo = torch.zeros((batch, self.size), dtype=self.dtype, device=self.device)
-        w_hi = self._root
         node = torch.ones(batch, dtype=torch.int64, device=self.device)
+        coefs, nodes = [], []
         for _ in range(self.depth):
-            mid = 0.5 * (lo + hi)
-            node = 2 * node
-            half = (0.5 * (hi - lo)).to(self.dtype).unsqueeze(1)
-            w_mid = 0.5 * (w_lo + w_hi) + torch.sqrt(0.5 * half) * self._draw(node)
+            half = 0.5 * (hi - lo)
+            mid = lo + half
+            coefs.append(torch.sqrt(0.5 * half) * (1 - (t - mid).abs() / half))
+            nodes.append(2 * node)
             right = t >= mid
-            r = right.unsqueeze(1)
-            w_lo, w_hi = torch.where(r, w_mid, w_lo), torch.where(r, w_hi, w_mid)
             lo, hi = torch.where(right, mid, lo), torch.where(right, hi, mid)
-            node = node + right.to(torch.int64)
+            node = 2 * node + right.to(torch.int64)
         width = hi - lo
-        a = ((t - lo) / width).to(self.dtype).unsqueeze(1)
-        s = torch.sqrt(((t - lo) * (hi - t) / width).clamp_min(0)).to(self.dtype).unsqueeze(1)
-        w = w_lo + a * (w_hi - w_lo) + s * self._draw(node + _FINAL)
-        return w.view(self.shape)
+        coefs.append(torch.sqrt(((t - lo) * (hi - t) / width).clamp_min(0)))
+        nodes.append(node + _FINAL)
+        coefs.append((t - self.t0) / (self.t1 - self.t0))
+        coef = torch.stack(coefs, 1).to(self.dtype)                                  # (batch, depth + 2)
+        keys = _counter_keys(self._keys.unsqueeze(1), torch.stack(nodes, 1))        # (batch, depth + 1)
+        out = torch.empty((batch, self.size), dtype=self.dtype, device=self.device)
+        rows = max(1, _BLOCK // ((self.depth + 1) * self.size))
+        for r in range(0, batch, rows):
+            z, c = _normals(keys[r:r + rows], self.size, self.dtype), coef[r:r + rows]
+            w = self._root[r:r + rows] * c[:, -1:]
+            for k in range(self.depth + 1):
+                w.addcmul_(z[:, k], c[:, k:k + 1])
+            out[r:r + rows] = w
+        return out.view(self.shape)
 
     def increment(self, ta: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
         r""":math:`W(t_b) - W(t_a)` per sample (``ta``, ``tb`` of shape ``(batch,)``; either order).
@@ -187,7 +239,8 @@ class KeyedBrownian:
         For noise that is not a Brownian increment: the ``tag``-th Langevin step at ``t``.
         """
         bits = t.to(device=self.device, dtype=torch.float64).contiguous().view(torch.int64)
-        counter = _mix(bits & _M32) ^ (_mix((bits >> 32) & _M32) << 16) ^ (int(tag) << 40) | _TAGGED
+        lo, hi = (_mix(_i32(b)).to(torch.int64) & _M32 for b in (bits, bits >> 32))
+        counter = lo ^ (hi << 16) ^ (int(tag) << 40) | _TAGGED
         return self._draw(counter).view(self.shape)
 
     def __repr__(self):
