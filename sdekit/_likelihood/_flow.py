@@ -61,6 +61,8 @@ class AugmentedFlow(ProbabilityFlowODE):
     - ``data_shape``: the shape of one sample of ``x``, so ``D = prod(data_shape)``.
     - ``probes``: ``None`` (exact divergence) or Hutchinson probes of shape ``(k, batch, *data_shape)``,
       fixed for the solve.
+    - ``weight``: the state holds :math:`w\Delta_j` (so that a per-sample RMS error norm gives the
+      log-density its share; see ``error_norm`` of :func:`sdekit.log_likelihood`); :meth:`split` divides it out.
 
     Its default span is ``eps -> T`` (data to latent).  Under autograd (``grad=True``, the adjoint's
     backward pass) the divergence keeps its graph, so it can be differentiated with respect to the
@@ -68,7 +70,8 @@ class AugmentedFlow(ProbabilityFlowODE):
     """
 
     def __init__(self, sde, score_fn, event_shape=None, sde_type="ito", t_min=None, t_max=None,
-                 noise_type="diagonal", *, data_shape: Sequence[int], probes: Optional[torch.Tensor] = None):
+                 noise_type="diagonal", *, data_shape: Sequence[int], probes: Optional[torch.Tensor] = None,
+                 weight: float = 1.0):
         if not isinstance(score_fn, _Differentiable):
             score_fn = _Differentiable(score_fn)
         super().__init__(sde, score_fn, event_shape=event_shape, sde_type=sde_type, t_min=t_min, t_max=t_max,
@@ -79,12 +82,14 @@ class AugmentedFlow(ProbabilityFlowODE):
             self.dim *= n
         self.probes = probes
         self.columns = 1 if probes is None else probes.shape[0]
+        self.weight = float(weight)
 
     def replace(self, **changes) -> "AugmentedFlow":
         kw = dict(event_shape=self.event_shape, sde_type=self.sde_type, noise_type=self.noise_type,
                   t_min=self.t_min, t_max=self.t_max)
         kw.update(changes)
-        return type(self)(self.sde, self.fn, data_shape=self.data_shape, probes=self.probes, **kw)
+        return type(self)(self.sde, self.fn, data_shape=self.data_shape, probes=self.probes, weight=self.weight,
+                          **kw)
 
     def default_span(self):
         return self.sde.eps, self.sde.T
@@ -96,7 +101,7 @@ class AugmentedFlow(ProbabilityFlowODE):
 
     def split(self, y: torch.Tensor):
         """``(x, delta)``: the state in its natural shape and the log-density changes, shape ``(k, batch)``."""
-        return y[:, :self.dim].reshape((y.shape[0],) + self.data_shape), y[:, self.dim:].T
+        return y[:, :self.dim].reshape((y.shape[0],) + self.data_shape), y[:, self.dim:].T / self.weight
 
     def _natural_drift(self, t, y):
         batch = y.shape[0]
@@ -105,8 +110,13 @@ class AugmentedFlow(ProbabilityFlowODE):
                              f"got {tuple(y.shape)}; build it with AugmentedFlow.augment(x)")
         probes = self.probes
         if probes is not None and probes.shape[1] != batch:
-            raise ShapeError(f"the flow holds probes for a batch of {probes.shape[1]}, got a batch of {batch}; "
-                             "draw the probes for this batch")
+            # sdekit's per-sample adaptive loop drops finished samples and tells the evaluator which rows of
+            # the full batch are still running: each sample keeps its own probe
+            rows = getattr(self.evaluator, "rows", None)
+            if rows is None or rows.shape != (batch,):
+                raise ShapeError(f"the flow holds probes for a batch of {probes.shape[1]}, got a batch of {batch}; "
+                                 "draw the probes for this batch")
+            probes = probes[:, rows.to(probes.device)]
         x = y[:, :self.dim].reshape((batch,) + self.data_shape)
         keep = torch.is_grad_enabled()   # a graph is wanted (grad=True, adjoint backward): keep the divergence's
         with torch.enable_grad():
@@ -116,4 +126,6 @@ class AugmentedFlow(ProbabilityFlowODE):
             div = divergence(v, x, probes, create_graph=keep)
         if not keep:
             v, div = v.detach(), div.detach()
+        if self.weight != 1.0:
+            div = div * self.weight
         return torch.cat([v.reshape(batch, self.dim), div.T.to(v.dtype)], 1)

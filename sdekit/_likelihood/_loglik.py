@@ -23,6 +23,7 @@ from .._solve import solve
 from ._adjoint import adjoint_solve
 from ._divergence import draw_probes, resolve_divergence
 from ._flow import AugmentedFlow
+from ._norm import plan_norm
 from ._result import Likelihood
 
 __all__ = ["log_likelihood", "LIKELIHOOD_EPS", "likelihood_eps", "check_flow", "check_data", "check_method",
@@ -92,7 +93,7 @@ def log_likelihood(flow: ProbabilityFlowODE, x: torch.Tensor, method: str = "dop
                    generator: Optional[torch.Generator] = None, seed: Optional[int] = None,
                    eps: Optional[float] = None, grad: bool = False, adjoint: bool = False,
                    adjoint_params: Optional[Iterable[torch.Tensor]] = None, throw: bool = True,
-                   **solve_options) -> Likelihood:
+                   error_norm: str = "sample", **solve_options) -> Likelihood:
     r"""Per-sample :math:`\log p(x)` in nats under the model the probability-flow ODE defines.
 
     .. math::
@@ -124,6 +125,9 @@ def log_likelihood(flow: ProbabilityFlowODE, x: torch.Tensor, method: str = "dop
       gradients with torchdiffeq's adjoint method instead (memory independent of the steps), with respect to
       ``adjoint_params`` (default ``score_fn.parameters()`` when the score is a ``torch.nn.Module``).
     - ``throw``: raise :class:`sdekit.SolveError` when the solve fails (default), else return what was reached.
+    - ``error_norm``: ``"sample"`` (default): the tolerance holds for each sample's state and for its
+      log-density apart (torchdiffeq's ``norm`` option; a weighted log-density column for other adaptive
+      methods); ``"rms"``: torchdiffeq's RMS over the whole batch, as score_sde does.
     - other keywords (``steps``, ``max_steps``, ``options``, ...) go to :func:`sdekit.solve`.
 
     Returns a :class:`Likelihood` (``log_likelihood``, ``prior_logp``, ``delta_logp``, ``stderr``, ``z``,
@@ -131,8 +135,7 @@ def log_likelihood(flow: ProbabilityFlowODE, x: torch.Tensor, method: str = "dop
     """
     check_flow(flow)
     check_data(x)
-    if isinstance(method, str):
-        check_method(method)
+    m = check_method(method)
     if isinstance(probes, bool) or not isinstance(probes, numbers.Integral) or probes < 1:
         raise InvalidParameterError(f"probes must be a positive integer, got {probes!r}")
     dim = math.prod(x.shape[1:])
@@ -143,15 +146,19 @@ def log_likelihood(flow: ProbabilityFlowODE, x: torch.Tensor, method: str = "dop
     sde = flow.sde
     t0 = likelihood_eps(sde, eps)
     gen = generator_from(generator, seed)
-    aug = AugmentedFlow(sde, flow.fn, data_shape=x.shape[1:], probes=draw_probes(kind, int(probes), x, gen))
+    probe_tensor = draw_probes(kind, int(probes), x, gen)
+    weight, options = plan_norm(error_norm, m, dim, 1 if probe_tensor is None else int(probes),
+                                solve_options.pop("options", None))
+    aug = AugmentedFlow(sde, flow.fn, data_shape=x.shape[1:], probes=probe_tensor, weight=weight)
     y0 = aug.augment(x)
     if adjoint:
-        sol = adjoint_solve(aug, y0, method, t0, sde.T, rtol, atol, adjoint_params, throw, **solve_options)
+        sol = adjoint_solve(aug, y0, method, t0, sde.T, rtol, atol, adjoint_params, throw, options=options,
+                            **solve_options)
     else:
         if "steps" in solve_options or "grid" in solve_options or "dt" in solve_options:
             rtol = atol = None
         sol = solve(aug, y0, method, rtol=rtol, atol=atol, t_start=t0, t_end=sde.T, grad=grad, throw=throw,
-                    **solve_options)
+                    options=options or None, **solve_options)
     flow.evaluator.nfe += sol.nfe
     z, delta = aug.split(sol.x)
     prior = _prior_logp(sde, z)
