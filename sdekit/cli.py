@@ -1,4 +1,4 @@
-"""The ``sdekit`` command: ``sdekit study``, ``sdekit methods``, ``sdekit sample``, ``sdekit orders``.
+"""The ``sdekit`` command: ``sdekit study``, ``sdekit methods``, ``sdekit sample``, ``sdekit orders``, ``sdekit train``.
 
 Each command is one module of :mod:`sdekit._commands` with ``add_parser(sub)`` and ``run(args)``; this module
 parses the line and turns errors into one line and an exit status.
@@ -18,14 +18,14 @@ line naming the fix and exit with status 2; a failure while running exits with 1
 import sys
 from typing import List, Optional
 
-from ._commands import methods, orders, sample, study
+from ._commands import methods, orders, sample, study, train
 from ._commands._common import UsageError, _Parser, _one_line
 from ._errors import InvalidParameterError, SDEKitError
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 #: The commands, in the order ``sdekit --help`` lists them.
-COMMANDS = {"study": study, "methods": methods, "sample": sample, "orders": orders}
+COMMANDS = {"study": study, "methods": methods, "sample": sample, "orders": orders, "train": train}
 
 
 def build_parser():

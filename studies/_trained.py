@@ -1,0 +1,290 @@
+r"""A small score network trained with :func:`sdekit.losses.score_matching_loss`, saved, loaded, and studied.
+
+- :class:`ScoreMLP`: an MLP on the flattened state and sinusoidal features of the time.
+- :func:`train_score_model`: Adam with a cosine learning-rate decay and an exponential moving average of the
+  weights (the EMA is what is saved, as in DDPM, score_sde and diffusers' training examples).
+- :func:`save_model` / :func:`load_model`: safetensors, with the SDE, the parameterisation, the time
+  convention, the architecture and the training settings in the metadata; loading builds the
+  :class:`sdekit.adapters.Adapter` back through :func:`sdekit.adapters.load_checkpoint` (no pickle).
+- :func:`trained_problem`: a :class:`sdekit.StudyProblem` for ``sdekit study --model FILE``: the trained
+  network on the default mixture, judged against exact mixture samples (or, for a model of other data, a
+  problem whose reference is a fine solve).
+"""
+
+import json
+import math
+import os
+import time
+from typing import Callable, Optional
+
+import torch
+
+from sdekit import InvalidParameterError, ShapeError, StudyProblem, SubVPSDE, VESDE, VPSDE
+from sdekit.adapters import Adapter, load_checkpoint
+from sdekit.losses import nll_bound, score_matching_loss
+
+__all__ = ["ScoreMLP", "TrainResult", "train_score_model", "save_model", "load_model", "trained_problem",
+           "MODEL_FORMAT", "sde_spec", "sde_from_spec", "load_points"]
+
+#: The ``format`` entry of a saved model's metadata.
+MODEL_FORMAT = "sdekit.score_mlp/1"
+_SDE_CLASSES = {"VPSDE": VPSDE, "SubVPSDE": SubVPSDE, "VESDE": VESDE}
+_SDE_FIELDS = {"VPSDE": ("beta_min", "beta_max", "T", "eps"), "SubVPSDE": ("beta_min", "beta_max", "T", "eps"),
+               "VESDE": ("sigma_min", "sigma_max", "T", "eps", "marginal")}
+
+
+class ScoreMLP(torch.nn.Module):
+    r"""An MLP :math:`F(x, \tau)` for states of any event shape (flattened to :math:`d` numbers).
+
+    The time enters as :math:`[\tau, \sin(\omega_k\tau), \cos(\omega_k\tau)]` with ``features`` frequencies
+    :math:`\omega_k` spaced geometrically over :math:`[1, 64]` (the sinusoidal embedding of DDPM and score_sde,
+    for a time in :math:`[0, 1]`), concatenated with :math:`x`, then ``depth`` hidden layers of ``width``
+    SiLU units and a linear output of :math:`d` numbers, reshaped like ``x``.  The network predicts whatever
+    its :class:`~sdekit.adapters.Adapter` says (``eps`` by default).
+    """
+
+    def __init__(self, event_shape=(2,), width: int = 128, depth: int = 3, features: int = 16):
+        super().__init__()
+        self.event_shape = tuple(int(n) for n in event_shape)
+        self.width, self.depth, self.features = int(width), int(depth), int(features)
+        if min(self.event_shape + (self.width, self.depth, self.features)) < 1:
+            raise InvalidParameterError(f"ScoreMLP needs positive sizes, got event_shape={self.event_shape}, "
+                                        f"width={width}, depth={depth}, features={features}")
+        d = math.prod(self.event_shape)
+        self.register_buffer("freqs", torch.logspace(0, 6, self.features, base=2.0))
+        layers, n_in = [], d + 1 + 2 * self.features
+        for _ in range(self.depth):
+            layers += [torch.nn.Linear(n_in, self.width), torch.nn.SiLU()]
+            n_in = self.width
+        layers.append(torch.nn.Linear(n_in, d))
+        self.net = torch.nn.Sequential(*layers)
+
+    def architecture(self) -> dict:
+        return dict(event_shape=list(self.event_shape), width=self.width, depth=self.depth, features=self.features)
+
+    def forward(self, x, tau):
+        n = x.shape[0]
+        tau = tau.to(x.dtype).reshape(n, 1)
+        angle = tau * self.freqs.to(x.dtype)
+        h = torch.cat([x.reshape(n, -1), tau, torch.sin(angle), torch.cos(angle)], dim=1)
+        return self.net(h).reshape(x.shape)
+
+
+# -- the SDE in the metadata -----------------------------------------------------------------------------------
+def sde_spec(sde) -> dict:
+    """The JSON-able description of one of sdekit's SDEs (``VPSDE``, ``SubVPSDE``, ``VESDE``) with its parameters."""
+    name = type(sde).__name__
+    if name not in _SDE_FIELDS:
+        raise InvalidParameterError(f"a saved model records its SDE by name; {name} is not one of "
+                                    f"{', '.join(_SDE_FIELDS)}")
+    return dict(name=name, **{k: getattr(sde, k) for k in _SDE_FIELDS[name]})
+
+
+def sde_from_spec(spec: dict):
+    """The SDE that :func:`sde_spec` described."""
+    if not isinstance(spec, dict) or spec.get("name") not in _SDE_CLASSES:
+        raise InvalidParameterError(f"the model's metadata names no known SDE ({spec!r:.80}); it must be one of "
+                                    f"{', '.join(_SDE_CLASSES)}")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    return _SDE_CLASSES[spec["name"]](**kwargs)
+
+
+# -- data -------------------------------------------------------------------------------------------------------
+def load_points(path: str) -> torch.Tensor:
+    """Points ``(n, *event_shape)`` from a ``.npz`` (array ``x``, or its only array) or a ``.pt`` file (a tensor,
+    or a dict with ``x``), read without pickles; float64, finite, at least 2 points."""
+    if not isinstance(path, str) or not path.endswith((".npz", ".pt")):
+        raise InvalidParameterError(f"data must be a .npz or .pt file of points (n, d), got {path!r}")
+    if not os.path.isfile(path):
+        raise InvalidParameterError(f"no data file at {path!r}; check the path")
+    if path.endswith(".npz"):
+        import numpy as np
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                keys = list(f.keys())
+                key = "x" if "x" in keys else (keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    raise InvalidParameterError(f"{path} holds arrays {keys}; name the points 'x'")
+                x = torch.as_tensor(f[key])
+        except (ValueError, OSError) as err:
+            raise InvalidParameterError(f"cannot read {path} as .npz ({' '.join(str(err).split())})") from None
+    else:
+        obj = load_checkpoint(path)
+        x = obj.get("x") if isinstance(obj, dict) else obj
+        if not isinstance(x, torch.Tensor):
+            raise InvalidParameterError(f"{path} holds {type(obj).__name__}; save a tensor of points (n, d) or "
+                                        f"a dict with 'x'")
+    if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)) or x.dim() < 2 or x.shape[0] < 2:
+        raise ShapeError(f"data in {path} must be real points of shape (n, d) with n >= 2, got shape "
+                         f"{tuple(x.shape)} and dtype {x.dtype}")
+    x = x.to(torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        raise InvalidParameterError(f"data in {path} has non-finite entries; remove them")
+    return x
+
+
+# -- training ---------------------------------------------------------------------------------------------------
+class TrainResult:
+    """What :func:`train_score_model` returns: the EMA ``model`` (an Adapter), the loss history (the mean of each
+    ``log_every`` steps), the steps and the wall time."""
+
+    def __init__(self, model, losses, steps, seconds, settings):
+        self.model, self.losses, self.steps, self.seconds, self.settings = model, losses, steps, seconds, settings
+
+    def __repr__(self):
+        return (f"TrainResult(steps={self.steps}, loss {self.losses[0]:.4g} -> {self.losses[-1]:.4g}, "
+                f"{self.seconds:.1f} s)")
+
+
+def train_score_model(sample_data: Callable, sde, event_shape=(2,), *, prediction: str = "eps",
+                      weighting="variance", t_sampler: str = "uniform", steps: int = 4000, batch: int = 512,
+                      lr: float = 2e-3, ema: float = 0.999, width: int = 128, depth: int = 3, features: int = 16,
+                      seed: int = 0, log_every: int = 50, progress: bool = False, dtype=torch.float32,
+                      device="cpu") -> TrainResult:
+    r"""Train a :class:`ScoreMLP` by denoising score matching (:func:`sdekit.losses.score_matching_loss`).
+
+    ``sample_data(n, generator)`` returns ``n`` training points (a fresh draw, or a minibatch of a data set).
+    Adam at ``lr`` with a cosine decay to 0 over ``steps``; the EMA of the weights (decay ``ema``) is the model
+    returned.  Randomness (initial weights, data, times, noise) comes from ``seed``.  ``progress`` shows a tqdm
+    bar with the running loss.
+    """
+    for name, v in dict(steps=steps, batch=batch, log_every=log_every).items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InvalidParameterError(f"{name} must be a positive integer, got {v!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)) or not (0 <= ema < 1):
+        raise InvalidParameterError(f"need lr > 0 and 0 <= ema < 1, got lr={lr!r}, ema={ema!r}")
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    net = ScoreMLP(event_shape, width, depth, features).to(device=device, dtype=dtype)
+    avg = ScoreMLP(event_shape, width, depth, features).to(device=device, dtype=dtype)
+    avg.load_state_dict(net.state_dict())
+    avg.requires_grad_(False)
+    model = Adapter(net, sde, prediction)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
+    bar = None
+    if progress:
+        import sys
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
+    losses, running, start = [], 0.0, time.perf_counter()
+    try:
+        for k in range(steps):
+            x0 = sample_data(batch, gen).to(device=device, dtype=dtype)
+            if x0.shape[1:] != tuple(event_shape):
+                raise ShapeError(f"the data sampler returned points of shape {tuple(x0.shape[1:])}, "
+                                 f"the model expects {tuple(event_shape)}")
+            loss = score_matching_loss(sde, model, x0, weighting=weighting, t_sampler=t_sampler, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                decay = min(ema, (1 + k) / (10 + k))          # warm-up of the average (score_sde's EMA is fixed)
+                for pa, pn in zip(avg.parameters(), net.parameters()):
+                    pa.lerp_(pn, 1 - decay)
+            running += float(loss.detach())
+            if (k + 1) % log_every == 0 or k + 1 == steps:
+                n = (k % log_every) + 1
+                losses.append(running / n)
+                running = 0.0
+                if bar is not None:
+                    bar.set_postfix(loss=f"{losses[-1]:.4g}")
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    settings = dict(prediction=prediction, weighting=weighting if isinstance(weighting, str) else "custom",
+                    t_sampler=t_sampler, steps=steps, batch=batch, lr=lr, ema=ema, seed=seed)
+    return TrainResult(Adapter(avg, sde, prediction), losses, steps, time.perf_counter() - start, settings)
+
+
+# -- saving and loading -----------------------------------------------------------------------------------------
+def save_model(path: str, model: Adapter, **info) -> str:
+    """Write ``model`` (an Adapter around a :class:`ScoreMLP`) to ``path`` (``.safetensors``) with its SDE,
+    parameterisation, time convention, architecture and ``info`` (JSON-able) in the metadata."""
+    from safetensors.torch import save_file
+    if not str(path).endswith(".safetensors"):
+        raise InvalidParameterError(f"the model file must end in .safetensors, got {path!r}")
+    net = model.network
+    if not isinstance(net, ScoreMLP):
+        raise InvalidParameterError(f"save_model saves a ScoreMLP's adapter, got a {type(net).__name__}")
+    meta = dict(format=MODEL_FORMAT, sde=json.dumps(sde_spec(model.sde)), prediction=model.prediction.name,
+                time=model.time.name, architecture=json.dumps(net.architecture()),
+                dtype=str(next(net.parameters()).dtype).replace("torch.", ""), info=json.dumps(info, default=str))
+    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file(state, path, metadata=meta)
+    return path
+
+
+def load_model(path: str, dtype=None, device="cpu"):
+    """``(adapter, metadata)`` from a file :func:`save_model` wrote; ``metadata['info']`` is a dict."""
+    from safetensors import safe_open
+    state = load_checkpoint(path)           # refuses a missing file; reads tensors only
+    if not str(path).endswith(".safetensors"):
+        raise InvalidParameterError(f"{path} is not a .safetensors model written by sdekit train")
+    with safe_open(path, framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    if meta.get("format") != MODEL_FORMAT:
+        raise InvalidParameterError(f"{path} is not an sdekit score model (metadata format "
+                                    f"{meta.get('format')!r}, expected {MODEL_FORMAT!r}); train one with sdekit train")
+    try:
+        sde = sde_from_spec(json.loads(meta["sde"]))
+        arch = json.loads(meta["architecture"])
+        info = json.loads(meta.get("info", "{}"))
+        net = ScoreMLP(**arch)
+        net.load_state_dict(state)
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:
+        raise InvalidParameterError(f"{path}: its metadata or tensors do not describe a ScoreMLP "
+                                    f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
+    dtype = getattr(torch, meta.get("dtype", "float32")) if dtype is None else dtype
+    net = net.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    meta.update(sde=sde, architecture=arch, info=info)
+    return Adapter(net, sde, meta["prediction"], meta["time"]), meta
+
+
+# -- the study problem ------------------------------------------------------------------------------------------
+class _ModelScore:
+    """The loaded network as the study's score: float64 states in, evaluated in the network's dtype."""
+
+    nfe_per_call = 1
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+        self.dtype = next(adapter.network.parameters()).dtype
+
+    def __call__(self, x, t):
+        with torch.no_grad():
+            return self.adapter(x.to(self.dtype), t).to(x.dtype)
+
+
+def trained_problem(path: str, exact: bool = False):
+    """The study problem of the model at ``path``: for a model of the embedded mixture, the default mixture
+    problem under the model's SDE with the trained score (``exact=True``: with the exact score, for the
+    comparison); for a model of other data, a :class:`sdekit.StudyProblem` of the trained score alone."""
+    from sdekit.studies import MixtureProblem
+    adapter, meta = load_model(path)
+    name = os.path.basename(path)
+    if meta["info"].get("data") == "mixture-2d":
+        problem = MixtureProblem(meta["sde"])
+        if not exact:
+            problem.score = _ModelScore(adapter)
+            problem.name = f"{problem.name} trained {name}"
+            problem.config = dict(problem.config, model=name, model_info=meta["info"])
+        return problem
+    if exact:
+        raise InvalidParameterError(f"{path} was trained on {meta['info'].get('data')!r}, which has no exact "
+                                    f"score; only a model of the embedded mixture has one to compare with")
+    shape = tuple(meta["architecture"]["event_shape"])
+    return StudyProblem(meta["sde"], _ModelScore(adapter), name=f"trained {name}", event_shape=shape,
+                        config=dict(model=name, model_info=meta["info"]))
+
+
+def evaluate_bound(model, sde, x0, draws: int = 8, seed: int = 0):
+    """:func:`sdekit.losses.nll_bound` of ``model`` on ``x0`` (float64 data, the model in its dtype), no grad."""
+    score = _ModelScore(model)
+    with torch.no_grad():
+        return nll_bound(sde, score, x0.to(torch.float64), draws=draws,
+                         generator=torch.Generator().manual_seed(seed))
