@@ -8,7 +8,7 @@ import torch
 from ._common import UsageError, _device, _dtype, _problem, _say, _shape, _threads
 
 STUDY_KEYS = ("sde", "problem", "score", "shape", "methods", "budgets", "samples", "seed", "seeds", "device",
-              "dtype", "threads", "workers", "out", "reference", "quiet")
+              "dtype", "threads", "workers", "executor", "scheduler", "out", "reference", "quiet")
 
 
 
@@ -41,6 +41,9 @@ def add_parser(sub):
                    help="mixture (default), gaussian, exact:NAME (gbm, gbm-tv, additive, additive-tv, arctan, sinh: "
                         "forward SDEs with exact solutions), or your StudyProblem (or a function returning one)")
     p.add_argument("--score", metavar="MODULE:ATTR", help="your score(x, t); the reference is then a fine solve")
+    p.add_argument("--model", metavar="FILE", help="a model saved by sdekit train: the study runs on it and, for a "
+                                                   "model of the mixture, on the exact score beside it (its SDE wins "
+                                                   "over --sde)")
     p.add_argument("--shape", help="event shape for --score, comma-separated (default 2)")
     p.add_argument("--methods", help="comma-separated, e.g. 'euler,sde:ddim,ode:dpmpp_2m,dopri5'")
     p.add_argument("--budgets", help="e.g. '8,16,32' (steps), 'nfe=10,20', 'steps=8,16;tol=1e-3,1e-5'")
@@ -50,7 +53,12 @@ def add_parser(sub):
     p.add_argument("--device", help="cpu (default), cuda, ...")
     p.add_argument("--dtype", help="float64 (default) or float32")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: 1 for small CPU states)")
-    p.add_argument("--workers", type=int, help="local processes running rows at once (default 1)")
+    p.add_argument("--workers", type=int, help="local processes of --executor processes (default: the CPU count)")
+    p.add_argument("--executor", choices=("serial", "processes", "dask"),
+                   help="where rows run: serial (default; processes when --workers > 1), processes, dask")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="Dask scheduler of --executor dask, e.g. tcp://10.0.0.1:8786 (default: dask's configured "
+                        "one, else a LocalCluster here)")
     p.add_argument("--reference-steps", type=int, dest="reference_steps",
                    help="steps of the fine SDE reference solves (default 8x the most steps, at least 256)")
     p.add_argument("--out", help="output folder (default sdekit-study)")
@@ -63,8 +71,8 @@ def add_parser(sub):
 def _settings(args) -> dict:
     conf = _read_toml(args.config) if args.config else {}
     defaults = dict(sde="vp", problem=None, score=None, shape="2", methods=None, budgets=None, samples=2000, seed=0,
-                    seeds=1, device="cpu", dtype="float64", threads=None, workers=1, out="sdekit-study",
-                    reference={}, quiet=False)
+                    seeds=1, device="cpu", dtype="float64", threads=None, workers=None, executor=None, scheduler=None,
+                    out="sdekit-study", reference={}, quiet=False)
     out = dict(defaults)
     out.update(conf)
     for key in defaults:
@@ -74,13 +82,17 @@ def _settings(args) -> dict:
     if getattr(args, "reference_steps", None):
         out["reference"] = dict(out.get("reference") or {}, steps=args.reference_steps)
     for key in ("samples", "seed", "seeds", "workers"):
+        if key == "workers" and out[key] is None:
+            continue
         if isinstance(out[key], bool) or not isinstance(out[key], int):
             raise UsageError(f"{key} must be an integer, got {out[key]!r}")
-    if out["samples"] < 2 or out["seeds"] < 1 or out["workers"] < 1 or out["seed"] < 0:
+    if out["samples"] < 2 or out["seeds"] < 1 or (out["workers"] or 1) < 1 or out["seed"] < 0:
         raise UsageError("need samples >= 2, seeds >= 1, workers >= 1 and seed >= 0")
     if out["threads"] is not None and (isinstance(out["threads"], bool) or not isinstance(out["threads"], int)):
         raise UsageError(f"threads must be an integer, got {out['threads']!r}")
-    for key in ("sde", "device", "dtype", "out"):
+    for key in ("sde", "device", "dtype", "out", "executor", "scheduler"):
+        if key in ("executor", "scheduler") and out[key] is None:
+            continue
         if not isinstance(out[key], str):
             raise UsageError(f"{key} must be a string, got {out[key]!r}")
     _device(out["device"])
@@ -90,6 +102,8 @@ def _settings(args) -> dict:
 
 
 def run(args) -> int:
+    if getattr(args, "model", None) and getattr(args, "model_part", None) is None:
+        return _run_with_model(args)
     from .._study import save_report, study
     from sdekit.studies import DEFAULT_BUDGETS, DEFAULT_METHODS
     from .._study._spec import as_method_spec, parse_budgets
@@ -102,7 +116,8 @@ def run(args) -> int:
         raise UsageError(f"methods must be a list or a comma-separated string, got {methods!r}")
     methods = [as_method_spec(m) for m in methods]          # unknown names fail here, before anything runs
     budgets = parse_budgets(s["budgets"] or DEFAULT_BUDGETS)
-    problem = _problem(s["sde"], s["problem"], s["score"], _shape(s["shape"]))
+    problem = _problem(s["sde"], s["problem"], s["score"], _shape(s["shape"]), model=getattr(args, "model", None),
+                       exact=getattr(args, "model_part", None) == "exact")
     x = problem.initial(2, torch.Generator().manual_seed(0))
     numel = s["samples"] * x[0].numel()
     threads, why = _threads(s["threads"], numel, s["device"])
@@ -117,8 +132,8 @@ def run(args) -> int:
     _say(quiet, f"results: {results} (each row saved as it finishes; re-run to resume)")
     try:
         table = study(problem, methods, budgets, samples=s["samples"], seeds=range(s["seed"], s["seed"] + s["seeds"]),
-                      results=results, workers=s["workers"], reference=s["reference"], dtype=_dtype(s["dtype"]),
-                      device=s["device"], progress=not quiet)
+                      results=results, workers=s["workers"], executor=s["executor"], scheduler=s["scheduler"],
+                      reference=s["reference"], dtype=_dtype(s["dtype"]), device=s["device"], progress=not quiet)
     finally:
         torch.set_num_threads(before)
     files = save_report(table, out, problem=problem, plots=not args.no_plots, log=lambda m: _say(quiet, m))
@@ -129,3 +144,28 @@ def run(args) -> int:
     if args.strict and any(r["verdict"] in ("CHECK", "failed") for r in table.rows):
         return 1
     return 0
+
+
+def _run_with_model(args) -> int:
+    """``--model FILE``: the study on the trained network (``OUT/model``) and, where its data has an exact score,
+    on that score (``OUT/exact``), then the two side by side (``OUT/comparison.md``)."""
+    import copy
+    from sdekit.studies import trained_problem
+    from sdekit.studies._trained import comparison_table
+    out = _settings(args)["out"]
+    parts = ["model"]
+    if trained_problem(args.model).config.get("model_info", {}).get("data") == "mixture-2d":
+        parts.append("exact")
+    status = 0
+    for part in parts:
+        a = copy.copy(args)
+        a.model_part, a.out = part, os.path.join(out, part)
+        status = max(status, run(a))
+    if len(parts) == 2:
+        text = comparison_table(os.path.join(out, "model"), os.path.join(out, "exact"))
+        with open(os.path.join(out, "comparison.md"), "w") as fh:
+            fh.write(text + "\n")
+        _say(args.quiet, "")
+        _say(args.quiet, text)
+        _say(args.quiet, f"wrote comparison.md to {out}/")
+    return status

@@ -1,7 +1,8 @@
 """Convergence studies and solver comparisons: :func:`study` over a :class:`StudyProblem`.
 
 One module per concept: ``_problem`` (the problem protocol and :class:`Measure`), ``_spec`` (methods and
-budgets), ``_runner`` (rows, shared Brownian paths, references, resuming, parallel rows), ``_measures`` (a
+budgets), ``_runner`` (rows, shared Brownian paths, references, resuming), ``_executors`` (where
+rows run: serially, local processes, a Dask cluster), ``_measures`` (a
 row's errors and verdict), ``_results`` (the JSON-lines file), ``_fit`` (fitted orders with intervals),
 ``_table`` (the tidy table), ``_plots`` (matplotlib figures), ``_report`` (the output folder).  The built-in
 problems, made of :mod:`sdekit.validation`, are in ``sdekit.studies`` beside the core.

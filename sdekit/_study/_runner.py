@@ -273,9 +273,14 @@ def run_row(problem, row: Row, ctx: SeedContext, settings: Settings, test_functi
 
 
 # -- running --------------------------------------------------------------------------------
-def run_rows(problem, rows: List[Row], settings: Settings, test_functions, results=None, workers: int = 1,
+def run_rows(problem, rows: List[Row], settings: Settings, test_functions, results=None, executor=None,
              progress=None, keep_samples=True):
-    """Run the rows not already in ``results``; returns (records in plan order, rows reused, stale rows, samples)."""
+    """Run the rows not already in ``results`` on ``executor`` (default: serially, here); returns (records in
+    plan order, rows reused, stale rows, samples).  Each record is appended to ``results`` as it comes back;
+    at the end the file is rewritten in the plan's order (stale rows after), so it is the same file, row for
+    row, whichever executor ran the rows and in whatever order they finished."""
+    from ._executors import SerialExecutor
+    executor = SerialExecutor() if executor is None else executor
     done = read_results(results)
     keys = {r.key for r in rows}
     stale = sum(1 for k in done if k not in keys)
@@ -305,21 +310,49 @@ def run_rows(problem, rows: List[Row], settings: Settings, test_functions, resul
                 bar.update(1)
 
         if bar is not None:
-            bar.set_description_str("study")
-        if workers <= 1 or len(pending) <= 1:
-            for r in pending:
-                finish(run_row(problem, r, contexts[r.seed], settings, test_functions, r.key in keep))
-        else:
-            _run_parallel(problem, pending, contexts, settings, test_functions, keep, workers, finish)
+            bar.set_description_str(f"study ({executor.name})")
+        jobs = [(r, contexts[r.seed], r.key in keep) for r in pending]
+        if jobs:
+            executor.run(problem, jobs, settings, dict(test_functions), finish)
     finally:
         if bar is not None:
             bar.close()
+    if results is not None and pending:
+        write_in_order(results, [r.key for r in rows])
     for r in rows:     # samples of rows read back from the file, for the plots: solve again, measure nothing
         if r.key in keep and r.spec.label not in samples and records[r.key]["result"] == "SUCCESS":
             x0 = problem.initial(settings.samples, torch.Generator().manual_seed(r.seed))
             samples[r.spec.label] = solve_row(problem, r, x0, settings).x.detach().cpu()
     ordered = [records[r.key] for r in rows]
     return ordered, len(rows) - len(pending), stale, samples
+
+
+def write_in_order(path, keys: List[str]) -> None:
+    """Rewrite the results file with the rows of ``keys`` in that order, then any other rows as they were;
+    each line kept as written, a torn line dropped, the new file renamed into place (atomic)."""
+    import os
+    wanted = set(keys)
+    mine, others = {}, []
+    with open(path, "r", encoding="utf-8") as fh:
+        for line in fh:
+            text = line.strip()
+            try:
+                row = json.loads(text) if text else None
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(row, dict) or "key" not in row:
+                continue
+            if row["key"] in wanted:
+                mine[row["key"]] = text          # the last one, as read_results reads it
+            else:
+                others.append(text)
+    body = [mine[k] for k in keys if k in mine] + others
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write("".join(t + "\n" for t in body))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _keep(rows: List[Row]) -> set:
@@ -338,37 +371,3 @@ def _bar(progress, total, initial):
         return None
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=initial, desc="study", unit="row", file=sys.stderr, dynamic_ncols=True)
-
-
-def _worker_init(threads):
-    if threads:
-        torch.set_num_threads(int(threads))
-
-
-def _job(problem, row, ctx, settings, test_functions, keep):
-    return run_row(problem, row, ctx, settings, test_functions, keep)
-
-
-def _run_parallel(problem, pending, contexts, settings, test_functions, keep, workers, finish):
-    import multiprocessing
-    import pickle
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    try:
-        pickle.dumps((problem, dict(test_functions)))
-    except Exception as err:
-        raise InvalidParameterError(f"workers > 1 sends the problem to other processes, and it does not pickle "
-                                    f"({type(err).__name__}: {err}); define it at module level or use workers=1") \
-            from None
-    threads = settings.threads or torch.get_num_threads()
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(threads,)) as pool:
-        futures = [pool.submit(_job, problem, r, contexts[r.seed], settings, dict(test_functions), r.key in keep)
-                   for r in pending]
-        try:
-            for fut in as_completed(futures):
-                finish(fut.result())
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise

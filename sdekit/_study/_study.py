@@ -7,6 +7,7 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 
 from .._errors import ArgumentTypeError, InvalidParameterError
+from ._executors import make_executor
 from ._runner import Settings, plan_rows, run_rows
 from ._spec import as_method_spec, parse_budgets
 from ._table import StudyTable
@@ -15,7 +16,8 @@ __all__ = ["study"]
 
 
 def study(problem, methods: Sequence, budgets=None, *, samples: int = 1000, seeds: Union[int, Sequence[int]] = 0,
-          results: Optional[Union[str, os.PathLike]] = None, workers: int = 1, reference: Optional[dict] = None,
+          results: Optional[Union[str, os.PathLike]] = None, workers: Optional[int] = None,
+          executor=None, scheduler=None, reference: Optional[dict] = None,
           test_functions: Optional[Dict[str, callable]] = None, dtype=torch.float64, device="cpu",
           progress: bool = False, keep_samples: bool = True) -> StudyTable:
     r"""Run every method at every budget and seed on ``problem``; one row each, with errors and their error bars.
@@ -31,7 +33,14 @@ def study(problem, methods: Sequence, budgets=None, *, samples: int = 1000, seed
       the exact samples and the Brownian path).
     - ``results``: a JSON-lines file: each row is appended as it finishes, and a re-run skips rows already there
       with the same configuration hash.
-    - ``workers``: local processes running rows at once (spawned); the rows are the same as with one.
+    - ``executor``: where the rows run: ``"serial"`` (here, in order), ``"processes"`` (``workers`` local
+      processes, spawned; default the CPU count), ``"dask"`` (a ``dask.distributed`` cluster at ``scheduler``)
+      or a ``distributed.Client``; default ``"processes"`` when ``workers > 1``, else ``"serial"``.  Each row
+      is a function of its configuration alone, so every executor gives the same rows and the same results
+      file (written in the plan's order once the rows are done).
+    - ``workers``: local processes of ``executor="processes"``.
+    - ``scheduler``: the Dask scheduler's address (``"tcp://host:8786"``); default dask's configured one, else
+      a new ``LocalCluster`` on this machine.
     - ``reference``: overrides of the fine reference solves, ``{"steps": 4096, "torchsde": "srk",
       "sdekit": "ddim", "ode": "dopri5", "ode_tol": 1e-10}``; exact references are used where the problem has them.
     - ``test_functions``: ``{name: phi}`` for weak errors (default: the problem's).
@@ -58,8 +67,10 @@ def study(problem, methods: Sequence, budgets=None, *, samples: int = 1000, seed
         raise InvalidParameterError(f"seeds must be non-negative integers, got {seeds!r}")
     if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 2:
         raise InvalidParameterError(f"samples must be an integer >= 2, got {samples!r}")
-    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral)
+                                or workers < 1):
         raise InvalidParameterError(f"workers must be a positive integer, got {workers!r}")
+    runner = make_executor(executor, None if workers is None else int(workers), scheduler)
     if dtype not in (torch.float32, torch.float64):
         raise ArgumentTypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     tests = dict(test_functions) if test_functions else dict(problem.test_functions)
@@ -67,7 +78,7 @@ def study(problem, methods: Sequence, budgets=None, *, samples: int = 1000, seed
                         reference=dict(reference or {}), threads=torch.get_num_threads())
     rows = plan_rows(problem, specs, shared, seeds, settings, tests)
     path = None if results is None else os.fspath(results)
-    records, reused, stale, kept = run_rows(problem, rows, settings, tests, results=path, workers=int(workers),
+    records, reused, stale, kept = run_rows(problem, rows, settings, tests, results=path, executor=runner,
                                             progress=progress, keep_samples=keep_samples)
     noise = problem.noise_kind() if any(s.process == "sde" for s in specs) else "additive"
     return StudyTable(records, problem.name, noise, kept, reused, stale, path,
