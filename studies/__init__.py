@@ -12,6 +12,8 @@ takes any problem through :class:`sdekit.StudyProblem`'s members and never impor
   reference solve).
 - :class:`ExactSDEProblem`: the exact-solution SDEs of ``sdekit.validation.exact_sdes()`` (Kloeden–Platen,
   Rackauckas–Nie), forward in time, whose strong solution given the Brownian path is known.
+- :func:`trained_problem`: the problem of a model saved by ``sdekit train`` (:func:`train_score_model`,
+  :func:`save_model`, :func:`load_model`, :class:`ScoreMLP`), for ``sdekit study --model FILE``.
 """
 
 import torch
@@ -21,7 +23,8 @@ from sdekit.validation import (GaussianData, GaussianMixture, exact_sdes, mean_c
                                monte_carlo_floor, sliced_wasserstein)
 
 __all__ = ["MixtureProblem", "GaussianProblem", "ExactSDEProblem", "SDES", "DEFAULT_METHODS", "DEFAULT_BUDGETS",
-           "default_problem", "run_orders"]
+           "default_problem", "run_orders", "ScoreMLP", "train_score_model", "save_model", "load_model",
+           "trained_problem"]
 
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
@@ -143,3 +146,6 @@ def run_orders(argv) -> int:
     """``python -m sdekit.validation.orders`` with ``argv``: the order table of docs/orders.md."""
     from sdekit.validation import orders
     return int(orders.main(argv) or 0)
+
+
+from ._trained import ScoreMLP, load_model, save_model, train_score_model, trained_problem  # noqa: E402

@@ -288,3 +288,42 @@ def evaluate_bound(model, sde, x0, draws: int = 8, seed: int = 0):
     with torch.no_grad():
         return nll_bound(sde, score, x0.to(torch.float64), draws=draws,
                          generator=torch.Generator().manual_seed(seed))
+
+
+def _rows(folder):
+    path = os.path.join(folder, "results.jsonl")
+    rows = {}
+    if os.path.isfile(path):
+        with open(path) as fh:
+            for line in fh:
+                line = line.strip()
+                if line:
+                    r = json.loads(line)
+                    rows[(r["label"], r["budget"], r["seed"])] = r      # the last row of a key wins (a re-run)
+    return rows
+
+
+def _cell(r, m):
+    v = None if r is None else r.get(m)
+    if v is None:
+        return "-"
+    z = r.get(f"{m}_z")
+    return f"{v:.3g}" + ("" if z is None else f" (z {z:.1f})")
+
+
+def comparison_table(model_folder: str, exact_folder: str) -> str:
+    """A Markdown table of the two studies' rows side by side: sliced W2 (with its floor), mode masses (total
+    variation, largest z) and moments (largest z), the trained network's against the exact score's."""
+    model, exact = _rows(model_folder), _rows(exact_folder)
+    head = ["method", "budget", "seed", "NFE", "sw2 trained", "sw2 exact", "sw2 floor", "modes TV trained",
+            "modes TV exact", "moments trained", "moments exact", "verdict trained / exact"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for key, r in model.items():
+        e = exact.get(key)
+        floor = r.get("sw2_floor")
+        lines.append("| " + " | ".join([
+            key[0], key[1], str(key[2]), str(r.get("nfe")), _cell(r, "sw2"), _cell(e, "sw2"),
+            "-" if floor is None else f"{floor:.3g} ± {r.get('sw2_floor_std', 0):.2g}",
+            _cell(r, "modes"), _cell(e, "modes"), _cell(r, "moments"), _cell(e, "moments"),
+            f"{r['verdict']} / {e['verdict'] if e else '-'}"]) + " |")
+    return "\n".join(lines)

@@ -62,9 +62,15 @@ def load_attr(spec: str):
     return obj
 
 
-def _problem(sde: str, problem: Optional[str], score: Optional[str], shape) -> object:
+def _problem(sde: str, problem: Optional[str], score: Optional[str], shape, model: Optional[str] = None,
+             exact: bool = False) -> object:
     from .._study import StudyProblem
     from sdekit.studies import SDES, default_problem
+    if model:
+        if problem or score:
+            raise UsageError("give --model or --problem/--score, not both")
+        from sdekit.studies import trained_problem
+        return trained_problem(model, exact=exact)
     if sde not in SDES:
         raise UsageError(f"unknown --sde {sde!r}; choose from {', '.join(SDES)}")
     if problem and score:
