@@ -88,6 +88,10 @@ class Evaluator:
         self.calls = 0
         self.cost = _cost(fn, name)
         self.step: Optional[int] = None  # set by the method's loop, for error messages
+        # Set by a loop that hands the function a subset of the batch (finished samples dropped): the rows'
+        # indices in the full batch (int64, on the device) and its size, so the record names the right samples.
+        self.rows: Optional[torch.Tensor] = None
+        self.batch: Optional[int] = None
         self.user_error: Optional[BaseException] = None
         self._first = self._time = self._step = None  # per-sample record: see _note
         self._handed = None                            # (time handed out, exact time, raw time) from times()
@@ -136,6 +140,10 @@ class Evaluator:
         """
         x_ok = finite_rows(x)
         ok = x_ok & finite_rows(out) & (t == t)   # t != t: a NaN time
+        if self.rows is not None:                 # a subset of the batch: scatter into the full batch's rows
+            ok = torch.ones(self.batch, dtype=torch.bool, device=ok.device).index_copy(0, self.rows, ok)
+            x_ok = torch.ones_like(ok).index_copy(0, self.rows, x_ok)
+            t = torch.zeros(self.batch, dtype=t.dtype, device=t.device).index_copy(0, self.rows, t)
         key = self.calls << 2
         if self._first is None or self._first.shape != ok.shape or self._first.device != ok.device:
             self._first = torch.zeros(ok.shape, dtype=torch.int64, device=ok.device)

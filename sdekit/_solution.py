@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["Result", "Solution"]
+__all__ = ["Result", "Solution", "PerSample"]
 
 
 class Result(enum.Enum):
@@ -25,6 +25,49 @@ class Result(enum.Enum):
         return self.value
 
 
+STATUS = (Result.SUCCESS, Result.MAX_STEPS, Result.NON_FINITE, Result.DT_TOO_SMALL)
+"""The per-sample status codes: ``PerSample.status[i]`` is an index into this tuple."""
+
+
+@dataclass
+class PerSample:
+    """What each sample of a solve went through; every field a tensor of shape ``(batch,)`` on x's device.
+
+    **Fields**
+
+    - ``nfe``: model evaluations the sample went through (int64); with a shared step every sample has the
+      solve's NFE.
+    - ``steps``, ``rejected``: its accepted and rejected steps (int64), ``None`` where the backend does not say.
+    - ``status``: an index into :data:`STATUS` (int8): 0 reached ``t_end``, 1 hit ``max_steps``, 2 went
+      non-finite, 3 its step fell below ``dt_min``; :meth:`results` reads it as :class:`Result` members.
+    - ``t``: the time the sample reached (float64): ``t_end`` unless it stopped early.
+
+    Totals over the batch are :meth:`total` (``total("nfe")``, ``total("rejected")``).
+    """
+
+    nfe: torch.Tensor
+    status: torch.Tensor
+    t: torch.Tensor
+    steps: Optional[torch.Tensor] = None
+    rejected: Optional[torch.Tensor] = None
+
+    def results(self):
+        """The status of each sample as a list of :class:`Result`."""
+        return [STATUS[int(c)] for c in self.status.tolist()]
+
+    def total(self, name: str) -> int:
+        """The sum over the batch of ``nfe``, ``steps`` or ``rejected`` (``None`` where not known)."""
+        v = getattr(self, name)
+        return None if v is None else int(v.sum())
+
+    def __repr__(self):
+        def span(v):
+            return "-" if v is None else f"{int(v.min())}..{int(v.max())} (mean {float(v.double().mean()):.4g})"
+        counts = ", ".join(f"{STATUS[c].name}={n}" for c, n in
+                           enumerate(torch.bincount(self.status.long().cpu(), minlength=len(STATUS)).tolist()) if n)
+        return f"PerSample(nfe={span(self.nfe)}, steps={span(self.steps)}, rejected={span(self.rejected)}, {counts})"
+
+
 @dataclass
 class Solution:
     """The outcome of :func:`sdekit.solve`.
@@ -41,6 +84,12 @@ class Solution:
     - ``steps``, ``rejected``: accepted and rejected steps, ``None`` where the backend does not say.
     - ``method``, ``backend``: what integrated it; ``wall_time``: seconds.
     - ``result``: a :class:`Result`; ``detail``: a sentence on what went wrong, if anything.
+    - ``per_sample``: a :class:`PerSample`, each sample's NFE, steps, rejected steps, status and time.  With
+      per-sample step sizes (sdekit's adaptive methods) ``nfe`` is the number of model calls (each on the samples
+      still running), ``steps`` and ``rejected`` are the largest counts of any sample, and ``stats`` adds
+      ``nfe_mean`` (mean per-sample NFE), ``row_evaluations`` (samples the model saw, summed over calls,
+      finished samples waiting to drop out included) and ``syncs`` (host reads of the loop).
+    - ``stats``: backend-specific figures (a dict).
     """
 
     x: torch.Tensor
@@ -57,6 +106,7 @@ class Solution:
     detail: str = ""
     failed: Optional[torch.Tensor] = None
     stats: dict = field(default_factory=dict)
+    per_sample: Optional[PerSample] = None
 
     @property
     def success(self) -> bool:

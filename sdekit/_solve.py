@@ -21,7 +21,7 @@ from ._evaluator import finite_rows
 from ._grid import as_grid, merge_times, schedule_grid, step_grid
 from ._methods import Problem, lookup
 from ._process import Process
-from ._solution import Result, Solution
+from ._solution import STATUS, PerSample, Result, Solution
 
 __all__ = ["solve"]
 
@@ -41,7 +41,7 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
           noise=None, generator: Optional[torch.Generator] = None, seed: Optional[int] = None,
           max_steps: Optional[int] = None, dt_min: Optional[float] = None,
           throw: bool = True, options: Optional[dict] = None, schedule: Optional[str] = None,
-          grad: bool = False) -> Solution:
+          grad: bool = False, per_sample: Optional[bool] = None) -> Solution:
     r"""Integrate ``process`` from ``t_start`` to ``t_end`` starting at ``x``.
 
     **Arguments**
@@ -70,6 +70,11 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
     - ``grad``: build the autograd graph of the solve, to differentiate the result (with respect to the
       score network's parameters, say).  By default the solve runs under ``torch.no_grad()`` unless ``x``
       requires grad; scipy's methods compute in numpy and refuse it.
+
+    - ``per_sample``: with sdekit's adaptive methods (``sdekit.dopri5``, ``sdekit.bosh3``, ``improved_euler``,
+      ``dpm_adaptive``), a step size, time and status per sample (``True``, their default: tolerances are then
+      met per sample and finished samples leave the batch) or one step size for the batch (``False``, the
+      control of torchdiffeq and torchsde).  Other methods share one step and refuse ``True``.
 
     The score is never handed the caller's ``x`` (the solve starts from a copy), and an exception raised
     inside the score reaches the caller unchanged.
@@ -101,6 +106,7 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
     saves = _check_save_at(save_at, t_start, t_end)
 
     adaptive = _resolve_stepping(m, steps, dt, grid, rtol, atol)
+    _check_per_sample(m, per_sample, adaptive)
     if schedule is not None and steps is None:
         raise InvalidParameterError("schedule= spaces the grid that steps= asks for; give steps= with it")
     if adaptive:
@@ -131,7 +137,7 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
                               rtol=rtol if adaptive else None, atol=atol if adaptive else None,
                               dt0=float(dt) if adaptive and dt is not None else None, dt_min=dt_min,
                               max_steps=max_steps, noise=noise, generator=generator, seed=seed,
-                              options=dict(options or {}))
+                              options=dict(options or {}), per_sample=per_sample)
             outcome = m.integrate(m, problem)
     except SDEKitError:
         raise
@@ -179,12 +185,43 @@ def _solution(m, outcome, x, saves, evaluator, wall, throw) -> Solution:
         steps=outcome.steps, rejected=outcome.rejected,
         ts=None if saves is None else saves[:len(outcome.path)],
         path=torch.stack(outcome.path).to(dtype=x.dtype) if outcome.path else None,
-        result=result, detail=detail, failed=failed,
+        result=result, detail=detail, failed=failed, stats=dict(outcome.stats),
+        per_sample=_per_sample(outcome, evaluator, failed),
     )
     if throw and result is not Result.SUCCESS:
         said = "; ".join(d for d in (detail, "" if result.message in detail else result.message) if d)
         raise SolveError(f"{m.name} did not finish: {said}", solution)
     return solution
+
+
+def _per_sample(outcome, evaluator, failed) -> PerSample:
+    """Each sample's counts and status: the method's own, or the shared ones repeated over the batch."""
+    n, dev = failed.shape[0], failed.device
+    got = outcome.per_sample
+    if got is None:
+        code = STATUS.index(outcome.result) if outcome.result in STATUS else 0
+        shared = {"nfe": evaluator.nfe, "steps": outcome.steps, "rejected": outcome.rejected}
+        got = {k: None if v is None else torch.full((n,), int(v), dtype=torch.int64, device=dev)
+               for k, v in shared.items()}
+        got["status"] = torch.full((n,), code, dtype=torch.int8, device=dev)
+        got["t"] = torch.full((n,), float(outcome.t), dtype=torch.float64, device=dev)
+    status = torch.where(failed, STATUS.index(Result.NON_FINITE), got["status"].to(dev)).to(torch.int8)
+    return PerSample(nfe=got["nfe"], status=status, t=got["t"], steps=got.get("steps"), rejected=got.get("rejected"))
+
+
+def _check_per_sample(m, per_sample, adaptive):
+    if per_sample is None:
+        return
+    if not isinstance(per_sample, bool):
+        raise ArgumentTypeError(f"per_sample must be True or False, got {type(per_sample).__name__} "
+                                f"{per_sample!r:.40}")
+    if not adaptive:
+        raise MethodArgumentError("per_sample= chooses between per-sample and shared adaptive step sizes; "
+                                  "give rtol=/atol= with an adaptive sdekit method, or leave it out")
+    if per_sample and m.backend != "sdekit":
+        raise MethodArgumentError(f"{m.qualified_name} takes one step size for the whole batch; for a step size "
+                                  f"per sample use an sdekit adaptive method (sdekit.dopri5, sdekit.bosh3, "
+                                  f"improved_euler, dpm_adaptive)")
 
 
 def _names(kind):

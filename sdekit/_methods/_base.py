@@ -77,7 +77,8 @@ class Problem:
     """A solve normalised for a method: a bound process, times in float64, stepping resolved.
 
     ``grid`` (fixed stepping) already contains the ``save_at`` times; ``rtol is not None``
-    means adaptive stepping, with ``dt0`` the first step (``None``: the method chooses).
+    means adaptive stepping, with ``dt0`` the first step (``None``: the method chooses).  ``per_sample``:
+    a step size per sample (``True``, the default of sdekit's adaptive methods) or one for the batch.
     """
 
     process: object
@@ -95,6 +96,7 @@ class Problem:
     generator: Optional[torch.Generator] = None
     seed: Optional[int] = None
     options: dict = field(default_factory=dict)
+    per_sample: Optional[bool] = None
 
     @property
     def adaptive(self) -> bool:
@@ -112,3 +114,5 @@ class Outcome:
     rejected: Optional[int] = None
     result: Result = Result.SUCCESS
     detail: str = ""
+    per_sample: Optional[dict] = None   # tensors (batch,): nfe, steps, rejected, status, t (per-sample stepping)
+    stats: dict = field(default_factory=dict)

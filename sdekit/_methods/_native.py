@@ -1,13 +1,18 @@
-"""sdekit's own steppers as methods of backend ``"sdekit"``, integrated by the stepping layer's one loop."""
+"""sdekit's own steppers as methods of backend ``"sdekit"``: fixed-step ones integrated by the stepping layer's
+loop, adaptive ones by its adaptive loop (a step size per sample)."""
 
 import functools
 
-from .._stepping import STEPPERS, run
+from .._stepping import ADAPTIVE_STEPPERS, STEPPERS, run, run_adaptive
 from ._base import Method
 
 
 def _integrate(stepper_class, method, problem):
     return run(stepper_class, method, problem)
+
+
+def _integrate_adaptive(stepper_class, method, problem):
+    return run_adaptive(stepper_class, method, problem)
 
 
 def _register():
@@ -23,6 +28,16 @@ def _register():
             error_estimate=cls.error_estimate, schedule=cls.schedule,
             options=tuple(sorted(cls.defaults)) + ("denoise", "hook"),
             processes=("ode",) if not stochastic else ("sde", "ode") if ode_order is not None else ("sde",)))
+
+    for cls in ADAPTIVE_STEPPERS:
+        stochastic = cls.kind == "sde"
+        register(Method(
+            name=cls.name, backend="sdekit", kind=cls.kind, order=cls.strong_order if stochastic else cls.order,
+            weak_order=cls.order if stochastic else None, order_additive=getattr(cls, "order_additive", None),
+            stepping="adaptive", integrate=functools.partial(_integrate_adaptive, cls),
+            sde_type="ito" if stochastic else None, description=cls.description, frame=cls.frame, needs=cls.needs,
+            error_estimate=True, options=tuple(sorted(cls.defaults)) + ("denoise", "sync_every"),
+            processes=("sde", "ode") if stochastic else ("ode",)))
 
 
 _register()

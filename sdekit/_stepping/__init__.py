@@ -1,6 +1,7 @@
 """sdekit's own stepping layer: one loop (:func:`run`), small steppers, frames, keyed noise.
 
-Each stepper is one small module; :data:`STEPPERS` lists them in the order ``sdekit.methods()`` shows.
+Each stepper is one small module; :data:`STEPPERS` lists them in the order ``sdekit.methods()`` shows, and
+:data:`ADAPTIVE_STEPPERS` the adaptive ones, integrated by :func:`run_adaptive` with a step size per sample.
 """
 
 from ._ddim import DDIM, EulerAncestral
@@ -14,8 +15,14 @@ from ._loop import run
 from ._pc import PredictorCorrector
 from ._stepper import Stepper
 from ._unipc import UniPC
+from ._adaptive import SYNC_EVERY, run_adaptive
+from ._rk import Bosh3, Dopri5
+from ._stepper import AdaptiveStepper
 
 STEPPERS = (DDIM, DPMSolver2, DPMSolver3, DPMSolverPP2S, DPMSolverPP2M, DPMSolverPP3M, UniPC, EDMHeun, LMS,
             EulerAncestral, DPMSolverPP2MSDE, DPMSolverPPSDE, EDMStochastic, PredictorCorrector)
+ADAPTIVE_STEPPERS = (Bosh3, Dopri5)
 
-__all__ = ["run", "Stepper", "Frame", "STEPPERS"]
+
+__all__ = ["run", "run_adaptive", "Stepper", "AdaptiveStepper", "Frame", "STEPPERS", "ADAPTIVE_STEPPERS",
+           "SYNC_EVERY"]

@@ -67,3 +67,59 @@ def check_number(name: str, value, low: float = 0.0, high: float = float("inf"),
         kind = "an integer" if integer else "a number"
         raise InvalidParameterError(f"option {name} must be {kind} in [{low}, {high}], got {value!r}")
     return value
+
+
+class AdaptiveStepper(Stepper):
+    r"""One attempted step of an adaptive method with its error estimate; the adaptive loop
+    (:func:`sdekit._stepping.run_adaptive`) owns the per-sample times, step sizes, acceptance and control.
+
+    Besides :class:`Stepper`'s attributes a subclass declares
+
+    - ``error_order``: the order :math:`q` of its error estimate (the controller's exponent uses :math:`q + 1`);
+    - ``evals``: model evaluations per attempt (for the docs; the loop counts the real ones);
+    - ``clock``: the variable its step size is measured in, ``"t"`` or ``"logsnr"`` (:math:`\lambda`);
+
+    and implements
+
+    - ``start(x, t) -> carry``: a dict of per-sample tensors ``(batch, ...)`` kept between steps (first-same-as-last
+      evaluations, the last accepted low-order estimate, the Brownian path's value); the loop indexes them
+      when samples finish and merges them row by row on acceptance;
+    - ``initial_step(x, t, t_end, carry) -> h``: the first step size per sample, float64 ``(batch,)``, positive,
+      in its clock;
+    - ``attempt(x, t, t_next, carry, attempt) -> (x_next, err, carry_next)``: the step from per-sample times
+      ``t`` to ``t_next`` (float64 ``(batch,)``), its error ratio ``err`` (float64 ``(batch,)``, accepted when
+      ``<= 1``; see :mod:`sdekit._stepping._control`) and the carry at ``t_next``; ``attempt`` counts the
+      loop's iterations (it keys fresh noise where a method redraws it);
+    - ``controller()``: its :class:`~sdekit._stepping._control.Controller`, built from its options.
+
+    ``bind(process, rtol, atol)`` gives it the process (``process.drift(t, x)``, ``process.diffusion(t, x)`` at
+    per-sample ``t``) and the tolerances before the solve.
+    """
+
+    error_estimate = True
+    error_order = 1.0
+    evals = 1
+    clock = "t"
+
+    def bind(self, process, rtol: float, atol: float):
+        self.process, self.rtol, self.atol = process, float(rtol), float(atol)
+
+    def to_clock(self, t: torch.Tensor) -> torch.Tensor:
+        """The clock at times ``t`` (float64); increasing or decreasing in ``t``."""
+        return t
+
+    def from_clock(self, u: torch.Tensor) -> torch.Tensor:
+        """The times at clock values ``u`` (float64)."""
+        return u
+
+    def start(self, x, t) -> dict:
+        return {}
+
+    def initial_step(self, x, t, t_end, carry) -> torch.Tensor:
+        raise NotImplementedError
+
+    def attempt(self, x, t, t_next, carry, attempt):
+        raise NotImplementedError
+
+    def controller(self):
+        raise NotImplementedError
