@@ -31,7 +31,7 @@ def add_parser(sub):
     s.add_argument("--method", default="sde:euler", help="e.g. euler, sde:ddim, ode:dpmpp_2m (default sde:euler)")
     s.add_argument("--steps", type=int)
     s.add_argument("--tol", type=float, help="adaptive tolerance (rtol = atol); batch-coupled methods need --batch 1")
-    s.add_argument("--n", "--samples", dest="n", type=int, default=1000, help="number of samples (default 1000)")
+    s.add_argument("-n", "--n", "--samples", dest="n", type=int, default=1000, help="number of samples (default 1000); under torchrun write -n or --samples (torchrun takes --n for one of its own options)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch", type=int, help="samples per solve (default: the shard size); memory, not results")
     s.add_argument("--shard-size", dest="shard_size", type=int, default=DEFAULT_SHARD,
