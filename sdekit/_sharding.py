@@ -13,10 +13,11 @@ Sample ``i`` of a run with seed ``s`` is a function of ``(s, i)`` alone:
   per sample where ``solve(..., per_sample=True)`` exists for them.
 
 The indices ``0 .. n - 1`` are cut into fixed shards of ``shard_size`` (the last one shorter); the shards
-not yet on disk are dealt to the ranks in turn (the ``j``-th unfinished one to rank ``j mod world``).  A shard is solved in batches of ``batch`` samples and written, as soon as
-it finishes, to ``<out>.shards/shard-<k>.pt`` (a temporary file renamed into place, so a file that exists
-is whole).  A restarted run reads ``<out>.shards/run.json``, refuses shards of a run with other settings,
-skips the finished shards and solves the rest; then rank 0 gathers the shards in index order into ``out``.
+not yet on disk are dealt to the ranks in turn (the ``j``-th unfinished one to rank ``j mod world``).  A
+shard is solved in batches of ``batch`` samples and written, as soon as it finishes, to
+``<out>.shards/shard-<k>.pt`` (a temporary file renamed into place, so a file that exists is whole).  A
+restarted run reads ``<out>.shards/run.json``, refuses shards of a run with other settings, skips the
+finished shards and solves the rest; then rank 0 gathers the shards in index order into ``out``.
 
 What stays the same across runs is spelled out in docs/distributed.md: bit for bit for any world size,
 rank order, restart and (for batch-invariant scores) batch size, on one kind of device and dtype.

@@ -31,7 +31,9 @@ def add_parser(sub):
     s.add_argument("--method", default="sde:euler", help="e.g. euler, sde:ddim, ode:dpmpp_2m (default sde:euler)")
     s.add_argument("--steps", type=int)
     s.add_argument("--tol", type=float, help="adaptive tolerance (rtol = atol); batch-coupled methods need --batch 1")
-    s.add_argument("-n", "--n", "--samples", dest="n", type=int, default=1000, help="number of samples (default 1000); under torchrun write -n or --samples (torchrun takes --n for one of its own options)")
+    s.add_argument("-n", "--n", "--samples", dest="n", type=int, default=1000,
+                   help="number of samples (default 1000); under torchrun write -n or --samples (torchrun reads "
+                        "--n as one of its own options)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch", type=int, help="samples per solve (default: the shard size); memory, not results")
     s.add_argument("--shard-size", dest="shard_size", type=int, default=DEFAULT_SHARD,
@@ -117,9 +119,9 @@ def run(args) -> int:
                                  "again to solve them")
             x = torch.cat([r["x"] for r in recs])
             nfe, calls = max(int(r["nfe"]) for r in recs), sum(int(r["calls"]) for r in recs)
-            meta = dict(problem=problem.name, method=spec.label, seed=int(args.seed), n=int(args.n), nfe=nfe, calls=calls,
-                        steps=max(int(r["steps"]) for r in recs), t_end=problem.t_end, shard_size=int(shard_size),
-                        dtype=args.dtype, run=store.key)
+            meta = dict(problem=problem.name, method=spec.label, seed=int(args.seed), n=int(args.n), nfe=nfe,
+                        calls=calls, steps=max(int(r["steps"]) for r in recs), t_end=problem.t_end,
+                        shard_size=int(shard_size), dtype=args.dtype, run=store.key)
             save_samples(args.out, x, meta)
             if not args.keep_shards:
                 store.remove()
