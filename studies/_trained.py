@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 

@@ -74,7 +74,7 @@ def quad(fn, lo, hi):
 
 
 def irreducible(sde, weighting):
-    """E_{t~U} lambda(t) E||grad log p_t - grad log p_0t||^2 = E_t lambda (d/sigma^2 - tr C_t^{-1}) at the exact score."""
+    """E_{t~U} lambda(t) E||grad log p_t - grad log p_0t||^2 = E_t lambda (d/sigma^2 - tr C_t^{-1}), exact score."""
     def integrand(t):
         _, s, g2 = coefs(sde, t)
         lam = s * s if weighting == "variance" else g2

@@ -23,7 +23,8 @@ def add_parser(sub):
                                                            "or likelihood (g^2)")
     p.add_argument("--t-sampler", dest="t_sampler", default=None,
                    help="uniform or importance (default: importance for --weighting likelihood, else uniform)")
-    p.add_argument("--steps", type=int, default=4000, help="optimiser steps (default 4000, about a minute on one CPU thread)")
+    p.add_argument("--steps", type=int, default=4000,
+                   help="optimiser steps (default 4000, about a minute on one CPU thread)")
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-3, help="Adam's learning rate, decayed to 0 (default 2e-3)")
     p.add_argument("--width", type=int, default=128)
@@ -61,6 +62,7 @@ def _check(args):
 def run(args) -> int:
     from sdekit.studies import SDES
     from sdekit.studies._trained import evaluate_bound, load_model, load_points, save_model, train_score_model
+    from sdekit.losses import score_matching_loss
     from sdekit.validation import GaussianMixture
     _check(args)
     sde = SDES[args.sde]()
@@ -104,8 +106,12 @@ def run(args) -> int:
             xe = exact.sample(test.shape[0], t=sde.eps, generator=torch.Generator().manual_seed(args.seed + 2))
             ent = -exact.log_prob(xe, sde.eps)
             h, h_se = float(ent.mean()), float(ent.std()) / ent.numel() ** 0.5
-            info.update(entropy=h, entropy_se=h_se)
-            line += f" (the data's entropy H(p_eps) is {h:.4f} ± {1.96 * h_se:.2g})"
+            floor = score_matching_loss(sde, exact.score, test, weighting=args.weighting, t_sampler=args.t_sampler,
+                                        reduce="none", generator=torch.Generator().manual_seed(args.seed + 3))
+            f, f_se = float(floor.mean()), float(floor.std()) / floor.numel() ** 0.5
+            info.update(entropy=h, entropy_se=h_se, loss_floor=f, loss_floor_se=f_se)
+            line += (f" (the data's entropy H(p_eps) is {h:.4f} ± {1.96 * h_se:.2g}); the exact score's loss is "
+                     f"{f:.4g} ± {1.96 * f_se:.2g}")
         save_model(args.out, model, **info)
         load_model(args.out)                    # the file reads back
     finally:

@@ -46,7 +46,8 @@ class NLLBound:
 
 
 def _prior_term(sde, x0, alpha_T, sigma_T, draws, generator):
-    """:math:`\\mathbb E[-\\log\\pi(\\alpha_T x_0 + \\sigma_T z)]`: exact for sdekit's Gaussian prior, else by Monte Carlo."""
+    """:math:`\\mathbb E[-\\log\\pi(\\alpha_T x_0 + \\sigma_T z)]`: exact for sdekit's Gaussian prior, else by
+    Monte Carlo."""
     n, d = x0.shape[0], x0[0].numel()
     if type(sde).prior_logp is LinearSDE.prior_logp:          # pi = N(0, prior_std^2 I): in closed form
         p2 = float(sde.prior_std) ** 2

@@ -17,7 +17,8 @@ def check_data(x0, name="x0"):
         raise ArgumentTypeError(f"{name} must be a torch.Tensor of shape (batch, *event_shape), "
                                 f"got {type(x0).__name__}")
     if not x0.is_floating_point() or x0.is_complex():
-        raise ShapeError(f"{name} must be a real floating tensor, got dtype {x0.dtype}; convert with .float() or .double()")
+        raise ShapeError(f"{name} must be a real floating tensor, got dtype {x0.dtype}; "
+                         f"convert with .float() or .double()")
     if x0.dim() < 2 or x0.shape[0] < 1 or x0[0].numel() < 1:
         raise ShapeError(f"{name} must have shape (batch, *event_shape) with batch >= 1, got {tuple(x0.shape)}; "
                          f"for one sample use x0[None]")
@@ -92,7 +93,8 @@ def score_matching_loss(sde, model, x0, weighting="variance", t_sampler="uniform
       which is :math:`(\lambda/\sigma^2)\|\hat\varepsilon - \varepsilon\|^2` for ``eps`` (DDPM's loss when
       :math:`\lambda = \sigma^2`), :math:`(\lambda\alpha^2/\sigma^4)\|\hat x_0 - x_0\|^2` for ``x0``,
       :math:`\lambda\alpha^2/(\sigma^2(\alpha^2+\sigma^2)^2)\|\hat v - v\|^2` for ``v``, and for EDM's
-      :math:`F` its target :math:`(x_0 - c_{skip}\tilde x)/c_{out}` with weight :math:`\lambda\alpha^2c_{out}^2/\sigma^4`
+      :math:`F` its target :math:`(x_0 - c_{skip}\tilde x)/c_{out}` with weight
+      :math:`\lambda\alpha^2c_{out}^2/\sigma^4`
       — each *is* the :math:`\lambda`-weighted score loss, not an approximation of it.
     - ``x0``: data, ``(batch, *event_shape)``; dtype and device follow it (float64 works throughout).
     - ``weighting``: :math:`\lambda(t)`: ``"variance"`` (:math:`\sigma_t^2`, i.e.

@@ -44,7 +44,7 @@ def interval(sde, eps):
 
 
 def coefficients(sde, t64):
-    r"""``(log_alpha, sigma)`` of :math:`x_t \mid x_0` at float64 times, with a one-line error for an SDE without them."""
+    r"""``(log_alpha, sigma)`` of :math:`x_t \mid x_0` at float64 times; a one-line error for an SDE without them."""
     try:
         log_alpha, sigma = sde.log_alpha(t64), sde.sigma(t64)
     except NotImplementedError:
@@ -67,9 +67,9 @@ def _log_snr_ends(sde, eps, T):
 
 
 def likelihood_normaliser(sde, eps=None) -> float:
-    r""":math:`Z = \int_\epsilon^T g^2/\sigma^2\,dt = 2(\lambda_\epsilon - \lambda_T)` (``eps`` defaults to ``sde.eps``):
-    the normaliser of the importance law, and :math:`1/d` times the integral of :math:`\mathbb E\,g^2\|\nabla\log
-    p_{0t}\|^2`."""
+    r""":math:`Z = \int_\epsilon^T g^2/\sigma^2\,dt = 2(\lambda_\epsilon - \lambda_T)` (``eps`` defaults to
+    ``sde.eps``): the normaliser of the importance law, and :math:`1/d` times the integral of
+    :math:`\mathbb E\,g^2\|\nabla\log p_{0t}\|^2`."""
     eps, T = interval(check_linear(sde), eps)
     lam_eps, lam_T = _log_snr_ends(sde, eps, T)
     return 2.0 * (lam_eps - lam_T)
