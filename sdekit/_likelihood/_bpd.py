@@ -105,7 +105,7 @@ def bits_per_dim(flow, x: torch.Tensor, *, data_range: Sequence[float], bins: in
     check_flow(flow)
     if not isinstance(x, torch.Tensor):
         raise ArgumentTypeError(f"x must be a torch.Tensor of shape (batch, *event_shape), got {type(x).__name__}")
-    if x.dim() < 2 or x.shape[0] == 0:
+    if x.dim() < 1 or x.shape[0] == 0:
         raise ShapeError(f"x must have shape (batch, *event_shape) with batch >= 1, got {tuple(x.shape)}")
     if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 2:
         raise InvalidParameterError(f"bins must be an integer >= 2 (256 for 8-bit data), got {bins!r}")

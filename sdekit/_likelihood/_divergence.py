@@ -74,15 +74,17 @@ def _vjps(out: torch.Tensor, x: torch.Tensor, vs: torch.Tensor, create_graph: bo
     if vs.shape[0] > 1:
         try:
             (g,) = torch.autograd.grad(out, x, vs, is_grads_batched=True, create_graph=create_graph,
-                                       retain_graph=True, allow_unused=True)
+                                       retain_graph=True, allow_unused=True)   # kept: the fallback may need it
             return torch.zeros_like(vs) if g is None else g
         except RuntimeError:
             pass
     rows = []
-    for v in vs:
-        (g,) = torch.autograd.grad(out, x, v, create_graph=create_graph, retain_graph=True, allow_unused=True)
+    for i, v in enumerate(vs):
+        # the graph is kept for the next vector, or for the caller's backward pass (create_graph)
+        keep = create_graph or i < vs.shape[0] - 1
+        (g,) = torch.autograd.grad(out, x, v, create_graph=create_graph, retain_graph=keep, allow_unused=True)
         rows.append(torch.zeros_like(v) if g is None else g)
-    return torch.stack(rows)
+    return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
 
 
 def divergence(out: torch.Tensor, x: torch.Tensor, probes: Optional[torch.Tensor],

@@ -19,7 +19,7 @@ import torch
 from .._errors import ArgumentTypeError, InvalidParameterError, MethodArgumentError, ShapeError
 from .._methods import lookup, methods
 from .._process import ProbabilityFlowODE
-from .._solve import solve
+from .._solve import DEFAULT_ATOL, DEFAULT_RTOL, solve
 from ._adjoint import adjoint_solve
 from ._divergence import draw_probes, resolve_divergence
 from ._flow import AugmentedFlow
@@ -54,7 +54,7 @@ def check_data(x, what="x"):
     if not x.is_floating_point():
         raise ShapeError(f"{what} is an integer tensor ({x.dtype}): quantised data need a dequantisation; "
                          "use sdekit.bits_per_dim(flow, x, data_range=..., dequantize='uniform')")
-    if x.dim() < 2 or x.shape[0] == 0:
+    if x.dim() < 1 or x.shape[0] == 0:
         raise ShapeError(f"{what} must have shape (batch, *event_shape) with batch >= 1, got {tuple(x.shape)}")
 
 
@@ -89,7 +89,8 @@ def generator_from(generator, seed, device=None) -> Optional[torch.Generator]:
 
 
 def log_likelihood(flow: ProbabilityFlowODE, x: torch.Tensor, method: str = "dopri5", *,
-                   rtol: float = 1e-5, atol: float = 1e-5, divergence: str = "auto", probes: int = 1,
+                   rtol: Optional[float] = None, atol: Optional[float] = None, divergence: str = "auto",
+                   probes: int = 1,
                    generator: Optional[torch.Generator] = None, seed: Optional[int] = None,
                    eps: Optional[float] = None, grad: bool = False, adjoint: bool = False,
                    adjoint_params: Optional[Iterable[torch.Tensor]] = None, throw: bool = True,
@@ -112,8 +113,8 @@ def log_likelihood(flow: ProbabilityFlowODE, x: torch.Tensor, method: str = "dop
     - ``method``: any ODE method that integrates the drift (``dopri5``, ``bosh3``, ``rk4`` ... from
       torchdiffeq, sdekit's own drift-only Runge–Kutta methods, scipy's); the diffusion samplers (ddim,
       dpmpp_2m, unipc ...) step from a data prediction and cannot carry the log-density.
-    - ``rtol``, ``atol``: the tolerances (default ``1e-5``, score_sde's); fixed-step methods take
-      ``steps=`` instead (``rtol``/``atol`` are then ignored).
+    - ``rtol``, ``atol``: the tolerances of an adaptive method (default ``1e-5``, score_sde's); fixed-step
+      methods take ``steps=`` (or ``dt=``, ``grid=``) instead.
     - ``divergence``: ``"exact"`` (D backward passes per evaluation, D <= 256), ``"rademacher"``
       (= ``"hutchinson"``) or ``"gaussian"`` (Hutchinson–Skilling, one backward pass per probe), or ``"auto"``
       (exact for D <= 16, Rademacher above).
@@ -152,11 +153,10 @@ def log_likelihood(flow: ProbabilityFlowODE, x: torch.Tensor, method: str = "dop
     aug = AugmentedFlow(sde, flow.fn, data_shape=x.shape[1:], probes=probe_tensor, weight=weight)
     y0 = aug.augment(x)
     if adjoint:
-        sol = adjoint_solve(aug, y0, method, t0, sde.T, rtol, atol, adjoint_params, throw, options=options,
+        sol = adjoint_solve(aug, y0, method, t0, sde.T, DEFAULT_RTOL if rtol is None else rtol,
+                            DEFAULT_ATOL if atol is None else atol, adjoint_params, throw, options=options,
                             **solve_options)
     else:
-        if "steps" in solve_options or "grid" in solve_options or "dt" in solve_options:
-            rtol = atol = None
         sol = solve(aug, y0, method, rtol=rtol, atol=atol, t_start=t0, t_end=sde.T, grad=grad, throw=throw,
                     options=options or None, **solve_options)
     flow.evaluator.nfe += sol.nfe

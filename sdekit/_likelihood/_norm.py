@@ -45,7 +45,7 @@ def plan_norm(error_norm, method, dim: int, columns: int, options):
     if error_norm not in ERROR_NORMS:
         raise InvalidParameterError(f"error_norm must be one of {', '.join(ERROR_NORMS)}, got {error_norm!r}")
     options = dict(options or {})
-    if error_norm == "rms" or not method.adaptive:
+    if error_norm == "rms" or method.stepping == "fixed":
         return 1.0, options
     if method.backend == "torchdiffeq":
         options.setdefault("norm", SampleNorm(dim))
