@@ -90,10 +90,12 @@ class Controller:
                                         f"{self.fac_min}, {self.fac_max}")
 
     def propose(self, h: torch.Tensor, err: torch.Tensor, prev: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
+        # exp(b log e), not e.pow(b): torch's CPU pow rounds differently in its vectorised body and its scalar
+        # tail, so a sample's step would depend on its place in the batch; exp and log do not
         e = err.clamp_min(_TINY)
-        factor = self.theta * e.pow(-self.beta1)
+        factor = self.theta * torch.exp(-self.beta1 * torch.log(e))
         if self.beta2:
-            factor = factor * prev.clamp_min(_TINY).pow(self.beta2)
+            factor = factor * torch.exp(self.beta2 * torch.log(prev.clamp_min(_TINY)))
         top = torch.where(accepted, torch.full_like(h, self.fac_max), torch.ones_like(h))
         factor = torch.minimum(top, factor.clamp_min(self.fac_min))
         factor = torch.where(torch.isfinite(err), factor, torch.full_like(h, max(self.fac_min, 0.1)))
