@@ -74,6 +74,10 @@ def test_train_command_on_the_mixture_then_study_model(tmp_path, capsys):
     exact = [json.loads(line) for line in (out / "exact" / "results.jsonl").read_text().splitlines()]
     assert "trained" in rows[0]["problem"] and "trained" not in exact[0]["problem"]
     assert trained_problem(path).name != trained_problem(path, exact=True).name
+    config = tmp_path / "study.toml"                        # the same study from a config file
+    config.write_text(f'[study]\nmodel = "{path}"\nmethods = "ode:dpmpp_2m"\nbudgets = "steps=8"\nsamples = 400\n')
+    assert main(["study", "--config", str(config), "--out", str(out), "--no-plots", "--quiet"]) == 0
+    assert (out / "comparison.md").read_text() == table      # every row reused from the results files
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".pt"])

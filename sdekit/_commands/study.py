@@ -8,7 +8,7 @@ import torch
 from ._common import UsageError, _device, _dtype, _problem, _say, _shape, _threads
 
 STUDY_KEYS = ("sde", "problem", "score", "shape", "methods", "budgets", "samples", "seed", "seeds", "device",
-              "dtype", "threads", "workers", "executor", "scheduler", "out", "reference", "quiet")
+              "dtype", "threads", "workers", "executor", "scheduler", "out", "reference", "quiet", "model")
 
 
 
@@ -72,7 +72,7 @@ def _settings(args) -> dict:
     conf = _read_toml(args.config) if args.config else {}
     defaults = dict(sde="vp", problem=None, score=None, shape="2", methods=None, budgets=None, samples=2000, seed=0,
                     seeds=1, device="cpu", dtype="float64", threads=None, workers=None, executor=None, scheduler=None,
-                    out="sdekit-study", reference={}, quiet=False)
+                    out="sdekit-study", reference={}, quiet=False, model=None)
     out = dict(defaults)
     out.update(conf)
     for key in defaults:
@@ -102,7 +102,7 @@ def _settings(args) -> dict:
 
 
 def run(args) -> int:
-    if getattr(args, "model", None) and getattr(args, "model_part", None) is None:
+    if getattr(args, "model_part", None) is None and _settings(args)["model"]:
         return _run_with_model(args)
     from .._study import save_report, study
     from sdekit.studies import DEFAULT_BUDGETS, DEFAULT_METHODS
@@ -116,7 +116,7 @@ def run(args) -> int:
         raise UsageError(f"methods must be a list or a comma-separated string, got {methods!r}")
     methods = [as_method_spec(m) for m in methods]          # unknown names fail here, before anything runs
     budgets = parse_budgets(s["budgets"] or DEFAULT_BUDGETS)
-    problem = _problem(s["sde"], s["problem"], s["score"], _shape(s["shape"]), model=getattr(args, "model", None),
+    problem = _problem(s["sde"], s["problem"], s["score"], _shape(s["shape"]), model=s["model"],
                        exact=getattr(args, "model_part", None) == "exact")
     x = problem.initial(2, torch.Generator().manual_seed(0))
     numel = s["samples"] * x[0].numel()
@@ -152,14 +152,17 @@ def _run_with_model(args) -> int:
     import copy
     from sdekit.studies import trained_problem
     from sdekit.studies._trained import comparison_table
-    out = _settings(args)["out"]
+    s = _settings(args)
+    out, model = s["out"], s["model"]
+    if not isinstance(model, str):
+        raise UsageError(f"model must be the path of a .safetensors file from sdekit train, got {model!r}")
     parts = ["model"]
-    if trained_problem(args.model).config.get("model_info", {}).get("data") == "mixture-2d":
+    if trained_problem(model).config.get("model_info", {}).get("data") == "mixture-2d":
         parts.append("exact")
     status = 0
     for part in parts:
         a = copy.copy(args)
-        a.model_part, a.out = part, os.path.join(out, part)
+        a.model_part, a.model, a.out = part, model, os.path.join(out, part)
         status = max(status, run(a))
     if len(parts) == 2:
         text = comparison_table(os.path.join(out, "model"), os.path.join(out, "exact"))
