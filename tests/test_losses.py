@@ -330,6 +330,7 @@ def test_bad_input_gets_one_line_errors():
         (dict(t=torch.full((3,), 0.5)), "shape (8,)"),
         (dict(eps=0.0), "0 < eps < T"),
         (dict(noise=x0[:3]), "shaped like x0"),
+        (dict(noise=x0 * float("inf")), "noise has non-finite"),
         (dict(model=3), "score function"),
         (dict(sde=sdekit.SDE()), "LinearSDE"),
     ]

@@ -138,6 +138,8 @@ def score_matching_loss(sde, model, x0, weighting="variance", t_sampler="uniform
         raise ShapeError(f"noise must be a tensor shaped like x0 {tuple(x0.shape)}")
     else:
         noise = noise.to(device=device, dtype=dtype)
+        if not bool(torch.isfinite(noise).all()):
+            raise InvalidParameterError("noise has non-finite entries; pass finite standard normal draws")
     log_alpha, sigma64 = coefficients(sde, t64)
     x_t = per_sample(torch.exp(log_alpha).to(dtype), x0) * x0 + per_sample(sigma64.to(dtype), x0) * noise
     lam = weighting_values(sde, weighting, t64)
