@@ -322,7 +322,7 @@ def test_bad_input_gets_one_line_errors():
         (dict(weighting=lambda t: -t), "must be finite and >= 0"),
         (dict(weighting=lambda t: t / 0 * 0), "must be finite and >= 0"),
         (dict(weighting=lambda t: t[:2]), "one weight per time"),
-        (dict(weighting="snr"), "unknown weighting"),
+        (dict(weighting="min_snr"), "unknown weighting"),
         (dict(t_sampler="beta"), "unknown t_sampler"),
         (dict(reduce="max"), "reduce must be"),
         (dict(t=0.0), "[eps, T]"),
@@ -346,3 +346,27 @@ def test_bad_input_gets_one_line_errors():
     with pytest.raises(SDEKitError) as err:
         nll_bound(LinearSDE(), data.score, x0)
     assert "log_alpha" in _one_line(err)
+
+
+def test_k_diffusion_weightings_are_their_f_space_weights():
+    """k-diffusion's Denoiser.loss is c_weight(sigma) ||F - F*||^2 with F* = (x0 - c_skip x~)/c_out (summed here):
+    "karras" is c_weight = 1, "soft-min-snr" (sigma sd)^2 / (sigma^2 + sd^2)^2, "snr" sd^2 / (sigma^2 + sd^2)."""
+    sde, sd = sdekit.VESDE(sigma_min=0.002, sigma_max=80.0), 1.0
+    model = Adapter(_network, sde, "edm", sigma_data=sd)
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(128, 2, generator=g, dtype=torch.float64)
+    t = sde.eps + (sde.T - sde.eps) * torch.rand(128, generator=g, dtype=torch.float64)
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    sigma = sde.sigma(t)[:, None]
+    x = x0 + sigma * noise
+    c_skip, c_out, c_in = sd ** 2 / (sigma ** 2 + sd ** 2), sigma * sd / (sigma ** 2 + sd ** 2).sqrt(), \
+        1 / (sigma ** 2 + sd ** 2).sqrt()
+    F = _network(c_in * x, 0.25 * torch.log(sigma[:, 0]))
+    sq = (F - (x0 - c_skip * x) / c_out).pow(2).sum(1)
+    s2 = sigma[:, 0] ** 2
+    for name, c_weight in [("karras", torch.ones_like(s2)), ("soft-min-snr", s2 * sd ** 2 / (s2 + sd ** 2) ** 2),
+                           ("snr", sd ** 2 / (s2 + sd ** 2))]:
+        got = score_matching_loss(sde, model, x0, weighting=name, t=t, noise=noise, reduce="none")
+        torch.testing.assert_close(got, c_weight * sq, rtol=1e-9, atol=0)
+    with pytest.raises(SDEKitError, match="sigma_data"):
+        score_matching_loss(sde, model, x0, weighting="karras", sigma_data=-1.0)

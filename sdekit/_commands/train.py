@@ -19,8 +19,8 @@ def add_parser(sub):
     p.add_argument("--sde", default="vp", help="vp (default), subvp, ve")
     p.add_argument("--prediction", default="eps", help=f"what the network predicts: {', '.join(PREDICTIONS)} "
                                                         "(default eps)")
-    p.add_argument("--weighting", default="variance", help="variance (default, sigma^2: DDPM's loss for eps) "
-                                                           "or likelihood (g^2)")
+    p.add_argument("--weighting", default="variance", help="variance (default, sigma^2: DDPM's loss for eps), "
+                                                           "likelihood (g^2), karras (EDM's) or soft_min_snr")
     p.add_argument("--t-sampler", dest="t_sampler", default=None,
                    help="uniform or importance (default: importance for --weighting likelihood, else uniform)")
     p.add_argument("--steps", type=int, default=4000,
@@ -43,8 +43,9 @@ def _check(args):
         raise UsageError(f"unknown --sde {args.sde!r}; choose from {', '.join(SDES)}")
     if args.prediction not in PREDICTIONS:
         raise UsageError(f"unknown --prediction {args.prediction!r}; choose from {', '.join(PREDICTIONS)}")
-    if args.weighting not in ("variance", "likelihood"):
-        raise UsageError(f"--weighting must be variance or likelihood, got {args.weighting!r}")
+    from sdekit.losses import WEIGHTINGS
+    if args.weighting not in WEIGHTINGS:
+        raise UsageError(f"--weighting must be one of {', '.join(WEIGHTINGS)}, got {args.weighting!r}")
     if args.t_sampler is None:
         args.t_sampler = "importance" if args.weighting == "likelihood" else "uniform"
     if args.t_sampler not in ("uniform", "importance"):

@@ -1,5 +1,7 @@
 r"""Denoising score matching through the transition kernel of any :class:`sdekit.LinearSDE`."""
 
+import math
+
 import torch
 
 from .._broadcast import per_sample, time_dtype
@@ -70,7 +72,7 @@ def _model_residual(sde, model, x_t, t, noise, sigma64):
 
 
 def score_matching_loss(sde, model, x0, weighting="variance", t_sampler="uniform", reduce="mean", generator=None,
-                        eps=None, t=None, noise=None):
+                        eps=None, t=None, noise=None, sigma_data=None):
     r"""Denoising score matching through the transition kernel of a linear SDE (Vincent 2011; Song et al. 2021).
 
     .. math::
@@ -99,7 +101,8 @@ def score_matching_loss(sde, model, x0, weighting="variance", t_sampler="uniform
     - ``x0``: data, ``(batch, *event_shape)``; dtype and device follow it (float64 works throughout).
     - ``weighting``: :math:`\lambda(t)`: ``"variance"`` (:math:`\sigma_t^2`, i.e.
       :math:`\propto 1/\mathbb E\|\nabla\log p_{0t}\|^2`), ``"likelihood"`` (:math:`g(t)^2`, Song et al. 2021b), or
-      a function of float64 times ``(batch,)`` returning weights ``>= 0``.
+      k-diffusion's ``"karras"`` (EDM's: unit weight on EDM's :math:`F`) and ``"soft_min_snr"``, or a function
+      of float64 times ``(batch,)`` returning weights ``>= 0`` (see :func:`sdekit._losses._times.weighting_values`).
     - ``t_sampler``: ``"uniform"`` on :math:`[\epsilon, T]`, or ``"importance"``: :math:`t \sim q \propto
       g^2/\sigma^2` (uniform in log-SNR, see :mod:`sdekit._losses._times`), each term multiplied by
       :math:`1/((T-\epsilon)q(t))` so the expectation is the same; for the likelihood weighting this is the
@@ -107,6 +110,8 @@ def score_matching_loss(sde, model, x0, weighting="variance", t_sampler="uniform
     - ``reduce``: ``"mean"`` (default), ``"sum"`` over the batch, or ``"none"`` (per-sample, ``(batch,)``).
     - ``generator``: a ``torch.Generator`` for ``t`` and :math:`\varepsilon` (on x0's device, or the CPU).
     - ``eps``: the smallest time (default ``sde.eps``).
+    - ``sigma_data``: :math:`\sigma_d` of the ``"karras"`` and ``"soft_min_snr"`` weightings (default: the
+      adapter's, else 0.5).
     - ``t``, ``noise``: fixed times (a number or ``(batch,)``, each in :math:`[\epsilon, T]`; then
       ``t_sampler`` is not used) and fixed :math:`\varepsilon` shaped like ``x0``.
 
@@ -142,7 +147,11 @@ def score_matching_loss(sde, model, x0, weighting="variance", t_sampler="uniform
             raise InvalidParameterError("noise has non-finite entries; pass finite standard normal draws")
     log_alpha, sigma64 = coefficients(sde, t64)
     x_t = per_sample(torch.exp(log_alpha).to(dtype), x0) * x0 + per_sample(sigma64.to(dtype), x0) * noise
-    lam = weighting_values(sde, weighting, t64)
+    if sigma_data is None:
+        sigma_data = getattr(getattr(model, "prediction", None), "sigma_data", 0.5)
+    if isinstance(sigma_data, bool) or not isinstance(sigma_data, (int, float)) or not (0 < sigma_data < math.inf):
+        raise InvalidParameterError(f"sigma_data must be a positive finite number, got {sigma_data!r}")
+    lam = weighting_values(sde, weighting, t64, sigma_data)
     sq = _model_residual(sde, model, x_t, tt, noise, sigma64)
     per = (lam * factor).to(sq.dtype) * sq
     if reduce == "none":

@@ -20,8 +20,10 @@ from .._sde import LinearSDE
 __all__ = ["WEIGHTINGS", "T_SAMPLERS", "check_linear", "interval", "coefficients", "weighting_values",
            "sample_times", "given_times", "likelihood_normaliser"]
 
-#: The named weightings :math:`\lambda(t)`.
-WEIGHTINGS = ("variance", "likelihood")
+#: The named weightings :math:`\lambda(t)` (k-diffusion's ``"soft-min-snr"`` is accepted for ``"soft_min_snr"``,
+#: ``"edm"`` for ``"karras"``; its ``"snr"`` is ``"variance"``).
+WEIGHTINGS = ("variance", "likelihood", "karras", "soft_min_snr")
+_WEIGHTING_ALIASES = {"edm": "karras", "soft-min-snr": "soft_min_snr", "snr": "variance"}
 #: The laws of ``t``.
 T_SAMPLERS = ("uniform", "importance")
 
@@ -75,15 +77,38 @@ def likelihood_normaliser(sde, eps=None) -> float:
     return 2.0 * (lam_eps - lam_T)
 
 
-def weighting_values(sde, weighting, t64):
-    r""":math:`\lambda(t)` at float64 times ``t64`` of shape ``(batch,)``: ``"variance"`` :math:`\sigma_t^2`,
-    ``"likelihood"`` :math:`g(t)^2`, or ``weighting(t64)``; refuses negative, non-finite or misshapen values."""
+def weighting_values(sde, weighting, t64, sigma_data=0.5):
+    r""":math:`\lambda(t)` of the score loss at float64 times ``t64`` of shape ``(batch,)``; refuses negative,
+    non-finite or misshapen values.
+
+    - ``"variance"``: :math:`\sigma_t^2` (k-diffusion's ``"snr"``);
+    - ``"likelihood"``: :math:`g(t)^2`;
+    - ``"karras"`` (``"edm"``): EDM's
+      :math:`\lambda(\tilde\sigma) = (\tilde\sigma^2 + \sigma_d^2)/(\tilde\sigma\sigma_d)^2` on the data loss
+      in the VE frame (:math:`\tilde\sigma = \sigma/\alpha`), i.e. unit weight on EDM's :math:`F`:
+      :math:`\alpha^2\tilde\sigma^2(\tilde\sigma^2 + \sigma_d^2)/\sigma_d^2` on the score loss;
+    - ``"soft_min_snr"`` (k-diffusion's ``"soft-min-snr"``, Crowson et al. 2024): weight
+      :math:`(\tilde\sigma\sigma_d)^2/(\tilde\sigma^2 + \sigma_d^2)^2` on :math:`F`, i.e.
+      :math:`\sigma_t^2\,\tilde\sigma^2/(\tilde\sigma^2 + \sigma_d^2)` on the score loss;
+    - a function: ``weighting(t64)``.
+
+    (A weight :math:`w` on EDM's :math:`F`-loss is :math:`w\,\alpha^2\tilde\sigma^4/c_{out}^2` on the score loss,
+    since :math:`\|F - F^*\|^2 = \|\hat x_0 - x_0\|^2/c_{out}^2` and :math:`\|\hat x_0 - x_0\|^2 =
+    \alpha^2\tilde\sigma^4\|s - \nabla\log p_{0t}\|^2`.)
+    """
     if isinstance(weighting, str):
-        if weighting == "variance":
-            return coefficients(sde, t64)[1] ** 2
-        if weighting == "likelihood":
+        name = _WEIGHTING_ALIASES.get(weighting, weighting)
+        if name == "likelihood":
             return sde.diffusion_coef(t64).to(torch.float64) ** 2
-        raise InvalidParameterError(f"unknown weighting {weighting!r}; use 'variance', 'likelihood' or a "
+        if name in WEIGHTINGS:
+            log_alpha, sigma = coefficients(sde, t64)
+            if name == "variance":
+                return sigma ** 2
+            s2, d2 = (sigma * torch.exp(-log_alpha)) ** 2, float(sigma_data) ** 2      # VE-frame sigma~^2
+            if name == "karras":
+                return torch.exp(2 * log_alpha) * s2 * (s2 + d2) / d2
+            return sigma ** 2 * s2 / (s2 + d2)
+        raise InvalidParameterError(f"unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)} or a "
                                     f"function lambda(t) of the times (batch,) returning (batch,) weights >= 0")
     if not callable(weighting):
         raise ArgumentTypeError(f"weighting must be 'variance', 'likelihood' or callable lambda(t), "
