@@ -40,7 +40,9 @@ def test_dask_rows_equal_serial_rows(tmp_path, cluster):
         with distributed.get_task_stream(client) as tasks:
             dask = study(p, METHODS, "steps=4,8;tol=1e-3", samples=60, seeds=[0, 1], reference=REF,
                          results=tmp_path / "dask.jsonl", executor=client)
-        assert sum("run_job" in str(t["key"]) for t in tasks.data) == 14      # the rows ran on the cluster
+        keys = [str(t["key"]) for t in tasks.data]
+        assert sum("run_job" in k for k in keys) == 14                          # the rows ran on the cluster,
+        assert sum("context_job" in k for k in keys) == 2                       # and each seed's references
         assert client.status == "running"                 # a client handed in is left open
     assert len(_rows(tmp_path / "serial.jsonl")) == 14
     assert _rows(tmp_path / "dask.jsonl") == _rows(tmp_path / "serial.jsonl")

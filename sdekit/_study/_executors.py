@@ -8,17 +8,22 @@ file and, at the end, writes the file in the plan's order.  Three executors:
 - :class:`SerialExecutor`: the rows in plan order, in this process;
 - :class:`ProcessExecutor`: ``workers`` spawned local processes (``concurrent.futures``), each with the
   study's torch thread count;
-- :class:`DaskExecutor`: the rows as tasks of a ``dask.distributed`` cluster, given as a scheduler address
-  (``"tcp://host:8786"``), a ``Client``, or nothing (dask's configured scheduler, else a new
-  ``LocalCluster``).  The problem goes to the cluster once and each seed's shared context (initial
-  states, exact samples, references) once, not once a row.
+- :class:`DaskExecutor`: the seeds' shared contexts and the rows as tasks of a ``dask.distributed``
+  cluster, given as a scheduler address (``"tcp://host:8786"``), a ``Client``, or nothing (dask's
+  configured scheduler, else a new ``LocalCluster``).  The problem goes to each worker once; each seed's
+  context (initial states, exact samples, references) is computed on the cluster, kept there, and read by
+  the rows of that seed, which run as soon as it is ready.
 
-The references of each seed are computed where :func:`sdekit.study` runs, before any row is handed out.
+The serial and process executors compute the seeds' contexts here, in seed order, before the rows.  Each
+executor's ``run(problem, seeds, jobs, settings, test_functions, finish, stage)`` takes ``seeds`` (seed to
+the reference families its rows need) and ``jobs`` (``(row, keep samples)`` pairs), and calls
+``finish(record)`` for each row and ``stage(text)`` to name what it is doing.
 """
 
 import os
 import pickle
-from typing import Callable, List, Optional, Tuple
+import weakref
+from typing import Optional
 
 import torch
 
@@ -31,11 +36,50 @@ EXECUTORS = ("serial", "processes", "dask")
 
 
 def run_job(problem, row, ctx, settings, test_functions, keep, threads=None):
-    """One row, wherever it runs: the study's thread count, then :func:`run_row`."""
+    """One row, wherever it runs: the study's thread count, the problem's per-seed preparation (cached),
+    then :func:`run_row`."""
     from ._runner import run_row
     if threads and torch.get_num_threads() != int(threads):
         torch.set_num_threads(int(threads))
+    _prepare(problem, settings.samples, row.seed)
     return run_row(problem, row, ctx, settings, test_functions, keep)
+
+
+#: The (samples, seed) pairs each problem object has been prepared for in this process.
+_PREPARED = weakref.WeakKeyDictionary()
+
+
+def _prepare(problem, n: int, seed: int) -> None:
+    """``problem.prepare(n, seed)`` once per problem object and process (a worker's copy included)."""
+    try:
+        done = _PREPARED.setdefault(problem, set())
+    except TypeError:                   # not weakly referable: prepare every time
+        problem.prepare(n, seed)
+        return
+    if (n, seed) not in done:
+        problem.prepare(n, seed)
+        done.add((n, seed))
+
+
+def context_job(problem, seed, settings, families, threads=None):
+    """One seed's shared context (initial states, exact samples, references), wherever it runs."""
+    from ._runner import seed_context
+    if threads and torch.get_num_threads() != int(threads):
+        torch.set_num_threads(int(threads))
+    ctx = seed_context(problem, seed, settings, families)        # it prepares the problem for the seed
+    try:
+        _PREPARED.setdefault(problem, set()).add((settings.samples, int(seed)))
+    except TypeError:
+        pass
+    return ctx
+
+
+def local_contexts(problem, seeds, settings, stage) -> dict:
+    """The contexts of ``seeds`` computed here, in seed order."""
+    stage("references")
+    out = {seed: context_job(problem, seed, settings, fams) for seed, fams in seeds.items()}
+    stage("rows")
+    return out
 
 
 class SerialExecutor:
@@ -43,10 +87,10 @@ class SerialExecutor:
 
     name = "serial"
 
-    def run(self, problem, jobs: List[Tuple], settings, test_functions, finish: Callable) -> None:
-        """Run ``jobs`` (``(row, seed context, keep samples)`` each) and call ``finish(record)`` for each."""
-        for row, ctx, keep in jobs:
-            finish(run_job(problem, row, ctx, settings, test_functions, keep))
+    def run(self, problem, seeds, jobs, settings, test_functions, finish, stage=lambda text: None) -> None:
+        contexts = local_contexts(problem, seeds, settings, stage)
+        for row, keep in jobs:
+            finish(run_job(problem, row, contexts[row.seed], settings, test_functions, keep))
 
 
 def _picklable(problem, test_functions, where: str) -> None:
@@ -66,15 +110,16 @@ class ProcessExecutor:
     def __init__(self, workers: int):
         self.workers = int(workers)
 
-    def run(self, problem, jobs, settings, test_functions, finish) -> None:
+    def run(self, problem, seeds, jobs, settings, test_functions, finish, stage=lambda text: None) -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
         _picklable(problem, test_functions, f"executor='processes' ({self.workers} workers)")
+        contexts = local_contexts(problem, seeds, settings, stage)
         threads = settings.threads or torch.get_num_threads()
         mp = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=self.workers, mp_context=mp) as pool:
-            futures = [pool.submit(run_job, problem, row, ctx, settings, dict(test_functions), keep, threads)
-                       for row, ctx, keep in jobs]
+            futures = [pool.submit(run_job, problem, row, contexts[row.seed], settings, dict(test_functions), keep,
+                                   threads) for row, keep in jobs]
             try:
                 for fut in as_completed(futures):
                     finish(fut.result())
@@ -101,7 +146,7 @@ class DaskExecutor:
         self.scheduler = scheduler
         _distributed()
 
-    def run(self, problem, jobs, settings, test_functions, finish) -> None:
+    def run(self, problem, seeds, jobs, settings, test_functions, finish, stage=lambda text: None) -> None:
         distributed = _distributed()
         _picklable(problem, test_functions, "executor='dask'")
         own = not _is_client(self.scheduler)
@@ -115,16 +160,17 @@ class DaskExecutor:
             client = self.scheduler
         futures = []
         try:
+            stage("dask")
             threads = settings.threads or torch.get_num_threads()
             remote = client.scatter(problem, broadcast=True, hash=False)
             tests = client.scatter(dict(test_functions), broadcast=True, hash=False)
-            contexts = {}
-            for row, ctx, keep in jobs:
-                if id(ctx) not in contexts:
-                    contexts[id(ctx)] = client.scatter(ctx, hash=False)
-                futures.append(client.submit(run_job, remote, row, contexts[id(ctx)], settings, tests, keep,
-                                             threads, pure=False))
-            for fut in distributed.as_completed(futures):
+            contexts = {seed: client.submit(context_job, remote, seed, settings, fams, threads, pure=False)
+                        for seed, fams in seeds.items()}
+            futures = list(contexts.values())
+            rows = [client.submit(run_job, remote, row, contexts[row.seed], settings, tests, keep, threads,
+                                  pure=False) for row, keep in jobs]
+            futures += rows
+            for fut in distributed.as_completed(rows):
                 finish(fut.result())
         except BaseException:
             for fut in futures:

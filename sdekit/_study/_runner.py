@@ -290,14 +290,6 @@ def run_rows(problem, rows: List[Row], settings: Settings, test_functions, resul
     samples = {}
     bar = _bar(progress, len(rows), len(records))
     try:
-        contexts = {}
-        if bar is not None and pending:
-            bar.set_description_str("study (references)")
-            bar.refresh()
-        for seed in sorted({r.seed for r in pending}):
-            fams = sorted({family(r.spec) for r in pending if r.seed == seed})
-            contexts[seed] = seed_context(problem, seed, settings, fams)
-
         def finish(record):
             x = record.pop("_x", None)
             if x is not None:
@@ -309,11 +301,16 @@ def run_rows(problem, rows: List[Row], settings: Settings, test_functions, resul
                 bar.set_postfix_str(f"{record['label']} {record['budget']}", refresh=False)
                 bar.update(1)
 
-        if bar is not None:
-            bar.set_description_str(f"study ({executor.name})")
-        jobs = [(r, contexts[r.seed], r.key in keep) for r in pending]
+        def stage(text):
+            if bar is not None:
+                bar.set_description_str(f"study ({text})")
+                bar.refresh()
+
+        seeds = {seed: sorted({family(r.spec) for r in pending if r.seed == seed})
+                 for seed in sorted({r.seed for r in pending})}
+        jobs = [(r, r.key in keep) for r in pending]
         if jobs:
-            executor.run(problem, jobs, settings, dict(test_functions), finish)
+            executor.run(problem, seeds, jobs, settings, dict(test_functions), finish, stage)
     finally:
         if bar is not None:
             bar.close()
