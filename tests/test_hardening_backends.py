@@ -290,6 +290,32 @@ def test_keyed_noise_keeps_samples_under_a_save_time_off_the_grid():
         rev.solve(x, method="euler", grid=grid, noise=sdekit.KeyedBrownian(0.5, SDE.T, x.shape, seed=4))
 
 
+def test_seed_fixes_the_path_by_seed_and_span_alone():
+    """seed= on a torchsde method without Lévy area reads the keyed path: a save time one ulp off the grid, another
+    grid, another batch: the same path, so dx = dW ends at W(1) and the reverse mixture sampler keeps its samples."""
+    gm = sdekit.validation.GaussianMixture.default_2d(SDE)
+    rev = sdekit.reverse(SDE, gm.score)
+    x = _x(32)
+    grid = torch.linspace(SDE.T, SDE.eps, 41, dtype=torch.float64)
+    off = math.nextafter(float(grid[20]), 0.0)
+    plain = rev.solve(x, method="euler", grid=grid, seed=4)
+    saved = rev.solve(x, method="euler", grid=grid, save_at=[off], seed=4)
+    torch.testing.assert_close(saved.x, plain.x, rtol=0, atol=1e-6)   # the one-ulp step moves nothing more
+    fewer = rev.solve(x[:5], method="euler", grid=grid, seed=4)
+    torch.testing.assert_close(fewer.x, plain.x[:5], rtol=0, atol=0)   # a sample does not depend on its batch
+
+    fwd = sdekit.forward(BrownianSDE())
+    x0 = torch.zeros(6, 3, dtype=torch.float64)
+    ends = [fwd.solve(x0, method=m, grid=g, seed=9).x
+            for m in ("euler", "heun")
+            for g in (torch.linspace(0.0, 1.0, 11, dtype=torch.float64),
+                      torch.linspace(0.0, 1.0, 38, dtype=torch.float64),
+                      torch.linspace(0.0, 1.0, 26, dtype=torch.float64) ** 3)]
+    for end in ends[1:]:
+        torch.testing.assert_close(end, ends[0], rtol=0, atol=1e-12)      # W(1), whatever the grid and method
+    assert float(ends[0].std()) > 0.3
+
+
 def test_save_times_on_the_grid_leave_every_sample_unchanged():
     gm = sdekit.validation.GaussianMixture.default_2d(SDE)
     rev = sdekit.reverse(SDE, gm.score)

@@ -7,15 +7,16 @@ with the state it reached.  Adaptive stepping compares one full step with two ha
 same Brownian path (torchsde's scheme); a rejected step refines the same path by a Brownian
 bridge, so rejections do not bias the noise.
 
-The Brownian path does not depend on ``save_at``: torchsde's ``BrownianInterval`` builds a tree of
-intervals up front from a step hint (without one, long solves build a chain whose queries cost time
-quadratic in the steps), and the hint is the span over the grid's step count *without* the save
-times, rounded up to a power of two; adaptive solves use 64.  The tree splits at midpoints only, so
-its nodes (at ``span / 2**k``) take the same values for every grid.  A query splits the leaf it lands
-in, so a save time *off* the grid draws the rest of that leaf differently (the path elsewhere is
-unchanged): put save times on the grid to keep every sample unchanged, or pass sdekit's keyed noise
-(``noise=sdekit.KeyedBrownian(eps, T, x.shape, seed)``), whose values depend on the seed, the sample and
-the time alone, at the cost of ``depth + 1`` keyed draws a query.
+The Brownian path is fixed by the seed and the span alone.  Methods that need no Lévy area (euler,
+milstein, heun, midpoint, euler_heun, reversible_heun) read sdekit's keyed path by default
+(:class:`sdekit.KeyedBrownian` of ``seed=`` or of an integer drawn from ``generator=``, over the span in
+natural time, a path per sample), so ``save_at``, a save time off the grid, a finer grid or a rejected
+adaptive step query the same path, and sample ``i`` does not depend on its batch; a query costs
+``depth + 1`` keyed draws.  srk and log_ode need a Lévy area, which the keyed path does not carry: they
+get torchsde's ``BrownianInterval`` (:func:`sdekit.brownian_motion`), built from a step hint (the span
+over the grid's step count *without* the save times, as a power of two; adaptive solves use 64).  Its
+tree splits at midpoints only, so save times on the grid leave every sample unchanged, but a query
+splits the leaf it lands in, so a save time *off* the grid draws the rest of that leaf differently.
 
 On a failure the state returned is the one its time says: a fixed-step solve runs to the end of its
 grid (each step is independent per sample, and checking the state every step would cost a host
@@ -32,10 +33,11 @@ import torch
 from torchsde._core import base_sde
 from torchsde._core import methods as _ts_methods
 
-from .._brownian import brownian_motion
+from .._brownian import _ENTROPY_HIGH, brownian_motion
 from .._controller import check_options, error_ratio, next_step
 from .._errors import InvalidParameterError, MethodArgumentError, ShapeError
 from .._grid import save_indices
+from .._keyed import KeyedBrownian
 from .._solution import Result
 from ._base import Method, Outcome, Problem
 
@@ -52,6 +54,8 @@ def _solver(method: Method, pb: Problem, y0: torch.Tensor, s0: float, s1: float)
             f"the span from t_start={pb.t_start!r} to t_end={pb.t_end!r} is too short for torchsde's steps and "
             f"Brownian motion ({s1 - s0:.3g}); give a span of at least {_MIN_SPAN * max(1.0, abs(s1)):.3g}")
     bm = pb.noise
+    if bm is None and method.levy_area == "none":
+        bm = _default_keyed(pb, y0)
     if bm is None:
         bm = brownian_motion(s0, s1, y0.shape, dtype=y0.dtype, device=y0.device, seed=pb.seed,
                              generator=pb.generator, levy_area=method.levy_area, dt=(s1 - s0) / _tree_steps(pb))
@@ -66,6 +70,17 @@ def _solver(method: Method, pb: Problem, y0: torch.Tensor, s0: float, s1: float)
     solver = cls(sde=base_sde.ForwardSDE(proc), bm=bm, dt=1.0, adaptive=False, rtol=0.0, atol=0.0,
                  dt_min=0.0, options=dict(pb.options))
     return solver
+
+
+def _default_keyed(pb, y0):
+    """The solve's keyed Brownian path (natural time, a path per sample) from ``seed=`` or ``generator=``."""
+    seed = pb.seed
+    if seed is None:
+        where = pb.generator.device if pb.generator is not None else "cpu"
+        seed = int(torch.randint(0, _ENTROPY_HIGH, (1,), generator=pb.generator, device=where))
+    lo, hi = min(pb.t_start, pb.t_end), max(pb.t_start, pb.t_end)
+    return KeyedBrownian(lo, hi, (y0.shape[0],) + tuple(pb.x0.shape[1:]), seed=int(seed), dtype=y0.dtype,
+                         device=y0.device)
 
 
 def _caller_level() -> int:
@@ -127,14 +142,17 @@ class _KeyedOnClock:
                                         f"[{lo:.6g}, {hi:.6g}]; build it over the solve's span")
         self.kb, self.proc, self.dtype = kb, proc, y0.dtype
         self.batch = y0.shape[0]
-        self._last = (None, None)
+        self._recent = []   # (clock time, value) of the last three queries: an adaptive attempt reads a, mid, b
 
     def _value(self, s) -> torch.Tensor:
         s = float(s)
-        if self._last[0] != s:
-            t = torch.full((self.batch,), float(self.proc._t_of_s(s)), dtype=torch.float64)
-            self._last = (s, self.kb.value(t).reshape(self.batch, -1))
-        return self._last[1]
+        for seen, w in self._recent:
+            if seen == s:
+                return w
+        t = torch.full((self.batch,), float(self.proc._t_of_s(s)), dtype=torch.float64, device=self.kb.device)
+        w = self.kb.value(t).reshape(self.batch, -1)
+        self._recent = [(s, w)] + self._recent[:2]
+        return w
 
     def __call__(self, ta, tb, return_U=False, return_A=False):
         w_a = self._value(ta)
