@@ -21,7 +21,8 @@ Same score function, same rtol/atol (1e-5), same start time (1e-5), batch 256.  
 - ``D=3072 net``: the same plus a small time-conditioned convolutional network added to the score
   (network cost dominates).
 
-Prints the wall time (median of ``--repeats`` after one warm-up), NFE, and the ratio reference / sdekit.
+Prints the wall time (minimum and median of ``--repeats`` interleaved rounds after a warm-up), NFE, and the
+ratio reference / sdekit of the minima.
 
     python benchmarks/likelihood.py --device cpu --threads 1
     python benchmarks/likelihood.py --device cuda
@@ -116,51 +117,49 @@ def reference_loglik(sde, score_fn, x, rtol, atol, generator):
     return sde.prior_logp(z) + delta, nfe[0]
 
 
-def timed(fn, repeats, device):
-    fn()   # warm-up
-    times, out = [], None
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+def _clock(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0, out
 
 
 def run_case(name, sde, score, x, divergence, exact, args, device):
-    rows = []
-    rt, (ll_ref, nfe_ref) = timed(lambda: reference_loglik(sde, score, x, args.rtol, args.atol,
-                                                           torch.Generator().manual_seed(SEED)),
-                                  args.repeats, device)
-    rows.append(("reference (scipy RK45)", "rademacher", rt, nfe_ref, ll_ref))
+    """Every variant once as a warm-up, then ``repeats`` rounds over all variants, interleaved (a busy machine
+    slows them alike); the minimum and the median of each variant's times are printed."""
     flow = sdekit.probability_flow(sde, score)
-    variants = [("sdekit rms", "dopri5", dict(error_norm="rms")), ("sdekit", "dopri5", {})]
+    variants = [("reference (scipy RK45)", "rademacher",
+                 lambda: reference_loglik(sde, score, x, args.rtol, args.atol, torch.Generator().manual_seed(SEED)))]
+    plan = [("sdekit rms", "dopri5", dict(error_norm="rms")), ("sdekit", "dopri5", {})]
     if any(m.qualified_name == "sdekit.dopri5" for m in sdekit.methods()):
-        variants.append(("sdekit per-sample", "sdekit.dopri5", {}))
-    for label, method, kw in variants:
+        plan.append(("sdekit per-sample", "sdekit.dopri5", {}))
+    for label, method, kw in plan:
         for div in divergence:
             def go(method=method, kw=kw, div=div):
                 res = flow.log_likelihood(x, method, rtol=args.rtol, atol=args.atol, divergence=div, seed=SEED, **kw)
                 return res.log_likelihood, res.nfe
-            try:
-                t, (ll, nfe) = timed(go, args.repeats, device)
-            except sdekit.SDEKitError as err:
-                print(f"  {label} {div}: {err}")
-                continue
-            rows.append((label, div, t, nfe, ll))
+            variants.append((label, div, go))
+    outs = [fn() for _, _, fn in variants]                     # warm-up, and the results
+    times = [[] for _ in variants]
+    for _ in range(args.repeats):
+        for i, (_, _, fn) in enumerate(variants):
+            times[i].append(_clock(fn, device)[0])
     print(f"\n{name}: batch {x.shape[0]}, D={math.prod(x.shape[1:])}, rtol=atol={args.rtol:g}, device {device}")
-    head = f"  {'':26s}{'divergence':>11s}{'time s':>9s}{'NFE':>6s}{'ref/this':>9s}{'mean log p':>12s}"
+    head = (f"  {'':24s}{'divergence':>11s}{'min s':>8s}{'median s':>9s}{'NFE':>5s}{'ref/this':>9s}"
+            f"{'mean log p':>12s}")
     if exact is not None:
         head += f"{'max |err|/D':>13s}"
     print(head)
-    for label, div, t, nfe, ll in rows:
-        line = f"  {label:26s}{div:>11s}{t:9.3f}{nfe:6d}{rt / t:9.2f}{float(ll.double().mean()):12.5f}"
+    ref_min = min(times[0])
+    for (label, div, _), (ll, nfe), ts in zip(variants, outs, times):
+        line = (f"  {label:24s}{div:>11s}{min(ts):8.3f}{statistics.median(ts):9.3f}{nfe:5d}{ref_min / min(ts):9.2f}"
+                f"{float(ll.double().mean()):12.5f}")
         if exact is not None:
             line += f"{float((ll.double() - exact).abs().max()) / math.prod(x.shape[1:]):13.2e}"
-        print(line)
+        print(line, flush=True)
 
 
 def main():

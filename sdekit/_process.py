@@ -278,7 +278,10 @@ class ProbabilityFlowODE(_ScoreDriven):
         return self.drift(batch_times(t, x), x)
 
     def log_likelihood(self, x, method="dopri5", **options):
-        r"""Per-sample :math:`\log p(x) = \log\pi(x_T) + \int_\epsilon^T \nabla\!\cdot v\,dt`; see :func:`sdekit.log_likelihood`."""
+        r"""Per-sample :math:`\log p(x) = \log\pi(x_T) + \int_\epsilon^T \nabla\!\cdot v\,dt` in nats.
+
+        See :func:`sdekit.log_likelihood`; returns a :class:`sdekit.Likelihood` (NFE and the solve's statistics).
+        """
         from ._likelihood import log_likelihood
         return log_likelihood(self, x, method, **options)
 

@@ -2,7 +2,8 @@ r"""Bits per dimension of quantised data (8-bit images), with the data-scaling o
 
 Data are integers :math:`n \in \{0, \dots, \mathrm{bins}-1\}^D` shown to the model as
 :math:`x = lo + (hi - lo)\,(n + u)/\mathrm{bins}` with :math:`u \in [0, 1)^D` (dequantisation; Theis et al. 2016,
-Ho et al. 2019).  Then :math:`\log P(n) \ge E_{q(u\mid n)}[\log p(x) - \log q(u \mid n)] - D\log(\mathrm{bins}/(hi - lo))`, so
+Ho et al. 2019).  Then
+:math:`\log P(n) \ge E_{q(u\mid n)}[\log p(x) - \log q(u \mid n)] - D\log(\mathrm{bins}/(hi - lo))`, so
 
 .. math::
 
@@ -55,7 +56,7 @@ def dequantize_uniform(n: torch.Tensor, generator: Optional[torch.Generator] = N
 
 
 def _bins(x, lo, hi, bins, dtype):
-    """The bin indices ``n`` (float, in ``dtype``) of integer data or of floats on the grid ``lo + (hi-lo) n/(bins-1)``."""
+    """The levels ``n`` (float, in ``dtype``) of integer data or of floats on the grid ``lo + (hi-lo) n/(bins-1)``."""
     if not x.is_floating_point():
         if x.dtype == torch.bool or x.is_complex():
             raise ArgumentTypeError(f"quantised data must be an integer or floating tensor, got {x.dtype}")
@@ -97,7 +98,8 @@ def bits_per_dim(flow, x: torch.Tensor, *, data_range: Sequence[float], bins: in
       ``(batch,)`` (Ho et al. 2019), or ``None`` (continuous data).
     - ``generator``, ``seed``: the dequantisation noise and then the Hutchinson probes come from it.
     - ``dtype``: the model's dtype for integer data (default torch's default dtype).
-    - other keywords go to :func:`sdekit.log_likelihood` (``method``, ``rtol``, ``atol``, ``divergence``, ``probes``, ...).
+    - other keywords go to :func:`sdekit.log_likelihood` (``method``, ``rtol``, ``atol``, ``divergence``,
+      ``probes``, ...).
 
     Returns a :class:`BitsPerDim` (``bpd`` per sample, ``offset``, ``log_q``, the model input ``x``, its
     ``likelihood``).

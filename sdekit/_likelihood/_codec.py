@@ -33,7 +33,7 @@ def encode(flow, x: torch.Tensor, method: str = "dopri5", *, eps: Optional[float
 
 
 def decode(flow, z: torch.Tensor, method: str = "dopri5", *, eps: Optional[float] = None, **solve_options) -> Solution:
-    r"""The data :math:`x = \Phi_{T\to\epsilon}(z)` of a latent ``z``: a :class:`sdekit.Solution` whose ``x`` is the data.
+    r"""The data :math:`x = \Phi_{T\to\epsilon}(z)` of a latent ``z``: a :class:`sdekit.Solution` holding it as ``x``.
 
     Arguments as for :func:`encode`; ``decode(flow, encode(flow, x).x).x`` returns ``x`` within the solver's error.
     """

@@ -1,4 +1,4 @@
-r"""The probability-flow ODE augmented with its log-density change: a :class:`~sdekit.Process` any drift-only method integrates.
+r"""The probability-flow ODE with its log-density change: a :class:`~sdekit.Process` for any drift-only method.
 
 For :math:`dx/dt = v(t, x) = f(t, x) - \tfrac12 g(t)^2\,s_\theta(x, t)` the instantaneous change of variables
 (Chen et al. 2018; Song et al. 2021, appendix D.2) gives
