@@ -51,7 +51,8 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
     - ``method``: a name from :func:`sdekit.methods` (default ``"euler"`` for SDEs, ``"dopri5"`` for ODEs).
     - Fixed steps: exactly one of ``steps`` (equal steps), ``dt`` (step size, the last one shortened to
       end exactly) or ``grid`` (a 1-D tensor of times from ``t_start`` to ``t_end``).
-    - Adaptive steps: ``rtol``, ``atol`` (default ``1e-5`` each); ``dt`` is then the first step.
+    - Adaptive steps: ``rtol``, ``atol`` (default ``1e-5`` each, or the method's own: ``improved_euler`` and
+      ``dpm_adaptive`` take 0.05 and 0.0078 as their papers do); ``dt`` is then the first step.
       Methods that can do both (torchsde's) adapt when a tolerance is given.
     - ``t_start``, ``t_end``: default ``T`` and ``eps`` for reverse processes, ``0`` and ``T`` forward.
     - ``save_at``: times at which to keep the state (``Solution.ts``, ``Solution.path``); a fixed grid is
@@ -110,8 +111,8 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
     if schedule is not None and steps is None:
         raise InvalidParameterError("schedule= spaces the grid that steps= asks for; give steps= with it")
     if adaptive:
-        rtol = DEFAULT_RTOL if rtol is None else _real("rtol", rtol, positive=True)
-        atol = DEFAULT_ATOL if atol is None else _real("atol", atol, positive=True)
+        rtol = (m.default_rtol or DEFAULT_RTOL) if rtol is None else _real("rtol", rtol, positive=True)
+        atol = (m.default_atol or DEFAULT_ATOL) if atol is None else _real("atol", atol, positive=True)
         max_steps = DEFAULT_MAX_STEPS_ADAPTIVE if max_steps is None else max_steps
         the_grid = None
     else:

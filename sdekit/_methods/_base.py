@@ -32,6 +32,8 @@ class Method:
     - ``error_estimate``: whether it estimates its local error (and so can adapt its step).
     - ``schedule``: the grid ``solve(steps=...)`` builds for it unless ``schedule=`` says otherwise.
     - ``options``: the option names it takes (``solve(options=...)``); ``None``: the backend's own.
+    - ``default_rtol``, ``default_atol``: the tolerances an adaptive method uses when the caller gives none
+      (``None``: ``solve()``'s, 1e-5 each).
     - ``processes``: the process kinds it integrates (``("sde", "ode")``); default: an SDE method takes both
       (an ODE is an SDE with zero noise), an ODE method only ODEs.
     """
@@ -54,6 +56,8 @@ class Method:
     schedule: str = "uniform"
     options: Optional[tuple] = None
     processes: Optional[tuple] = None
+    default_rtol: Optional[float] = None
+    default_atol: Optional[float] = None
 
     @property
     def qualified_name(self) -> str:

@@ -37,6 +37,7 @@ def _register():
             stepping="adaptive", integrate=functools.partial(_integrate_adaptive, cls),
             sde_type="ito" if stochastic else None, description=cls.description, frame=cls.frame, needs=cls.needs,
             error_estimate=True, options=tuple(sorted(cls.defaults)) + ("denoise", "sync_every"),
+            default_rtol=cls.default_rtol, default_atol=cls.default_atol,
             processes=("sde", "ode") if stochastic else ("ode",)))
 
 

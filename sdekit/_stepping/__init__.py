@@ -16,12 +16,14 @@ from ._pc import PredictorCorrector
 from ._stepper import Stepper
 from ._unipc import UniPC
 from ._adaptive import SYNC_EVERY, run_adaptive
+from ._dpm_adaptive import DPMSolverAdaptive
+from ._improved_euler import ImprovedEuler
 from ._rk import Bosh3, Dopri5
 from ._stepper import AdaptiveStepper
 
 STEPPERS = (DDIM, DPMSolver2, DPMSolver3, DPMSolverPP2S, DPMSolverPP2M, DPMSolverPP3M, UniPC, EDMHeun, LMS,
             EulerAncestral, DPMSolverPP2MSDE, DPMSolverPPSDE, EDMStochastic, PredictorCorrector)
-ADAPTIVE_STEPPERS = (Bosh3, Dopri5)
+ADAPTIVE_STEPPERS = (Bosh3, Dopri5, DPMSolverAdaptive, ImprovedEuler)
 
 
 __all__ = ["run", "run_adaptive", "Stepper", "AdaptiveStepper", "Frame", "STEPPERS", "ADAPTIVE_STEPPERS",

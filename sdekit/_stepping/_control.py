@@ -110,6 +110,6 @@ def pi_controller(error_order: float, safety: float = 0.9, beta1=None, beta2=Non
                       0.4 / k if beta2 is None else float(beta2), float(fac_min), float(fac_max))
 
 
-def jm_controller(theta: float = 0.9, r: float = 0.9) -> Controller:
-    r"""Jolicoeur-Martineau et al. (2021)'s :math:`h' = \theta h E^{-r}` (no clamps)."""
-    return Controller(float(theta), float(r), 0.0, 0.0, math.inf)
+def jm_controller(theta: float = 0.9, r: float = 0.9, fac_max: float = math.inf) -> Controller:
+    r"""Jolicoeur-Martineau et al. (2021)'s :math:`h' = \theta h E^{-r}` (no clamps unless ``fac_max`` is given)."""
+    return Controller(float(theta), float(r), 0.0, 0.0, float(fac_max))

@@ -78,6 +78,7 @@ class AdaptiveStepper(Stepper):
     - ``error_order``: the order :math:`q` of its error estimate (the controller's exponent uses :math:`q + 1`);
     - ``evals``: model evaluations per attempt (for the docs; the loop counts the real ones);
     - ``clock``: the variable its step size is measured in, ``"t"`` or ``"logsnr"`` (:math:`\lambda`);
+    - ``default_rtol``, ``default_atol``: its tolerances when the caller gives none (``None``: solve's);
 
     and implements
 
@@ -100,6 +101,8 @@ class AdaptiveStepper(Stepper):
     error_order = 1.0
     evals = 1
     clock = "t"
+    default_rtol: Optional[float] = None   # the method's own tolerances when the caller gives none
+    default_atol: Optional[float] = None
 
     def bind(self, process, rtol: float, atol: float):
         self.process, self.rtol, self.atol = process, float(rtol), float(atol)
