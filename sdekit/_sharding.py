@@ -75,7 +75,7 @@ def keyed_initial(problem, seed: int, index: torch.Tensor, dtype=torch.float64, 
                                         f"row per index ({index.numel()}); fix the problem's keyed_initial")
         return x.to(device=device, dtype=dtype)
     shape = tuple(getattr(problem, "event_shape", ()))
-    prior_std = getattr(problem.sde, "prior_std", None)
+    prior_std = getattr(getattr(problem, "sde", None), "prior_std", None)
     if getattr(problem, "process", "reverse") == "reverse" and prior_std is not None and shape:
         z = keyed_normal(int(seed), index, torch.full_like(index, INITIAL_COUNTER), math.prod(shape), dtype=dtype)
         return (float(prior_std) * z).view((index.numel(),) + shape)
