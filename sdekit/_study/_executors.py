@@ -27,12 +27,21 @@ from typing import Optional
 
 import torch
 
-from .._errors import ArgumentTypeError, InvalidParameterError
+from .._errors import ArgumentTypeError, InvalidParameterError, SDEKitError
 
-__all__ = ["EXECUTORS", "SerialExecutor", "ProcessExecutor", "DaskExecutor", "make_executor"]
+__all__ = ["EXECUTORS", "ExecutorError", "SerialExecutor", "ProcessExecutor", "DaskExecutor", "make_executor"]
 
 #: The executors by name, as ``sdekit study --executor`` takes them.
 EXECUTORS = ("serial", "processes", "dask")
+
+
+class ExecutorError(SDEKitError, RuntimeError):
+    """A worker died (killed, out of memory, the cluster gone) while it ran rows; the finished rows are saved."""
+
+
+def _lost(err, where: str) -> ExecutorError:
+    return ExecutorError(f"{where} lost a worker ({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
+                         "finished rows are saved: run the same command to resume")
 
 
 def run_job(problem, row, ctx, settings, test_functions, keep, threads=None):
@@ -113,6 +122,7 @@ class ProcessExecutor:
     def run(self, problem, seeds, jobs, settings, test_functions, finish, stage=lambda text: None) -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
         _picklable(problem, test_functions, f"executor='processes' ({self.workers} workers)")
         contexts = local_contexts(problem, seeds, settings, stage)
         threads = settings.threads or torch.get_num_threads()
@@ -123,6 +133,8 @@ class ProcessExecutor:
             try:
                 for fut in as_completed(futures):
                     finish(fut.result())
+            except BrokenProcessPool as err:
+                raise _lost(err, "executor='processes'") from None
             except BaseException:
                 for fut in futures:
                     fut.cancel()
@@ -172,6 +184,10 @@ class DaskExecutor:
             futures += rows
             for fut in distributed.as_completed(rows):
                 finish(fut.result())
+        except (distributed.KilledWorker, distributed.comm.CommClosedError) as err:
+            for fut in futures:
+                fut.cancel()
+            raise _lost(err, "executor='dask'") from None
         except BaseException:
             for fut in futures:
                 fut.cancel()
