@@ -106,8 +106,8 @@ def batch_coupling(info, adaptive: bool, batch: int) -> dict:
         return dict(per_sample=True)
     raise MethodArgumentError(
         f"{info.name} ({info.backend}) adapts one step size for the whole batch, so a sample would depend on "
-        f"its batch-mates and the shards would not reproduce; give --steps N (fixed steps), or --batch 1 "
-        f"(each sample solved alone with its own steps)")
+        f"its batch-mates and the shards would not reproduce; use sdekit's own (sdekit.dopri5, sdekit.bosh3: a "
+        f"step size per sample), fixed steps (--steps N), or --batch 1 (each sample solved alone)")
 
 
 # -- shards --------------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def run(args) -> int:
     _device(args.device)
     shard_size = min(args.shard_size, args.n)
     batch = min(args.batch or shard_size, shard_size)
-    adaptive = args.tol is not None or spec.info.stepping == "adaptive"
+    adaptive = args.tol is not None and spec.info.stepping in ("adaptive", "either")
     extra = batch_coupling(spec.info, adaptive, batch)
     budget = dict(steps=args.steps) if args.steps is not None else dict(rtol=args.tol, atol=args.tol)
     ctx = dist_context(args.device)
