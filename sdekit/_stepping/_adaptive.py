@@ -9,7 +9,7 @@ step from the attempted one.  Samples never wait for each other: the hardest sam
 
 **Host synchronisation.** An iteration makes none: acceptance, control, the end of each sample (``t_end``
 reached, ``max_steps``, a step below ``dt_min``) are ``torch.where`` on ``(batch,)`` tensors.  At most every
-``k`` iterations (``k`` = :data:`SYNC_EVERY` = 8 by default; ``options={"sync_every": k}``) the loop reads
+``k`` iterations (``k`` = :data:`SYNC_EVERY` = 2 by default; ``options={"sync_every": k}``) the loop reads
 which samples still run (one device-to-host copy of ``batch + 1`` numbers), stops when none does, and
 otherwise drops the finished samples from the batch: the model then sees only the samples still running.
 The same read plans the next one: after ``min(k, n)`` iterations, with ``n`` the largest number of steps
@@ -47,7 +47,7 @@ from .._solution import STATUS, Result
 from ._frame import Frame
 from ._loop import _noise
 
-SYNC_EVERY = 8
+SYNC_EVERY = 2
 _RUNNING = -1
 _SUCCESS, _MAX_STEPS, _DT_TOO_SMALL = (STATUS.index(r) for r in (Result.SUCCESS, Result.MAX_STEPS,
                                                                     Result.DT_TOO_SMALL))
