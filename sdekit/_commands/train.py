@@ -61,10 +61,9 @@ def _check(args):
 
 
 def run(args) -> int:
-    from sdekit.studies import SDES
+    from sdekit.studies import SDES, MixtureProblem
     from sdekit.studies._trained import evaluate_bound, load_model, load_points, save_model, train_score_model
     from sdekit.losses import score_matching_loss
-    from sdekit.validation import GaussianMixture
     _check(args)
     sde = SDES[args.sde]()
     threads, why = _threads(args.threads if args.threads is not None else 1, 0, args.device)
@@ -83,7 +82,7 @@ def run(args) -> int:
                 return train[torch.randint(train.shape[0], (n,), generator=gen, device=gen.device).cpu()]
             data_name, shape, exact = os.path.basename(args.data), tuple(train.shape[1:]), None
         else:
-            mixture = GaussianMixture.default_2d(sde)
+            mixture = MixtureProblem(sde).mixture
 
             def sample(n, gen):
                 return mixture.sample(n, t=0.0, generator=gen, device=gen.device)
