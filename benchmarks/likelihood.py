@@ -9,7 +9,9 @@ dopri5 through ``sdekit.solve``, float32, the state on the device) in up to thre
 
 - ``sdekit rms``: ``error_norm="rms"``, the same error norm as the reference (RMS over the whole batch);
 - ``sdekit``: the default ``error_norm="sample"`` (each sample and its log-density within the tolerance);
-- ``sdekit per-sample``: sdekit's own dopri5 with a step size per sample, where that method is registered.
+- ``sdekit per-sample``: sdekit's own dopri5 with a step size per sample, where that method is registered;
+  ``sdekit per-sample I`` the same with ``options=dict(beta1=0.2, beta2=0.0)``, an I step-size controller
+  (the kind torchdiffeq and scipy use) in place of its default PI controller.
 
 Same score function, same rtol/atol (1e-5), same start time (1e-5), batch 256.  Cases:
 
@@ -136,6 +138,8 @@ def run_case(name, sde, score, x, divergence, exact, args, device):
     plan = [("sdekit rms", "dopri5", dict(error_norm="rms")), ("sdekit", "dopri5", {})]
     if any(m.qualified_name == "sdekit.dopri5" for m in sdekit.methods()):
         plan.append(("sdekit per-sample", "sdekit.dopri5", {}))
+        # the same with an I controller (torchdiffeq's and scipy's kind) in place of its default PI controller
+        plan.append(("sdekit per-sample I", "sdekit.dopri5", dict(options=dict(beta1=0.2, beta2=0.0))))
     for label, method, kw in plan:
         for div in divergence:
             def go(method=method, kw=kw, div=div):
