@@ -15,6 +15,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy import integrate, stats
 
 import sdekit
@@ -370,3 +372,19 @@ def test_k_diffusion_weightings_are_their_f_space_weights():
         torch.testing.assert_close(got, c_weight * sq, rtol=1e-9, atol=0)
     with pytest.raises(SDEKitError, match="sigma_data"):
         score_matching_loss(sde, model, x0, weighting="karras", sigma_data=-1.0)
+
+
+@given(beta_min=st.floats(0.01, 1.0), span=st.floats(1.0, 30.0), seed=st.integers(0, 2 ** 16),
+       prediction=st.sampled_from(["eps", "x0", "v", "score", "edm", "flow"]),
+       weighting=st.sampled_from(["variance", "likelihood", "karras", "soft_min_snr"]))
+def test_natural_form_is_the_score_loss_for_any_vp_schedule(beta_min, span, seed, prediction, weighting):
+    sde = sdekit.VPSDE(beta_min=beta_min, beta_max=beta_min + span)
+    model = Adapter(_network, sde, prediction)
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(32, 2, generator=g, dtype=torch.float64)
+    t = sde.eps + (sde.T - sde.eps) * torch.rand(32, generator=g, dtype=torch.float64)
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    natural = score_matching_loss(sde, model, x0, weighting=weighting, t=t, noise=noise, reduce="none")
+    as_score = score_matching_loss(sde, lambda x, t: model(x, t), x0, weighting=weighting, t=t, noise=noise,
+                                   reduce="none", sigma_data=0.5)
+    torch.testing.assert_close(natural, as_score, rtol=1e-8, atol=1e-12)
