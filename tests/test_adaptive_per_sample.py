@@ -287,3 +287,23 @@ def test_adaptive_steppers_are_registered():
         assert m.error_estimate and m.frame == cls.frame and m.needs == cls.needs and m.description
         assert set(cls.defaults) | {"sync_every", "denoise"} == set(m.options)
         assert sdekit._methods.lookup(f"sdekit.{cls.name}", cls.kind) is m
+
+
+def test_save_at_the_start_and_gradients():
+    """A save time at t_start is kept (a zero-length step that does not shrink the next one); with x requiring grad
+    the result is differentiable and the step sizes are not (no graph through the controller)."""
+    sde = sdekit.VPSDE()
+    data, x = _gaussian(sde, n=3)
+    flow = sdekit.probability_flow(sde, data.score)
+    sol = flow.solve(x, method="sdekit.bosh3", rtol=1e-4, atol=1e-4, save_at=[1.0, 0.5])
+    torch.testing.assert_close(sol.path[0], x, rtol=0, atol=0)
+    plain = flow.solve(x, method="sdekit.bosh3", rtol=1e-4, atol=1e-4, save_at=[0.5])
+    assert sol.steps <= plain.steps + 1
+    xg = x.clone().requires_grad_(True)
+    out = flow.solve(xg, method="sdekit.dopri5", rtol=1e-6, atol=1e-6)
+    (grad,) = torch.autograd.grad(out.x.sum(), xg)
+    # the flow map of Gaussian data is linear: its Jacobian is diag(sqrt(v_eps / v_T)) per coordinate
+    mean, cov_t = data.marginal(sde.T)
+    _, cov_e = data.marginal(sde.eps)
+    expected = (torch.diagonal(cov_e) / torch.diagonal(cov_t)).sqrt().expand_as(grad)
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)

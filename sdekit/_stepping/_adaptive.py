@@ -150,7 +150,7 @@ class _Loop:
             h = (st.to_clock(t_first) - a["u"]).abs()
         else:
             h = st.initial_step(a["x"], a["t"], pb.t_end, carry)
-        h = h.to(torch.float64)
+        h = h.detach().to(torch.float64)
         a["h"] = h.min().expand_as(h).clone() if self.shared else h
         a["prev"] = torch.ones(self.n, **self.f64)
         self._count(a, before, a["status"] == _RUNNING)
@@ -181,7 +181,7 @@ class _Loop:
         before = self.evaluator.nfe
         x_new, err, carry_new = st.attempt(x, t, t_next, carry, iteration)
         self._count(a, before, running)
-        err = err.to(torch.float64)
+        err = err.detach().to(torch.float64)     # step sizes are not differentiated (as diffrax's controllers)
         if self.shared:
             live = running.to(torch.float64)
             err = torch.sqrt((torch.where(running, err, 0.0) ** 2).sum() / live.sum().clamp_min(1)).expand_as(err)
@@ -193,8 +193,11 @@ class _Loop:
                  for k, v in carry.items()}
         a["t"] = torch.where(accepted, t_next, t)
         a["u"] = torch.where(accepted, u_next, u)
-        a["h"] = torch.where(running, self.controller.propose(h_try, err, a["prev"], accepted), h)
-        a["prev"] = torch.where(accepted, err, a["prev"])
+        proposed = self.controller.propose(h_try, err, a["prev"], accepted)
+        # a step cut short to land on a target (a save_at time) does not shrink the next one
+        proposed = torch.where(accepted & last, torch.maximum(proposed, h), proposed)
+        a["h"] = torch.where(running, proposed, h)
+        a["prev"] = torch.where(accepted & ~(last & (h_try < h)), err, a["prev"])   # a cut step's error: not kept
         a["steps"] = a["steps"] + accepted
         a["rejected"] = a["rejected"] + rejected
         hit = accepted & last
