@@ -41,6 +41,12 @@ def _like(result, like):
     return result if like is None else result.to(dtype=like.dtype, device=like.device)
 
 
+def _softplus(y):
+    """``log(1 + e^y)`` without overflow or cancellation, in exp and log1p: torch's CPU ``logaddexp`` rounds
+    differently in the body and the tail of a tensor, so a sample's value would depend on its place in the batch."""
+    return y.clamp_min(0) + torch.log1p(torch.exp(-y.abs()))
+
+
 class SDE:
     r"""An Itô SDE :math:`dx = f(t, x)\,dt + g(t, x)\,dw` on :math:`[0, T]`, acting on ``(batch, *event_shape)``.
 
@@ -250,7 +256,7 @@ class VPSDE(LinearSDE):
         Computed in float64; the result has ``lam``'s shape, dtype and device.
         """
         lam64, like = _float64(lam, "lam")
-        neg_log_alpha = 0.5 * torch.logaddexp(-2 * lam64, torch.zeros_like(lam64))
+        neg_log_alpha = 0.5 * _softplus(-2 * lam64)
         return _like(self._t_of_neg_log_alpha(neg_log_alpha), like)
 
     def _t_of_neg_log_alpha(self, L):
@@ -360,13 +366,13 @@ class VESDE(LinearSDE):
 
         Reference marginal: :math:`t = -T(\lambda + \ln\sigma_{min})/\ln(\sigma_{max}/\sigma_{min})`.
         Exact marginal: :math:`t = T\log(1 + (e^{-\lambda}/\sigma_{min})^2) / (2\ln(\sigma_{max}/\sigma_{min}))`,
-        as a ``logaddexp``, which neither overflows nor cancels.
+        as a softplus, which neither overflows nor cancels.
         """
         lam64, like = _float64(lam, "lam")
         y = -2 * lam64 - 2 * math.log(self.sigma_min)
         if self.marginal == "reference":
             return _like(y * (self.T / (2 * self._log_ratio)), like)
-        return _like(torch.logaddexp(y, torch.zeros_like(y)) * (self.T / (2 * self._log_ratio)), like)
+        return _like(_softplus(y) * (self.T / (2 * self._log_ratio)), like)
 
     def __repr__(self):
         return (f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, T={self.T}, eps={self.eps}, "
