@@ -113,10 +113,12 @@ def test_batch_coupled_adaptive_methods_are_refused_unless_alone(tmp_path, capsy
     assert torch.equal(alone["x"], alone_2["x"])
 
 
-def test_per_sample_adaptive_methods_give_the_same_samples_in_any_batch(tmp_path):
+@pytest.mark.parametrize("method, sde", [("ode:sdekit.dopri5", "vp"), ("ode:dpm_adaptive", "vp"),
+                                         ("ode:dpm_adaptive", "ve")])
+def test_per_sample_adaptive_methods_give_the_same_samples_in_any_batch(method, sde, tmp_path):
     # sdekit's adaptive loop keeps a step size per sample (per_sample=True): no batch coupling to refuse
-    a = _sample(tmp_path / "a.pt", "--method", "ode:sdekit.dopri5", "--tol", "1e-4", "--shard-size", 16, n=16)
-    b = _sample(tmp_path / "b.pt", "--method", "ode:sdekit.dopri5", "--tol", "1e-4", "--shard-size", 16,
+    a = _sample(tmp_path / "a.pt", "--sde", sde, "--method", method, "--tol", "1e-4", "--shard-size", 16, n=16)
+    b = _sample(tmp_path / "b.pt", "--sde", sde, "--method", method, "--tol", "1e-4", "--shard-size", 16,
                 "--batch", 5, n=16)
     assert torch.equal(a["x"], b["x"]) and torch.isfinite(a["x"]).all()
 
