@@ -84,7 +84,8 @@ class Controller:
             if not getattr(self, name) > 0:
                 raise InvalidParameterError(f"controller option {name} must be positive, got {getattr(self, name)}")
         if not (0 <= self.beta2 < self.beta1 or self.beta2 == 0):
-            raise InvalidParameterError(f"controller option beta2 must lie in [0, beta1={self.beta1}), got {self.beta2}")
+            raise InvalidParameterError(f"controller option beta2 must lie in [0, beta1={self.beta1}), "
+                                        f"got {self.beta2}")
         if not 0 <= self.fac_min < 1 <= self.fac_max:
             raise InvalidParameterError(f"controller factors need 0 <= fac_min < 1 <= fac_max, got "
                                         f"{self.fac_min}, {self.fac_max}")

@@ -12,7 +12,11 @@ reverse SDE) with the Brownian increment :math:`\Delta W` is
     x'' &= \tfrac12 (x' + \tilde x)                                          &\text{(Improved Euler)}
 
 two evaluations an attempt: the paper's pair, for additive noise (:math:`g = g(t)`: VP, sub-VP, VE, any user SDE
-whose diffusion does not depend on :math:`x`).
+whose diffusion does not depend on :math:`x`).  The error ratio is the scaled RMS of :math:`x' - x''` with the mixed
+tolerance :math:`\max(a, r\max(|x'|, |x'_{prev}|))`, :math:`x'_{prev}` the Euler–Maruyama state of the last accepted
+step; the state advances with :math:`x''`, and the controller is the paper's :math:`h \leftarrow \theta h E^{-r}`
+(:math:`\theta = 0.9`, :math:`r = 0.9`), each per sample.  Defaults as the paper's: ``rtol = 0.05``,
+``atol = 0.0078`` (data scaled to [-1, 1]), a first step of 0.01.
 
 **A diffusion that depends on x** (diagonal noise :math:`g_i(t, x_i)`) needs more care.  An error estimate that reads
 the step's own :math:`\Delta W` makes the accepted partition depend on the increments it then sums: refining where
@@ -23,12 +27,8 @@ step is Heun in the drift and Euler–Maruyama in the noise,
 :math:`x'' = x + \tfrac12(b(t, x) + b(t', x + b\,\Delta t))\Delta t + g(t, x)\Delta W` (Itô, strong order 1/2),
 and its error estimate is known before :math:`\Delta W` is drawn: the drift part
 :math:`\tfrac12(b - b')\Delta t` and the RMS of the Euler–Maruyama noise error,
-:math:`\tfrac12|g\,\partial_x g|\,|\Delta t|\sqrt2 = 2^{-3/2}|\partial_x(g^2)|\,|\Delta t|`, combined in quadrature.
-The partition is then adapted to the path and the Itô solution is the limit.  The error ratio is the scaled RMS of :math:`x' - x''` with the mixed tolerance
-:math:`\max(a, r\max(|x'|, |x'_{prev}|))`, :math:`x'_{prev}` the Euler–Maruyama state of the last accepted step;
-the state advances with :math:`x''`, and the controller is the paper's :math:`h \leftarrow \theta h E^{-r}`
-(:math:`\theta = 0.9`, :math:`r = 0.9`), each per sample.  Defaults as the paper's: ``rtol = 0.05``,
-``atol = 0.0078`` (data scaled to [-1, 1]), a first step of 0.01.
+:math:`\tfrac12|g\,\partial_x g|\,|\Delta t|\sqrt2 = 2^{-3/2}|\partial_x(g^2)|\,|\Delta t|`, combined in quadrature,
+with the same mixed tolerance.  The partition is then adapted to the path and the Itô solution is the limit.
 
 **Rejected steps keep the Brownian path.**  :math:`\Delta W = W(t') - W(t)` is read from the solve's
 :class:`sdekit.KeyedBrownian`: a rejected step is retried with a smaller :math:`h` on the *same* path, queried at
