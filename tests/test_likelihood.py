@@ -428,3 +428,36 @@ def test_per_sample_steps_keep_each_sample_its_probe():
     assert stats["row_evaluations"] < stats["nfe_max"] * x.shape[0]      # finished samples did leave the batch
     # a wrong probe would be off by O(1) nats; rtol = 1e-5 allows ~1e-5 |log p| on the tail samples (|log p| ~ 200)
     assert ((per.log_likelihood - ref.log_likelihood).abs() / 2).max() < TOL + 1e-4 * ref.log_likelihood.abs().max()
+
+
+def test_an_sde_without_a_prior_density_is_refused():
+    class NoPrior(sdekit.SDE):
+        def f(self, t, x):
+            return -x
+
+        def g(self, t):
+            return torch.ones_like(t)
+
+    class BadPrior(NoPrior):
+        def prior_logp(self, z):
+            return z.sum()                                   # one number, not one per sample
+
+    x = torch.zeros(3, 2, dtype=F64)
+    with pytest.raises(sdekit.ArgumentTypeError, match="prior_logp"):
+        sdekit.probability_flow(NoPrior(), lambda x, t: -x).log_likelihood(x)
+    with pytest.raises(sdekit.ShapeError, match="prior_logp"):
+        sdekit.probability_flow(BadPrior(), lambda x, t: -x).log_likelihood(x)
+
+
+def test_augmented_flow_is_a_torchdiffeq_function():
+    """The augmented process integrates with torchdiffeq.odeint directly (natural time, t a 0-dim tensor)."""
+    import torchdiffeq
+    sde = sdekit.VPSDE()
+    data = gaussian(sde)
+    x = data.sample(8, t=EPS, generator=torch.Generator().manual_seed(18))
+    aug = sdekit.AugmentedFlow(sde, data.score, data_shape=(2,), t_min=EPS, t_max=sde.T)
+    y = torchdiffeq.odeint(aug, aug.augment(x), torch.tensor([EPS, sde.T], dtype=F64), rtol=1e-8, atol=1e-8)[-1]
+    z, delta = aug.split(y)
+    exact, z_exact = exact_model_logp(data, x, sde)
+    assert torch.allclose(z, z_exact, atol=1e-6)
+    assert ((sde.prior_logp(z) + delta[0] - exact).abs() / 2).max() < TOL
