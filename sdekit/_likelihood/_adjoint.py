@@ -19,6 +19,23 @@ from .._solution import Result, Solution
 __all__ = ["adjoint_solve"]
 
 
+class _Counting:
+    """The augmented flow as torchdiffeq's function, counting the forward solve's accepted and rejected steps."""
+
+    def __init__(self, flow):
+        self.flow = flow
+        self.accepted = self.rejected = 0
+
+    def __call__(self, t, y):
+        return self.flow(t, y)
+
+    def callback_accept_step(self, t0, y0, dt):
+        self.accepted += 1
+
+    def callback_reject_step(self, t0, y0, dt):
+        self.rejected += 1
+
+
 def _parameters(flow, adjoint_params):
     if adjoint_params is None:
         params = getattr(flow.fn, "score_fn", flow.fn)
@@ -48,9 +65,10 @@ def adjoint_solve(aug, y0, method, t_start, t_end, rtol, atol, adjoint_params, t
     if max_steps is not None:
         opts["max_num_steps"] = int(max_steps)
     t = torch.tensor([t_start, t_end], dtype=torch.float64, device=y0.device)
+    func = _Counting(bound)
     start = time.perf_counter()
     try:
-        y = torchdiffeq.odeint_adjoint(bound, y0, t, rtol=rtol, atol=atol, method=m.name, options=opts or None,
+        y = torchdiffeq.odeint_adjoint(func, y0, t, rtol=rtol, atol=atol, method=m.name, options=opts or None,
                                        adjoint_params=params)[-1]
         result, detail = Result.SUCCESS, ""
     except AssertionError as err:  # torchdiffeq's "underflow in dt" or max_num_steps
@@ -64,7 +82,7 @@ def adjoint_solve(aug, y0, method, t_start, t_end, rtol, atol, adjoint_params, t
         result, detail = Result.NON_FINITE, f"samples {failed.nonzero().flatten().tolist()[:8]} went non-finite"
     sol = Solution(x=y, t=t_end if result is Result.SUCCESS else t_start, nfe=bound.evaluator.nfe, method=m.name,
                    backend="torchdiffeq", wall_time=time.perf_counter() - start, result=result, detail=detail,
-                   failed=failed)
+                   failed=failed, steps=func.accepted, rejected=func.rejected)
     if throw and result is not Result.SUCCESS:
         raise SolveError(f"{m.name} (adjoint) did not finish: {detail}; {result.message}", sol)
     return sol
