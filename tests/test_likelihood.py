@@ -302,6 +302,18 @@ def test_divergence_and_argument_errors():
         assert issubclass(err, sdekit.SDEKitError)
 
 
+def test_no_grad_works_and_inference_mode_is_refused():
+    sde = sdekit.VPSDE()
+    data = gaussian(sde)
+    flow = sdekit.probability_flow(sde, data.score)
+    x = data.sample(4, t=EPS, generator=torch.Generator().manual_seed(19))
+    with torch.no_grad():
+        inside = flow.log_likelihood(x).log_likelihood
+    assert torch.equal(inside, flow.log_likelihood(x).log_likelihood)
+    with torch.inference_mode(), pytest.raises(sdekit.InvalidParameterError, match="inference_mode"):
+        flow.log_likelihood(x)
+
+
 def test_detached_score_is_refused():
     sde = sdekit.VESDE()
 

@@ -136,6 +136,9 @@ def log_likelihood(flow: ProbabilityFlowODE, x: torch.Tensor, method: str = "dop
     """
     check_flow(flow)
     check_data(x)
+    if torch.is_inference_mode_enabled():
+        raise InvalidParameterError("the divergence needs autograd, which torch.inference_mode() switches off: "
+                                    "call log_likelihood outside it (under torch.no_grad() is fine)")
     m = check_method(method)
     if isinstance(probes, bool) or not isinstance(probes, numbers.Integral) or probes < 1:
         raise InvalidParameterError(f"probes must be a positive integer, got {probes!r}")
