@@ -59,7 +59,12 @@ def check_data(x, what="x"):
 
 
 def _drift_methods() -> str:
-    return ", ".join(sorted({m.name for m in methods(kind="ode") if m.needs == "drift"}, key=str.lower))
+    """The ODE methods that integrate the drift; a short name shared by two backends is given in full as well."""
+    ok = [m for m in methods(kind="ode") if m.needs == "drift"]
+    names = {m.name for m in ok}
+    shared = {n for n in names if sum(m.name == n for m in ok) > 1}
+    names |= {m.qualified_name for m in ok if m.name in shared and lookup(m.name, "ode") is not m}
+    return ", ".join(sorted(names, key=str.lower))
 
 
 def check_method(method: str):
@@ -67,7 +72,7 @@ def check_method(method: str):
     m = lookup(method, "ode")
     if m.kind != "ode" or m.needs != "drift":
         how = (f"steps the probability flow in the {m.frame} frame from the model's {m.needs} prediction"
-               if m.needs != "drift" else "is an SDE method that runs the flow only from T down")
+               if m.needs != "drift" else "is an SDE method (the likelihood runs the flow from eps up to T)")
         raise MethodArgumentError(f"{m.name} {how} and cannot carry the log-density; use an ODE method that "
                                   f"integrates the drift: {_drift_methods()}")
     return m
