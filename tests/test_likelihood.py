@@ -234,6 +234,16 @@ def test_bits_per_dim_bad_input():
         sdekit.bits_per_dim(flow, ints, data_range="0-1", dequantize="uniform")
     with pytest.raises(sdekit.InvalidParameterError, match="unknown divergence"):
         sdekit.bits_per_dim(flow, ints, data_range=(0, 1), dequantize="uniform", divergence="skilling")
+    with pytest.raises(sdekit.InvalidParameterError, match=r"\[0, 1\)"):
+        sdekit.bits_per_dim(flow, ints, data_range=(0, 1), dtype=F64,
+                            dequantize=lambda n, g: (n + 0.5, n.new_zeros(n.shape[0])))     # u is the level
+    with pytest.raises(sdekit.ShapeError, match="log_q"):
+        sdekit.bits_per_dim(flow, ints, data_range=(0, 1), dtype=F64,
+                            dequantize=lambda n, g: (torch.zeros_like(n), torch.zeros_like(n)))
+    with pytest.raises(sdekit.ArgumentTypeError, match="pair"):
+        sdekit.bits_per_dim(flow, ints, data_range=(0, 1), dequantize=lambda n, g: n)
+    with pytest.raises(sdekit.InvalidParameterError, match="bins"):
+        sdekit.bits_per_dim(flow, ints, data_range=(0, 1), dequantize="uniform", bins=1)
 
 
 def test_encode_decode_round_trip_within_tolerance():
