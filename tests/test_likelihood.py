@@ -307,6 +307,10 @@ def test_divergence_and_argument_errors():
         sdekit.log_likelihood(sdekit.reverse(sde, lambda x, t: -x), x)
     with pytest.raises(sdekit.InvalidParameterError, match="eps"):
         flow.log_likelihood(x, eps=0.0)
+    with pytest.raises(sdekit.MethodArgumentError, match="eps="):
+        flow.log_likelihood(x, t_end=0.5)
+    with pytest.raises(sdekit.MethodArgumentError, match="eps="):
+        flow.encode(x, t_start=0.5)
     for err in (sdekit.InvalidParameterError, sdekit.ArgumentTypeError, sdekit.ShapeError,
                 sdekit.MethodArgumentError):
         assert issubclass(err, sdekit.SDEKitError)

@@ -11,7 +11,7 @@ import torch
 
 from .._solution import Solution
 from .._solve import solve
-from ._loglik import check_data, check_flow, likelihood_eps
+from ._loglik import check_data, check_flow, check_span_options, likelihood_eps
 
 __all__ = ["encode", "decode"]
 
@@ -29,6 +29,7 @@ def encode(flow, x: torch.Tensor, method: str = "dopri5", *, eps: Optional[float
     """
     check_flow(flow)
     check_data(x)
+    check_span_options(solve_options, "encode")
     return solve(flow, x, method, t_start=likelihood_eps(flow.sde, eps), t_end=flow.sde.T, **solve_options)
 
 
@@ -39,4 +40,5 @@ def decode(flow, z: torch.Tensor, method: str = "dopri5", *, eps: Optional[float
     """
     check_flow(flow)
     check_data(z, "z")
+    check_span_options(solve_options, "decode")
     return solve(flow, z, method, t_start=flow.sde.T, t_end=likelihood_eps(flow.sde, eps), **solve_options)

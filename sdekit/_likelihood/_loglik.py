@@ -27,7 +27,7 @@ from ._norm import plan_norm
 from ._result import Likelihood
 
 __all__ = ["log_likelihood", "LIKELIHOOD_EPS", "likelihood_eps", "check_flow", "check_data", "check_method",
-           "generator_from"]
+           "check_span_options", "generator_from"]
 
 #: The default start time of a likelihood (score_sde's): the data are taken at ``min(sde.eps, 1e-5)``.
 LIKELIHOOD_EPS = 1e-5
@@ -40,6 +40,14 @@ def likelihood_eps(sde, eps=None) -> float:
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (0 < float(eps) < sde.T):
         raise InvalidParameterError(f"eps must be a number in (0, T={sde.T}), got {eps!r}")
     return float(eps)
+
+
+def check_span_options(options, what):
+    """``t_start``/``t_end`` are set by ``what`` (eps and T): a one-line error instead of a duplicate keyword."""
+    given = sorted(k for k in ("t_start", "t_end") if k in options)
+    if given:
+        raise MethodArgumentError(f"{what} runs between eps and T and sets {' and '.join(given)} itself; "
+                                  "give eps= to move the data end")
 
 
 def check_flow(flow):
@@ -141,6 +149,7 @@ def log_likelihood(flow: ProbabilityFlowODE, x: torch.Tensor, method: str = "dop
     """
     check_flow(flow)
     check_data(x)
+    check_span_options(solve_options, "log_likelihood")
     if torch.is_inference_mode_enabled():
         raise InvalidParameterError("the divergence needs autograd, which torch.inference_mode() switches off: "
                                     "call log_likelihood outside it (under torch.no_grad() is fine)")
