@@ -220,6 +220,7 @@ def figures(ode, sde, directory):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
     except ImportError:
         print("\n(figures skipped: pip install matplotlib)")
         return
@@ -236,6 +237,7 @@ def figures(ode, sde, directory):
             ax.set_ylabel("RMS error")
             ax.set_title(f"{title}: probability flow")
             ax.grid(True, which="both", alpha=0.3)
+            ax.xaxis.set_minor_formatter(NullFormatter())
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(directory, "adaptive_ode.png"), dpi=110)
@@ -253,6 +255,7 @@ def figures(ode, sde, directory):
                 ax.set_ylabel("sliced W2" if measure == "sw" else "mode-mass TV")
                 ax.set_title(f"{title}: reverse SDE")
                 ax.grid(True, which="both", alpha=0.3)
+                ax.xaxis.set_minor_formatter(NullFormatter())
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(directory, "adaptive_sde.png"), dpi=110)
