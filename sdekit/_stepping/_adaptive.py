@@ -33,7 +33,7 @@ control), for comparison.
 counted), as the fixed-step loop does.
 
 **save_at.** Each sample's step is clipped to land on the next ``save_at`` time, so saved states are
-exact states of the method, per sample.
+exact states of the method, per sample; a sample stopped (``max_steps``) before a save time has NaN there.
 """
 
 import math
@@ -124,8 +124,10 @@ class _Loop:
         span = max(abs(pb.t_start), abs(pb.t_end), 1.0)
         self.floor = max(pb.dt_min or 0.0, 64 * torch.finfo(torch.float64).eps * span)
         self.max_steps = pb.max_steps
-        self.path = (torch.zeros((self.n_saves + 1,) + tuple(x.shape), dtype=x.dtype, device=dev)
-                     if self.n_saves else None)   # the last slot takes the writes of samples that hit no save time
+        # the last slot takes the writes of samples that hit no save time; a sample that stops before a save
+        # time (max_steps) has NaN there
+        self.path = (torch.full((self.n_saves + 1,) + tuple(x.shape), math.nan, dtype=x.dtype, device=dev)
+                     if self.n_saves else None)
         # the full batch, written back at every host read
         self.out = {"x": x.clone(), "t": torch.full((n,), pb.t_start, **f64),
                     "nfe": torch.zeros(n, dtype=torch.int64, device=dev),
