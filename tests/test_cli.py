@@ -119,7 +119,7 @@ def test_help_on_every_subcommand(command, capsys):
 def test_methods_lists_the_registry(capsys):
     assert main(["methods", "--backend", "sdekit"]) == 0
     out = capsys.readouterr().out
-    assert "dpmpp_2m" in out and "dopri5" not in out
+    assert "dpmpp_2m" in out and "torchdiffeq" not in out
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".npz"])
