@@ -20,7 +20,7 @@ from ._likelihood import AugmentedFlow, BitsPerDim, Likelihood, bits_per_dim, de
 from ._methods import Method, methods
 from ._process import ForwardSDE, ProbabilityFlowODE, Process, ReverseSDE, forward, probability_flow, reverse
 from ._sde import SDE, LinearSDE, SubVPSDE, VESDE, VPSDE
-from ._solution import Result, Solution
+from ._solution import PerSample, Result, Solution
 from ._solve import solve
 from ._study import Budget, Measure, MethodSpec, StudyProblem, StudyTable, study
 from . import losses
@@ -31,7 +31,7 @@ __all__ = [
     "study", "StudyProblem", "StudyTable", "MethodSpec", "Budget", "Measure",
     "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE",
     "Process", "ReverseSDE", "ProbabilityFlowODE", "ForwardSDE", "reverse", "probability_flow", "forward",
-    "solve", "Solution", "Result", "Method", "methods", "brownian_motion", "uniform_grid", "step_grid",
+    "solve", "Solution", "PerSample", "Result", "Method", "methods", "brownian_motion", "uniform_grid", "step_grid",
     "log_snr_grid", "karras_grid", "quadratic_grid", "schedule_grid", "SCHEDULES", "KeyedBrownian", "keyed_normal",
     "SDEKitError", "ArgumentTypeError", "InvalidParameterError", "ShapeError", "ScoreFunctionError",
     "UnknownMethodError",
