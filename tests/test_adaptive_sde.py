@@ -89,20 +89,24 @@ def test_each_sample_is_the_same_in_any_batch(noise):
         assert int(full.per_sample.nfe[i]) == int(alone.per_sample.nfe[0])
 
 
+def _strong_errors(sde, seed, n=400, tols=(1e-1, 1e-2, 1e-3)):
+    """improved_euler's mean strong error against the exact solution on the keyed path, and its mean NFE, per tol."""
+    x0 = sde.initial_state(n)
+    bm = sdekit.KeyedBrownian(0.0, sde.T, x0.shape, seed=seed, dtype=torch.float64)
+    exact = sde.exact(x0, sde.T, bm.value(torch.full((n,), sde.T, dtype=torch.float64)))
+    errors, nfes = [], []
+    for tol in tols:
+        sol = sdekit.forward(sde).solve(x0, method="improved_euler", rtol=tol, atol=tol, noise=bm)
+        errors.append(float((sol.x - exact).abs().mean()))
+        nfes.append(sol.stats["nfe_mean"])
+    return errors, nfes
+
+
 def test_multiplicative_noise_converges_to_the_ito_solution():
     """Geometric Brownian motion (g depends on x), exact solution from the keyed path's W(T): the strong error falls
     as the tolerance tightens, with slope 1/2 against the mean NFE (band +-0.2; measured 0.52).  An error estimate
     that read the step's own increment would refine where dW^2 is large and converge to a wrong limit."""
-    sde = GeometricBrownianMotion()
-    n = 400
-    x0 = sde.initial_state(n)
-    bm = sdekit.KeyedBrownian(0.0, sde.T, x0.shape, seed=3, dtype=torch.float64)
-    exact = sde.exact(x0, sde.T, bm.value(torch.full((n,), sde.T, dtype=torch.float64)))
-    errors, nfes = [], []
-    for tol in (1e-1, 1e-2, 1e-3):
-        sol = sdekit.forward(sde).solve(x0, method="improved_euler", rtol=tol, atol=tol, noise=bm)
-        errors.append(float((sol.x - exact).abs().mean()))
-        nfes.append(sol.stats["nfe_mean"])
+    errors, nfes = _strong_errors(GeometricBrownianMotion(), seed=3)
     assert errors[0] > errors[1] > errors[2], errors
     slope = fit_order([1 / k for k in nfes], errors)
     assert abs(slope - 0.5) <= 0.2, (slope, errors, nfes)
@@ -112,16 +116,7 @@ def test_additive_user_sde_converges_strongly_with_order_one():
     """A user SDE with additive noise (sdekit.validation.AdditiveSDE, exact given W): the strong error falls with the
     tolerance, slope against the mean NFE near 1 (Heun's strong order with additive noise; band +-0.3)."""
     from sdekit.validation import AdditiveSDE
-    sde = AdditiveSDE()
-    n = 400
-    x0 = sde.initial_state(n)
-    bm = sdekit.KeyedBrownian(0.0, sde.T, x0.shape, seed=4, dtype=torch.float64)
-    exact = sde.exact(x0, sde.T, bm.value(torch.full((n,), sde.T, dtype=torch.float64)))
-    errors, nfes = [], []
-    for tol in (1e-1, 1e-2, 1e-3):
-        sol = sdekit.forward(sde).solve(x0, method="improved_euler", rtol=tol, atol=tol, noise=bm)
-        errors.append(float((sol.x - exact).abs().mean()))
-        nfes.append(sol.stats["nfe_mean"])
+    errors, nfes = _strong_errors(AdditiveSDE(), seed=4)
     slope = fit_order([1 / k for k in nfes], errors)
     assert errors[0] > errors[1] > errors[2] and slope > 1.0 - 0.3, (slope, errors, nfes)
 

@@ -180,13 +180,15 @@ def test_method_error_class():
 
 
 # -- torchrun, gloo, two processes --------------------------------------------------------------------------
-def _torchrun(args):
-    return [TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "sdekit", "sample"] + [str(a) for a in args]
+def _torchrun(args, separator=()):
+    return ([TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "sdekit", *separator, "sample"]
+            + [str(a) for a in args])
 
 
 def test_torchrun_two_processes_equal_one(tmp_path):
-    args = ["--samples", "30", "--seed", "7", "--method", "sde:dpmpp_2m_sde", "--steps", "5", "--shard-size", "4"]
-    run = subprocess.run(_torchrun(args + ["--batch", "3", "--out", "two.pt"]), cwd=tmp_path,
+    # the spelling, --n: after "--", which keeps torchrun's parser from reading it as its own --nnodes
+    args = ["--n", "30", "--seed", "7", "--method", "sde:dpmpp_2m_sde", "--steps", "5", "--shard-size", "4"]
+    run = subprocess.run(_torchrun(args + ["--batch", "3", "--out", "two.pt"], separator=("--",)), cwd=tmp_path,
                          env=_env(), capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "[rank 1/2]" in run.stdout and "[rank 0/2] 30 samples" in run.stdout

@@ -53,7 +53,11 @@ def _case(sde_name, seed):
 
 
 def _stepping(m, steps):
-    return dict(steps=steps) if m.stepping != "adaptive" else dict(rtol=1e-4, atol=1e-4)
+    """``steps`` fixed steps, or a tolerance: 1e-4 for an ODE pair, 1e-2 for an SDE pair (strong order 1/2)."""
+    if m.stepping != "adaptive":
+        return dict(steps=steps)
+    tol = 1e-2 if m.kind == "sde" else 1e-4
+    return dict(rtol=tol, atol=tol)
 
 
 def _process(m, case):
