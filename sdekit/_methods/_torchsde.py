@@ -1,9 +1,10 @@
 """torchsde's SDE methods, stepped by sdekit over an exact grid or by sdekit's adaptive controller.
 
 torchsde integrates forward in time on 2-D states; the process supplies that view (clock ``s``,
-flattened state).  sdekit drives torchsde's own step functions, so a fixed grid is followed
-exactly (no interpolation at save points), steps are counted, and ``max_steps`` can stop a solve
-with the state it reached.  Adaptive stepping compares one full step with two half steps on the
+flattened state).  sdekit drives torchsde's own step functions: on a fixed grid through the stepping
+layer's grid walk (:func:`sdekit._stepping._loop.walk`, the loop of sdekit's own samplers), so the grid is
+followed exactly (no interpolation at save points), steps are counted, and ``max_steps`` can stop a solve
+with the state it reached, written once for both.  Adaptive stepping compares one full step with two half steps on the
 same Brownian path (torchsde's scheme); a rejected step refines the same path by a Brownian
 bridge, so rejections do not bias the noise.
 
@@ -36,9 +37,9 @@ from torchsde._core import methods as _ts_methods
 from .._brownian import _ENTROPY_HIGH, brownian_motion
 from .._controller import check_options, error_ratio, next_step
 from .._errors import InvalidParameterError, MethodArgumentError, ShapeError
-from .._grid import save_indices
 from .._keyed import KeyedBrownian
 from .._solution import Result
+from .._stepping._loop import walk
 from ._base import Method, Outcome, Problem
 
 
@@ -183,26 +184,23 @@ def integrate(method: Method, pb: Problem) -> Outcome:
     extra = solver.init_extra_solver_state(_time(s0), y)
     if pb.adaptive:
         return _adaptive(method, pb, solver, y, extra, s0, s1, shape)
-    return _fixed(pb, solver, y, extra, shape)
+    return walk(_TorchsdeStep(solver, proc, pb.grid, extra), pb)
 
 
-def _fixed(pb, solver, y, extra, shape):
-    proc = pb.process
-    s = list(proc._t_of_s(pb.grid).unbind())  # 0-dim float64 tensors, as torchsde's own loop passes
-    save = save_indices(pb.grid, pb.save_at)
-    path = [pb.x0] if 0 in save else []
-    n = len(s) - 1
-    limit = n if pb.max_steps is None else min(n, pb.max_steps)
-    for i in range(limit):
-        proc.evaluator.step = i + 1
-        y, extra = solver.step(s[i], s[i + 1], y, extra)
-        if i + 1 in save:
-            path.append(y.view(shape))
-    out = Outcome(y.view(shape), float(pb.grid[limit]), path, steps=limit, rejected=0)
-    if limit < n:
-        out.result = Result.MAX_STEPS
-        out.detail = f"stopped at t={out.t:.6g} after max_steps={pb.max_steps} of {n} grid steps"
-    return out
+class _TorchsdeStep:
+    """One step of torchsde's step function on the process's clock, for the stepping layer's grid walk.
+
+    The state is flattened to torchsde's ``(batch, d)`` and back; the clock times are the grid's, computed at
+    once as torchsde's own loop computes them; the solver's extra state (milstein, srk) is carried here.
+    """
+
+    def __init__(self, solver, proc, grid, extra):
+        self.solver, self.extra = solver, extra
+        self.s = list(proc._t_of_s(grid).unbind())  # 0-dim float64 tensors, as torchsde's own loop passes
+
+    def step(self, x, t, t_next, i, n):
+        y, self.extra = self.solver.step(self.s[i], self.s[i + 1], x.reshape(x.shape[0], -1), self.extra)
+        return y.view(x.shape)
 
 
 def _time(s: float) -> torch.Tensor:

@@ -45,16 +45,26 @@ def run(stepper_class, method, pb):
     if hook is not None and not callable(hook):
         raise InvalidParameterError(f"option hook must be callable as hook(x, t, noise) -> x, "
                                     f"got {type(hook).__name__}")
-    frame = Frame(proc, method.name)
-    x = pb.x0
+    frame = Frame(proc, method.name) if stepper_class.needs != "drift" or denoise else None
     stochastic = stepper_class.kind == "sde" and proc.kind == "sde"
-    noise = _noise(pb, x) if stochastic or hook is not None else None
+    noise = _noise(pb, pb.x0) if stochastic or hook is not None else None
     stepper = stepper_class(frame, noise if stochastic else None, options)
+    return walk(stepper, pb, frame=frame, hook=hook, noise=noise, denoise=denoise)
 
+
+def walk(stepper, pb, frame=None, hook=None, noise=None, denoise=False):
+    """Walk ``pb``'s fixed grid with a built ``stepper``: the step counting, ``max_steps``, ``save_at``, the hook
+    and the final denoising step, for sdekit's steppers and for torchsde's step functions alike.
+
+    ``frame`` (a :class:`Frame`, needed for ``denoise``) computes the grid's coefficients once; ``hook`` and
+    ``noise`` are the caller's per-step hook and the keyed path it sees.
+    """
+    proc = pb.process
+    x = pb.x0
     batch = x.shape[0]
     times = pb.grid.to(device=x.device)
     n = times.numel() - 1
-    ts = frame.remember(times, batch)
+    ts = frame.remember(times, batch) if frame is not None else [times[i].expand(batch) for i in range(n + 1)]
     save = save_indices(pb.grid, pb.save_at)
     if hook is not None:
         x = _hooked(hook, x, ts[0], noise)
