@@ -113,7 +113,7 @@ def _normals(keys: torch.Tensor, size: int, dtype) -> torch.Tensor:
 
 _FINAL = 1 << 62        # counters >= this are the in-leaf bridges and tagged draws, never tree nodes
 _TAGGED = 3 << 60
-_BLOCK = 1 << 22    # normals drawn at once by a query: rows are taken in blocks of at most this many
+_BLOCK = 1 << 21    # normals drawn at once by a query: rows are taken in blocks of at most this many
 
 
 class KeyedBrownian:
@@ -189,9 +189,18 @@ class KeyedBrownian:
         """
         t = t.to(device=self.device, dtype=torch.float64).clamp(self.t0, self.t1)
         batch = self.shape[0]
-        lo = torch.full((batch,), self.t0, dtype=torch.float64, device=self.device)
-        hi = torch.full((batch,), self.t1, dtype=torch.float64, device=self.device)
-        node = torch.ones(batch, dtype=torch.int64, device=self.device)
+        out = torch.empty((batch, self.size), dtype=self.dtype, device=self.device)
+        rows = max(1, _BLOCK // ((self.depth + 1) * self.size))     # rows in a block: its normals stay in cache
+        for r in range(0, batch, rows):
+            out[r:r + rows] = self._sum(t[r:r + rows], self._keys[r:r + rows], self._root[r:r + rows])
+        return out.view(self.shape)
+
+    def _sum(self, t, keys, root):
+        """The Lévy–Ciesielski sum for a block of rows (times ``t``, index keys, the root values)."""
+        n = t.shape[0]
+        lo = torch.full((n,), self.t0, dtype=torch.float64, device=self.device)
+        hi = torch.full((n,), self.t1, dtype=torch.float64, device=self.device)
+        node = torch.ones(n, dtype=torch.int64, device=self.device)
         coefs, nodes = [], []
         for _ in range(self.depth):
             half = 0.5 * (hi - lo)
@@ -201,21 +210,14 @@ class KeyedBrownian:
             right = t >= mid
             lo, hi = torch.where(right, mid, lo), torch.where(right, hi, mid)
             node = 2 * node + right.to(torch.int64)
-        width = hi - lo
-        coefs.append(torch.sqrt(((t - lo) * (hi - t) / width).clamp_min(0)))
+        coefs.append(torch.sqrt(((t - lo) * (hi - t) / (hi - lo)).clamp_min(0)))
         nodes.append(node + _FINAL)
-        coefs.append((t - self.t0) / (self.t1 - self.t0))
-        coef = torch.stack(coefs, 1).to(self.dtype)                                  # (batch, depth + 2)
-        keys = _counter_keys(self._keys.unsqueeze(1), torch.stack(nodes, 1))        # (batch, depth + 1)
-        out = torch.empty((batch, self.size), dtype=self.dtype, device=self.device)
-        rows = max(1, _BLOCK // ((self.depth + 1) * self.size))
-        for r in range(0, batch, rows):
-            z, c = _normals(keys[r:r + rows], self.size, self.dtype), coef[r:r + rows]
-            w = self._root[r:r + rows] * c[:, -1:]
-            for k in range(self.depth + 1):
-                w.addcmul_(z[:, k], c[:, k:k + 1])
-            out[r:r + rows] = w
-        return out.view(self.shape)
+        c = torch.stack(coefs, 1).to(self.dtype)                                     # (n, depth + 1)
+        z = _normals(_counter_keys(keys.unsqueeze(1), torch.stack(nodes, 1)), self.size, self.dtype)
+        w = root * ((t - self.t0) / (self.t1 - self.t0)).to(self.dtype).unsqueeze(1)
+        for k in range(self.depth + 1):
+            w.addcmul_(z[:, k], c[:, k:k + 1])
+        return w
 
     def increment(self, ta: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
         r""":math:`W(t_b) - W(t_a)` per sample (``ta``, ``tb`` of shape ``(batch,)``; either order).
