@@ -116,7 +116,7 @@ def bits_per_dim(flow, x: torch.Tensor, *, data_range: Sequence[float], bins: in
     gen = generator_from(generator, seed)
     if dequantize is None:
         if not x.is_floating_point():
-            raise ShapeError(f"x is an integer tensor ({x.dtype}) of quantised data: choose a dequantisation, "
+            raise ArgumentTypeError(f"x is an integer tensor ({x.dtype}) of quantised data: choose a dequantisation, "
                              "dequantize='uniform' or a variational dequantiser q(n, generator) -> (u, log_q)")
         if bool((x < lo).any()) or bool((x > hi).any()):
             raise InvalidParameterError(f"x lies outside data_range=({lo:g}, {hi:g}) (values in "

@@ -60,7 +60,7 @@ def check_data(x, what="x"):
     if not isinstance(x, torch.Tensor):
         raise ArgumentTypeError(f"{what} must be a torch.Tensor of shape (batch, *event_shape), got {type(x).__name__}")
     if not x.is_floating_point():
-        raise ShapeError(f"{what} is an integer tensor ({x.dtype}): quantised data need a dequantisation; "
+        raise ArgumentTypeError(f"{what} is an integer tensor ({x.dtype}): quantised data need a dequantisation; "
                          "use sdekit.bits_per_dim(flow, x, data_range=..., dequantize='uniform')")
     if x.dim() < 1 or x.shape[0] == 0:
         raise ShapeError(f"{what} must have shape (batch, *event_shape) with batch >= 1, got {tuple(x.shape)}")
