@@ -114,22 +114,18 @@ def bits_per_dim(flow, x: torch.Tensor, *, data_range: Sequence[float], bins: in
     lo, hi = _range(data_range)
     offset = math.log2(bins / (hi - lo))
     gen = generator_from(generator, seed)
+    if x.is_floating_point() and (bool((x < lo).any()) or bool((x > hi).any())):
+        raise InvalidParameterError(f"x lies outside data_range=({lo:g}, {hi:g}) (values in "
+                                    f"[{float(x.min()):.4g}, {float(x.max()):.4g}]); rescale the data or "
+                                    "declare the range the model was trained on")
     if dequantize is None:
         if not x.is_floating_point():
             raise ArgumentTypeError(f"x is an integer tensor ({x.dtype}) of quantised data: choose a dequantisation, "
                              "dequantize='uniform' or a variational dequantiser q(n, generator) -> (u, log_q)")
-        if bool((x < lo).any()) or bool((x > hi).any()):
-            raise InvalidParameterError(f"x lies outside data_range=({lo:g}, {hi:g}) (values in "
-                                        f"[{float(x.min()):.4g}, {float(x.max()):.4g}]); rescale the data or "
-                                        "declare the range the model was trained on")
         model_x, log_q = x, x.new_zeros(x.shape[0])
     else:
         if not x.is_floating_point() and dtype is not None and not dtype.is_floating_point:
             raise ArgumentTypeError(f"dtype must be a floating-point dtype, got {dtype}")
-        if x.is_floating_point() and (bool((x < lo).any()) or bool((x > hi).any())):
-            raise InvalidParameterError(f"x lies outside data_range=({lo:g}, {hi:g}) (values in "
-                                        f"[{float(x.min()):.4g}, {float(x.max()):.4g}]); rescale the data or "
-                                        "declare the range the model was trained on")
         fdtype = x.dtype if x.is_floating_point() else (dtype or torch.get_default_dtype())
         n = _bins(x, lo, hi, bins, fdtype)
         u, log_q = _dequantize(dequantize, n, gen)
