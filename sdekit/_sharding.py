@@ -25,7 +25,6 @@ rank order, restart and (for batch-invariant scores) batch size, on one kind of 
 
 import datetime
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -87,11 +86,6 @@ def keyed_initial(problem, seed: int, index: torch.Tensor, dtype=torch.float64, 
 
 
 # -- which methods couple the samples of a batch -----------------------------------------------------------
-def _solve_has_per_sample() -> bool:
-    from ._solve import solve
-    return "per_sample" in inspect.signature(solve).parameters
-
-
 def batch_coupling(info, adaptive: bool, batch: int) -> dict:
     """Extra ``solve`` arguments that keep each sample independent of its batch-mates, or a one-line error.
 
@@ -102,7 +96,7 @@ def batch_coupling(info, adaptive: bool, batch: int) -> dict:
     """
     if not adaptive or batch == 1:
         return {}
-    if info.backend == "sdekit" and _solve_has_per_sample():
+    if info.backend == "sdekit":
         return dict(per_sample=True)
     raise MethodArgumentError(
         f"{info.name} ({info.backend}) adapts one step size for the whole batch, so a sample would depend on "
@@ -266,13 +260,13 @@ def sample_shard(problem, spec, shard: Shard, seed: int, budget: dict, batch: in
     """
     process = problem.sde_process() if spec.process == "sde" else problem.ode_process()
     lo, hi = sorted((problem.t_start, problem.t_end))
+    kwargs = dict(budget, **(extra or {}))
+    if spec.schedule is not None and "steps" in kwargs:
+        kwargs["schedule"] = spec.schedule
     out, nfe, calls, steps, wall = [], 0, 0, 0, 0.0
     for a in range(shard.start, shard.stop, batch):
         index = torch.arange(a, min(a + batch, shard.stop), dtype=torch.int64, device=device)
         x0 = keyed_initial(problem, seed, index, dtype=dtype, device=device)
-        kwargs = dict(budget, **(extra or {}))
-        if spec.schedule is not None and "steps" in kwargs:
-            kwargs["schedule"] = spec.schedule
         if spec.process == "sde":
             kwargs["noise"] = KeyedBrownian(lo, hi, tuple(x0.shape), seed=int(seed), index=index, dtype=dtype,
                                             device=device)
