@@ -105,12 +105,13 @@ class ImprovedEuler(AdaptiveStepper):
             return self._adapted(x, t, t_next, dt, dw, b0, carry, carry_next)
         x1 = x + b0 * dt
         if dw is not None:
-            x1 = x1 + self._diffusion(t, x) * dw
+            g0 = self._diffusion(t, x)
+            x1 = x1 + g0 * dw
         b1 = proc.drift(t_next, x1)
         x_new = x + (0.5 * (b0 + b1)) * dt
         diff = (0.5 * (b0 - b1)) * dt          # x' - x''
         if dw is not None:
-            g0, g1 = self._diffusion(t, x), self._diffusion(t_next, x1)
+            g1 = self._diffusion(t_next, x1)
             x_new = x_new + (0.5 * (g0 + g1)) * dw
             diff = diff + (0.5 * (g0 - g1)) * dw
         err = error_ratio(diff, mixed_scale(self.atol, self.rtol, x1, carry["prev"]))
