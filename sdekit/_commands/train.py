@@ -43,12 +43,12 @@ def _check(args):
         raise UsageError(f"unknown --sde {args.sde!r}; choose from {', '.join(SDES)}")
     if args.prediction not in PREDICTIONS:
         raise UsageError(f"unknown --prediction {args.prediction!r}; choose from {', '.join(PREDICTIONS)}")
-    from sdekit.losses import WEIGHTINGS
+    from sdekit.losses import T_SAMPLERS, WEIGHTINGS
     if args.weighting not in WEIGHTINGS:
         raise UsageError(f"--weighting must be one of {', '.join(WEIGHTINGS)}, got {args.weighting!r}")
     if args.t_sampler is None:
         args.t_sampler = "importance" if args.weighting == "likelihood" else "uniform"
-    if args.t_sampler not in ("uniform", "importance"):
+    if args.t_sampler not in T_SAMPLERS:
         raise UsageError(f"--t-sampler must be uniform or importance, got {args.t_sampler!r}")
     for name in ("steps", "batch", "width", "depth"):
         if getattr(args, name) < 1:
