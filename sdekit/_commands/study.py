@@ -102,12 +102,12 @@ def _settings(args) -> dict:
 
 
 def run(args) -> int:
-    if getattr(args, "model_part", None) is None and _settings(args)["model"]:
+    s = _settings(args)
+    if getattr(args, "model_part", None) is None and s["model"]:
         return _run_with_model(args)
     from .._study import save_report, study
     from sdekit.studies import DEFAULT_BUDGETS, DEFAULT_METHODS
     from .._study._spec import as_method_spec, parse_budgets
-    s = _settings(args)
     quiet = bool(s["quiet"])
     methods = s["methods"] or DEFAULT_METHODS
     if isinstance(methods, str):
