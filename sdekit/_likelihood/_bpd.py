@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from .._errors import ArgumentTypeError, InvalidParameterError, ShapeError
-from ._loglik import check_flow, generator_from, log_likelihood
+from ._loglik import check_data, check_flow, generator_from, log_likelihood
 from ._result import LN2, BitsPerDim
 
 __all__ = ["bits_per_dim", "dequantize_uniform", "data_offset"]
@@ -105,10 +105,7 @@ def bits_per_dim(flow, x: torch.Tensor, *, data_range: Sequence[float], bins: in
     ``likelihood``).
     """
     check_flow(flow)
-    if not isinstance(x, torch.Tensor):
-        raise ArgumentTypeError(f"x must be a torch.Tensor of shape (batch, *event_shape), got {type(x).__name__}")
-    if x.dim() < 1 or x.shape[0] == 0:
-        raise ShapeError(f"x must have shape (batch, *event_shape) with batch >= 1, got {tuple(x.shape)}")
+    check_data(x, quantised=True)
     if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 2:
         raise InvalidParameterError(f"bins must be an integer >= 2 (256 for 8-bit data), got {bins!r}")
     lo, hi = _range(data_range)

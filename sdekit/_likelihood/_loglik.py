@@ -56,10 +56,11 @@ def check_flow(flow):
                                 f"sdekit.probability_flow(sde, score_fn), got {type(flow).__name__}")
 
 
-def check_data(x, what="x"):
+def check_data(x, what="x", quantised=False):
+    """``x`` a tensor ``(batch, *event_shape)``, ``batch >= 1``; floating point unless ``quantised`` (levels allowed)."""
     if not isinstance(x, torch.Tensor):
         raise ArgumentTypeError(f"{what} must be a torch.Tensor of shape (batch, *event_shape), got {type(x).__name__}")
-    if not x.is_floating_point():
+    if not quantised and not x.is_floating_point():
         raise ArgumentTypeError(f"{what} is an integer tensor ({x.dtype}): quantised data need a dequantisation; "
                          "use sdekit.bits_per_dim(flow, x, data_range=..., dequantize='uniform')")
     if x.dim() < 1 or x.shape[0] == 0:
