@@ -225,19 +225,23 @@ def figures(ode, sde, directory):
         print("\n(figures skipped: pip install matplotlib)")
         return
     os.makedirs(directory, exist_ok=True)
+
+    def style(ax, key, ylabel, title):
+        ax.set_xlabel("NFE per sample" if key == "nfe" else "wall time (s)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
     fig, axes = plt.subplots(2, len(ode), figsize=(6 * len(ode), 9), squeeze=False)
     for col, (title, rows) in enumerate(ode.items()):
         for row, key in enumerate(("nfe", "wall")):
             ax = axes[row][col]
             for fam in dict.fromkeys(r["family"] for r in rows):
                 pts = [r for r in rows if r["family"] == fam]
-                style = "-" if fam.startswith("sdekit") or fam == "dpm_adaptive" else "--"
-                ax.loglog([p[key] for p in pts], [p["err"] for p in pts], style, marker="o", label=fam)
-            ax.set_xlabel("NFE per sample" if key == "nfe" else "wall time (s)")
-            ax.set_ylabel("RMS error")
-            ax.set_title(f"{title}: probability flow")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.xaxis.set_minor_formatter(NullFormatter())
+                line = "-" if fam.startswith("sdekit") or fam == "dpm_adaptive" else "--"
+                ax.loglog([p[key] for p in pts], [p["err"] for p in pts], line, marker="o", label=fam)
+            style(ax, key, "RMS error", f"{title}: probability flow")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(directory, "adaptive_ode.png"), dpi=110)
@@ -251,11 +255,7 @@ def figures(ode, sde, directory):
                     pts = [r for r in rows if r["label"] == label]
                     ax.loglog([p[key] for p in pts], [p[measure] for p in pts], marker="o", label=label)
                 ax.axhspan(max(fl.mean - fl.std, 1e-12), fl.mean + fl.std, color="grey", alpha=0.3)
-                ax.set_xlabel("NFE per sample" if key == "nfe" else "wall time (s)")
-                ax.set_ylabel("sliced W2" if measure == "sw" else "mode-mass TV")
-                ax.set_title(f"{title}: reverse SDE")
-                ax.grid(True, which="both", alpha=0.3)
-                ax.xaxis.set_minor_formatter(NullFormatter())
+                style(ax, key, "sliced W2" if measure == "sw" else "mode-mass TV", f"{title}: reverse SDE")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(directory, "adaptive_sde.png"), dpi=110)
