@@ -72,10 +72,6 @@ class DPMSolverAdaptive(AdaptiveStepper):
         left = (self.frame.log_snr(torch.full_like(t, t_end)) - self.frame.log_snr(t)).abs()
         return torch.minimum(torch.full_like(t, self.h_init), left)
 
-    def _at(self, lam):
-        s = self.frame.t_of_log_snr(lam)
-        return s, self.frame.alpha(s), self.frame.sigma(s)
-
     def attempt(self, x, t, t_next, carry, attempt):
         f = self.frame
         alpha, sigma, lam, alpha1, sigma1, lam1 = f.ends(t, t_next)
@@ -85,14 +81,14 @@ class DPMSolverAdaptive(AdaptiveStepper):
         base = ps(alpha1 / alpha, x) * x - ps(sigma1 * phi, x) * e0          # DPM-Solver-1
         if self.solver_order == 2:
             r1 = 0.5
-            s1, alpha_s1, sigma_s1 = self._at(lam + r1 * h)
+            s1, alpha_s1, sigma_s1 = f.at_log_snr(lam + r1 * h)
             u1 = ps(alpha_s1 / alpha, x) * x - ps(sigma_s1 * torch.expm1(r1 * h), x) * e0
             d1 = f.noise(u1, s1) - e0
             low, high = base, base - ps(sigma1 * phi / (2 * r1), x) * d1
         else:
             r1, r2 = 1.0 / 3.0, 2.0 / 3.0
-            s1, alpha_s1, sigma_s1 = self._at(lam + r1 * h)
-            s2, alpha_s2, sigma_s2 = self._at(lam + r2 * h)
+            s1, alpha_s1, sigma_s1 = f.at_log_snr(lam + r1 * h)
+            s2, alpha_s2, sigma_s2 = f.at_log_snr(lam + r2 * h)
             u1 = ps(alpha_s1 / alpha, x) * x - ps(sigma_s1 * torch.expm1(r1 * h), x) * e0
             d1 = f.noise(u1, s1) - e0
             low = base - ps(sigma1 * phi / (2 * r1), x) * d1                    # DPM-Solver-2, r1 = 1/3

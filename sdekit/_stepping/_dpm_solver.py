@@ -22,11 +22,6 @@ class _SingleStep(Stepper):
     schedule = "logsnr"
     defaults = {}
 
-    def _at(self, lam):
-        """Time, alpha and sigma at log-SNR ``lam``."""
-        s = self.frame.t_of_log_snr(lam)
-        return s, self.frame.alpha(s), self.frame.sigma(s)
-
 
 class DPMSolver2(_SingleStep):
     name = "dpm_solver_2"
@@ -38,7 +33,7 @@ class DPMSolver2(_SingleStep):
         r1 = 0.5
         alpha, sigma, lam, alpha1, sigma1, lam1 = self.frame.ends(t, t_next)
         h = lam1 - lam
-        s, alpha_s, sigma_s = self._at(lam + r1 * h)
+        s, alpha_s, sigma_s = self.frame.at_log_snr(lam + r1 * h)
         e0 = self.frame.noise(x, t)
         u = ps(alpha_s / alpha, x) * x - ps(sigma_s * torch.expm1(r1 * h), x) * e0
         d = self.frame.noise(u, s) - e0
@@ -56,8 +51,8 @@ class DPMSolver3(_SingleStep):
         r1, r2 = 1.0 / 3.0, 2.0 / 3.0
         alpha, sigma, lam, alpha1, sigma1, lam1 = self.frame.ends(t, t_next)
         h = lam1 - lam
-        s1, alpha_s1, sigma_s1 = self._at(lam + r1 * h)
-        s2, alpha_s2, sigma_s2 = self._at(lam + r2 * h)
+        s1, alpha_s1, sigma_s1 = self.frame.at_log_snr(lam + r1 * h)
+        s2, alpha_s2, sigma_s2 = self.frame.at_log_snr(lam + r2 * h)
         e0 = self.frame.noise(x, t)
         u1 = ps(alpha_s1 / alpha, x) * x - ps(sigma_s1 * torch.expm1(r1 * h), x) * e0
         d1 = self.frame.noise(u1, s1) - e0
@@ -79,7 +74,7 @@ class DPMSolverPP2S(_SingleStep):
         r = 0.5
         alpha, sigma, lam, alpha1, sigma1, lam1 = self.frame.ends(t, t_next)
         h = lam1 - lam
-        s, alpha_s, sigma_s = self._at(lam + r * h)
+        s, alpha_s, sigma_s = self.frame.at_log_snr(lam + r * h)
         m0 = self.frame.data(x, t)
         u = ps(sigma_s / sigma, x) * x - ps(alpha_s * torch.expm1(-r * h), x) * m0
         ms = self.frame.data(u, s)

@@ -80,6 +80,12 @@ class Frame:
     def t_of_log_snr(self, lam):
         return self.sde.t_of_log_snr(lam)
 
+    def at_log_snr(self, lam):
+        """``(t, alpha, sigma)`` at log-SNR ``lam``: where a single-step solver evaluates between the ends."""
+        s = self.sde.t_of_log_snr(lam)
+        alpha, sigma = self._coefs(s)
+        return s, alpha, sigma
+
     def sigma_ve(self, t):
         r""":math:`\tilde\sigma = \sigma/\alpha`."""
         alpha, sigma = self._coefs(t)
