@@ -14,6 +14,7 @@ The augmented state is ``y = [x.flatten(), Δ_1, ..., Δ_k]`` of shape ``(batch,
 scipy's and sdekit's drift-only Runge–Kutta methods integrate it through :func:`sdekit.solve`.
 """
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -77,9 +78,7 @@ class AugmentedFlow(ProbabilityFlowODE):
         super().__init__(sde, score_fn, event_shape=event_shape, sde_type=sde_type, t_min=t_min, t_max=t_max,
                          noise_type=noise_type)
         self.data_shape = tuple(int(n) for n in data_shape)
-        self.dim = 1
-        for n in self.data_shape:
-            self.dim *= n
+        self.dim = math.prod(self.data_shape)
         self.probes = probes
         self.columns = 1 if probes is None else probes.shape[0]
         self.weight = float(weight)
