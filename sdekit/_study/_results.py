@@ -7,28 +7,32 @@ process killed while writing it); appending after one starts a new line first.
 import json
 import math
 import os
-from typing import Dict
+from typing import Dict, List
 
-__all__ = ["read_results", "append_row"]
+__all__ = ["read_results", "append_row", "write_in_order"]
+
+
+def _lines(path):
+    """``(row, line)`` for each whole row of the file in file order: a torn line (a kill mid-write), a blank
+    one or one without a ``"key"`` is skipped."""
+    with open(path, "r", encoding="utf-8") as fh:
+        for line in fh:
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "key" in row:
+                yield row, text
 
 
 def read_results(path) -> Dict[str, dict]:
     """Rows of a JSON-lines results file by key; a torn last line (a kill mid-write) is skipped."""
-    rows = {}
     if path is None or not os.path.exists(path):
-        return rows
-    with open(path, "r", encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "key" in row:
-                rows[row["key"]] = row
-    return rows
+        return {}
+    return {row["key"]: row for row, _ in _lines(path)}
 
 
 def append_row(path, row: dict) -> None:
@@ -46,6 +50,25 @@ def append_row(path, row: dict) -> None:
         fh.write(text.encode("utf-8") + b"\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def write_in_order(path, keys: List[str]) -> None:
+    """Rewrite the results file with the rows of ``keys`` in that order, then any other rows as they were;
+    each line kept as written, a torn line dropped, the new file renamed into place (atomic)."""
+    wanted = set(keys)
+    mine, others = {}, []
+    for row, text in _lines(path):
+        if row["key"] in wanted:
+            mine[row["key"]] = text          # the last one, as read_results reads it
+        else:
+            others.append(text)
+    body = [mine[k] for k in keys if k in mine] + others
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write("".join(t + "\n" for t in body))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _finite(v):

@@ -28,7 +28,7 @@ from .._errors import InvalidParameterError, SolveError
 from .._grid import uniform_grid
 from .._keyed import KeyedBrownian
 from ._measures import VERDICT_RULE, pathwise_error, verdict, weak_error
-from ._results import append_row, read_results
+from ._results import append_row, read_results, write_in_order
 from ._spec import Budget, MethodSpec, config_hash
 
 __all__ = ["Settings", "Row", "SeedContext", "VERDICT_RULE", "plan_rows", "run_rows", "run_row", "solve_row",
@@ -322,34 +322,6 @@ def run_rows(problem, rows: List[Row], settings: Settings, test_functions, resul
             samples[r.spec.label] = solve_row(problem, r, x0, settings).x.detach().cpu()
     ordered = [records[r.key] for r in rows]
     return ordered, len(rows) - len(pending), stale, samples
-
-
-def write_in_order(path, keys: List[str]) -> None:
-    """Rewrite the results file with the rows of ``keys`` in that order, then any other rows as they were;
-    each line kept as written, a torn line dropped, the new file renamed into place (atomic)."""
-    import os
-    wanted = set(keys)
-    mine, others = {}, []
-    with open(path, "r", encoding="utf-8") as fh:
-        for line in fh:
-            text = line.strip()
-            try:
-                row = json.loads(text) if text else None
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(row, dict) or "key" not in row:
-                continue
-            if row["key"] in wanted:
-                mine[row["key"]] = text          # the last one, as read_results reads it
-            else:
-                others.append(text)
-    body = [mine[k] for k in keys if k in mine] + others
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write("".join(t + "\n" for t in body))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _keep(rows: List[Row]) -> set:
