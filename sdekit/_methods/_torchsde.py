@@ -34,12 +34,11 @@ import torch
 from torchsde._core import base_sde
 from torchsde._core import methods as _ts_methods
 
-from .._brownian import _ENTROPY_HIGH, brownian_motion
+from .._brownian import brownian_motion
 from .._controller import check_options, error_ratio, next_step
 from .._errors import InvalidParameterError, MethodArgumentError, ShapeError
-from .._keyed import KeyedBrownian
 from .._solution import Result
-from .._stepping._loop import walk
+from .._stepping._loop import keyed_path, walk
 from ._base import Method, Outcome, Problem
 
 
@@ -56,7 +55,7 @@ def _solver(method: Method, pb: Problem, y0: torch.Tensor, s0: float, s1: float)
             f"Brownian motion ({s1 - s0:.3g}); give a span of at least {_MIN_SPAN * max(1.0, abs(s1)):.3g}")
     bm = pb.noise
     if bm is None and method.levy_area == "none":
-        bm = _default_keyed(pb, y0)
+        bm = keyed_path(pb, pb.x0)   # natural time, a path per sample
     if bm is None:
         bm = brownian_motion(s0, s1, y0.shape, dtype=y0.dtype, device=y0.device, seed=pb.seed,
                              generator=pb.generator, levy_area=method.levy_area, dt=(s1 - s0) / _tree_steps(pb))
@@ -71,17 +70,6 @@ def _solver(method: Method, pb: Problem, y0: torch.Tensor, s0: float, s1: float)
     solver = cls(sde=base_sde.ForwardSDE(proc), bm=bm, dt=1.0, adaptive=False, rtol=0.0, atol=0.0,
                  dt_min=0.0, options=dict(pb.options))
     return solver
-
-
-def _default_keyed(pb, y0):
-    """The solve's keyed Brownian path (natural time, a path per sample) from ``seed=`` or ``generator=``."""
-    seed = pb.seed
-    if seed is None:
-        where = pb.generator.device if pb.generator is not None else "cpu"
-        seed = int(torch.randint(0, _ENTROPY_HIGH, (1,), generator=pb.generator, device=where))
-    lo, hi = min(pb.t_start, pb.t_end), max(pb.t_start, pb.t_end)
-    return KeyedBrownian(lo, hi, (y0.shape[0],) + tuple(pb.x0.shape[1:]), seed=int(seed), dtype=y0.dtype,
-                         device=y0.device)
 
 
 def _caller_level() -> int:

@@ -108,6 +108,12 @@ def _noise(pb, x):
             raise InvalidParameterError(f"noise covers [{bm.t0}, {bm.t1}] with shape {bm.shape}, but the solve "
                                         f"needs [{lo}, {hi}] and shape {tuple(x.shape)}")
         return bm
+    return keyed_path(pb, x)
+
+
+def keyed_path(pb, x):
+    """A keyed Brownian path over the solve's span, shaped like ``x``, from ``seed=`` or ``generator=``."""
+    lo, hi = min(pb.t_start, pb.t_end), max(pb.t_start, pb.t_end)
     seed = pb.seed
     if seed is None:
         where = pb.generator.device if pb.generator is not None else "cpu"
