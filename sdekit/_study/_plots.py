@@ -98,7 +98,7 @@ def save_plots(table, out: str, problem=None, log=print) -> List[str]:
         axes[0][0].legend(fontsize=7)
         fig.suptitle(f"Work–precision: {table.problem}")
         paths += _save(fig, out, name)
-    
+
     # samples against the exact density (2-D problems)
     density = getattr(problem, "density", None) if problem is not None else None
     shown = [(k, v) for k, v in table.samples.items() if v.dim() == 2 and v.shape[1] == 2]
@@ -127,4 +127,4 @@ def save_plots(table, out: str, problem=None, log=print) -> List[str]:
             ax.axis("off")
         fig.suptitle(f"Samples (red) against the exact log-density: {table.problem}")
         paths += _save(fig, out, "samples")
-        return paths
+    return paths
