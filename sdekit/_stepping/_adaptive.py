@@ -108,7 +108,6 @@ class _Loop:
         f64 = dict(dtype=torch.float64, device=dev)
         self.n, self.f64 = n, f64
         clock = stepper.to_clock
-        self.t_end = pb.t_end
         u0 = float(clock(torch.tensor([pb.t_start], dtype=torch.float64))[0])
         u1 = float(clock(torch.tensor([pb.t_end], dtype=torch.float64))[0])
         if not (math.isfinite(u0) and math.isfinite(u1)) or u0 == u1:
