@@ -48,10 +48,15 @@ def run_job(problem, row, ctx, settings, test_functions, keep, threads=None):
     """One row, wherever it runs: the study's thread count, the problem's per-seed preparation (cached),
     then :func:`run_row`."""
     from ._runner import run_row
-    if threads and torch.get_num_threads() != int(threads):
-        torch.set_num_threads(int(threads))
+    _use_threads(threads)
     _prepare(problem, settings.samples, row.seed)
     return run_row(problem, row, ctx, settings, test_functions, keep)
+
+
+def _use_threads(threads) -> None:
+    """The study's torch thread count in this process (a worker's included); ``None`` keeps the current one."""
+    if threads and torch.get_num_threads() != int(threads):
+        torch.set_num_threads(int(threads))
 
 
 #: The (samples, seed) pairs each problem object has been prepared for in this process.
@@ -73,8 +78,7 @@ def _prepare(problem, n: int, seed: int) -> None:
 def context_job(problem, seed, settings, families, threads=None):
     """One seed's shared context (initial states, exact samples, references), wherever it runs."""
     from ._runner import seed_context
-    if threads and torch.get_num_threads() != int(threads):
-        torch.set_num_threads(int(threads))
+    _use_threads(threads)
     ctx = seed_context(problem, seed, settings, families)        # it prepares the problem for the seed
     try:
         _PREPARED.setdefault(problem, set()).add((settings.samples, int(seed)))
