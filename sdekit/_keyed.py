@@ -170,6 +170,16 @@ class KeyedBrownian:
         self._root = self._draw(torch.ones_like(self.index)) * math.sqrt(t1 - t0)
         self._recent = []   # the last queries (time tensor, value), newest first: a step's end is the next's start
 
+    def rows(self, keep: torch.Tensor) -> "KeyedBrownian":
+        """The same paths for the samples ``keep`` (row positions, int64) only: a loop whose finished samples
+        leave the batch queries this.  The index keys and root values are taken, not drawn again."""
+        sub = object.__new__(KeyedBrownian)
+        sub.__dict__.update(self.__dict__)
+        sub.shape = (keep.numel(),) + self.shape[1:]
+        sub.index, sub._keys, sub._root = self.index[keep], self._keys[keep], self._root[keep]
+        sub._recent = []
+        return sub
+
     def covers(self, t0: float, t1: float) -> bool:
         """Whether the path is defined on ``[min(t0, t1), max(t0, t1)]``."""
         return self.t0 <= min(t0, t1) and max(t0, t1) <= self.t1

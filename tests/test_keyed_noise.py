@@ -204,3 +204,15 @@ def test_bad_arguments_raise_sdekit_errors():
         KeyedBrownian(0.0, 1.0, (2, 1), seed=0, index=torch.tensor([0, -1]))
     with pytest.raises(sdekit.SDEKitError, match="batch"):
         KeyedBrownian(0.0, 1.0, (0, 1), seed=0)
+
+
+def test_rows_is_the_same_path_for_a_subset_of_samples():
+    """``rows(keep)`` (finished samples leaving an adaptive batch) answers as a path built for those indices."""
+    bm = KeyedBrownian(0.0, 2.0, (9, 3), seed=5, dtype=torch.float64, index=torch.arange(9, dtype=torch.int64) * 7)
+    keep = torch.tensor([1, 4, 8])
+    fresh = KeyedBrownian(0.0, 2.0, (3, 3), seed=5, dtype=torch.float64, index=bm.index[keep])
+    sub = bm.rows(keep)
+    t = torch.tensor([0.3, 1.1, 1.9], dtype=torch.float64)
+    assert sub.shape == (3, 3) and torch.equal(sub.index, fresh.index)
+    assert torch.equal(sub.value(t), fresh.value(t)) and torch.equal(sub.normal(t, 2), fresh.normal(t, 2))
+    assert torch.equal(sub.value(t), bm.value(torch.zeros(9, dtype=torch.float64).index_put((keep,), t))[keep])

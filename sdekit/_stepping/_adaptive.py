@@ -41,7 +41,6 @@ import math
 import torch
 
 from .._errors import InvalidParameterError, MethodArgumentError
-from .._keyed import KeyedBrownian
 from .._methods._base import Outcome
 from .._solution import STATUS, Result
 from ._frame import Frame
@@ -245,9 +244,7 @@ class _Loop:
             self.evaluator.rows = self.rows
             noise = self.stepper.noise
             if noise is not None:
-                self.stepper.noise = KeyedBrownian(noise.t0, noise.t1, (keep.numel(),) + tuple(noise.shape[1:]),
-                                                   seed=noise.seed, index=noise.index[keep], depth=noise.depth,
-                                                   dtype=noise.dtype, device=noise.device)
+                self.stepper.noise = noise.rows(keep)
         return a, carry, next_read
 
     def _write_back(self, a):
