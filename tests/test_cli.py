@@ -165,3 +165,11 @@ def test_strict_exits_1_when_a_row_is_not_ok(tmp_path):
     args = ["study", "--methods", "ode:ddim", "--budgets", "2", "--out", str(tmp_path), "--no-plots"] + SMALL
     assert main(args) == 0                                   # two DDIM steps: verdict CHECK, but it ran
     assert main(args + ["--strict"]) == 1
+
+
+def test_study_of_a_problem_without_two_d_samples_writes_its_plots(tmp_path):
+    """An exact-solution problem (no 2-D density to draw): the report's plots are written, not a crash."""
+    out = tmp_path / "gbm"
+    assert main(["study", "--problem", "exact:gbm", "--methods", "euler", "--budgets", "4,8", "--samples", "64",
+                 "-q", "--out", str(out)]) == 0
+    assert (out / "summary.md").exists() and (out / "convergence.png").exists()
