@@ -173,3 +173,12 @@ def test_study_of_a_problem_without_two_d_samples_writes_its_plots(tmp_path):
     assert main(["study", "--problem", "exact:gbm", "--methods", "euler", "--budgets", "4,8", "--samples", "64",
                  "-q", "--out", str(out)]) == 0
     assert (out / "summary.md").exists() and (out / "convergence.png").exists()
+
+
+def test_budgets_no_method_can_use_are_refused_before_any_folder(tmp_path, capsys):
+    """Steps-only budgets with the default methods (dopri5 adapts): one line, exit 2, nothing written."""
+    out = tmp_path / "never"
+    assert main(["study", "--budgets", "8,16", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no budget applies" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

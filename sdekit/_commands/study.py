@@ -107,6 +107,7 @@ def run(args) -> int:
         return _run_with_model(args)
     from .._study import save_report, study
     from sdekit.studies import DEFAULT_BUDGETS, DEFAULT_METHODS
+    from .._study._runner import check_budgets
     from .._study._spec import as_method_spec, parse_budgets
     quiet = bool(s["quiet"])
     methods = s["methods"] or DEFAULT_METHODS
@@ -116,6 +117,7 @@ def run(args) -> int:
         raise UsageError(f"methods must be a list or a comma-separated string, got {methods!r}")
     methods = [as_method_spec(m) for m in methods]          # unknown names fail here, before anything runs
     budgets = parse_budgets(s["budgets"] or DEFAULT_BUDGETS)
+    check_budgets(methods, budgets)                          # before any folder is made
     problem = _problem(s["sde"], s["problem"], s["score"], _shape(s["shape"]), model=s["model"],
                        exact=getattr(args, "model_part", None) == "exact")
     x = problem.initial(2, torch.Generator().manual_seed(0))

@@ -76,15 +76,22 @@ def reference_steps(specs_budgets, problem, fam: str) -> int:
     return max(256, 2 ** math.ceil(math.log2(max(1, 8 * most))))
 
 
-def plan_rows(problem, specs: List[MethodSpec], budgets: List[Budget], seeds, settings: Settings,
-              test_functions) -> List[Row]:
-    """Every (method, budget, seed) row of the study in order, each with its configuration hash."""
+def check_budgets(specs: List[MethodSpec], budgets: List[Budget]):
+    """Each method with the budgets that apply to it; a method that none applies to is an error."""
     pairs = [(spec, spec.budgets_from(budgets)) for spec in specs]
     for spec, bs in pairs:
         if not bs:
             kinds = "tol=..." if spec.info.stepping == "adaptive" else "steps=..., dt=... or nfe=..."
             raise InvalidParameterError(f"no budget applies to {spec.label} ({spec.info.stepping} stepping); "
                                         f"give budgets such as {kinds}")
+    return pairs
+
+
+def plan_rows(problem, specs: List[MethodSpec], budgets: List[Budget], seeds, settings: Settings,
+              test_functions) -> List[Row]:
+    """Every (method, budget, seed) row of the study in order, each with its configuration hash."""
+    pairs = check_budgets(specs, budgets)
+    for spec, bs in pairs:
         if spec.process == "ode" and problem.ode_process() is None:
             raise InvalidParameterError(f"{problem.name} is a forward SDE: it has no probability flow for "
                                         f"{spec.label}; use SDE methods")
