@@ -27,7 +27,7 @@ k-diffusion: Karras, the schedule its examples use; ``dpm_fast`` builds its own 
 steps and is skipped at a budget it does not divide.  Two sdekit rows are shown but never compared:
 ``dpm_solver_3`` at 3, 9, 18, 48 evaluations (it divides no budget), and ``dpmpp_2m`` without its
 lower-order final steps (k-diffusion's ``dpmpp_2m`` has none), to show what that default costs or gains.
-Where both libraries implement the same algorithm (DDIM = Euler in sigma, EDM Heun, LMS, DPM-Solver-2,
+Where both libraries implement the same algorithm (DDIM = Euler in sigma, EDM Heun, LMS, DPM-Solver-2, DPM-Solver-fast,
 DPM-Solver++(2S), DPM-Solver++(2M)) their results on the same grid are compared to rounding.
 Stochastic samplers run on their default grid, at NFE 5, 10, 20 (``--full``: 50 too): 50 000 samples on
 the mixtures, 2 000 on the Gaussians.
@@ -72,14 +72,15 @@ from sdekit.validation import (GaussianData, GaussianMixture, fitted_gaussian_w2
 
 GRIDS = ("uniform", "logsnr", "karras")
 GRID_MARK = {"uniform": "U", "logsnr": "L", "karras": "K", "own": "L"}
-SD_ODE = ("ddim", "dpm_solver_2", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_heun", "lms")
+SD_ODE = ("ddim", "dpm_solver_2", "dpm_solver_fast", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_heun", "lms")
 # shown below the table, never in a comparison: dpm_solver_3 at the NFE below each budget it does not divide,
 # and dpmpp_2m without its lower-order final steps (what k-diffusion's dpmpp_2m does)
 SD_EXTRA = {"dpm_solver_3": ("dpm_solver_3", {}),
             "dpmpp_2m, lower_order_final=False": ("dpmpp_2m", {"lower_order_final": False})}
 # the same algorithm in both libraries: on the same grid their results agree to rounding
 SAME = (("ddim", "euler"), ("edm_heun", "heun"), ("lms", "lms"), ("dpm_solver_2", "dpm_2"),
-        ("dpmpp_2s", "dpmpp_2s_ancestral"), ("dpmpp_2m, lower_order_final=False", "dpmpp_2m"))
+        ("dpmpp_2s", "dpmpp_2s_ancestral"), ("dpmpp_2m, lower_order_final=False", "dpmpp_2m"),
+        ("dpm_solver_fast", "dpm_fast"))   # dpm_fast on its own log-SNR grid, which it builds in float32
 SD_SDE = ("ddim", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde", "edm_stochastic", "pc")
 PER_STEP = {"dpm_solver_2": 2, "dpm_solver_3": 3, "dpmpp_2s": 2, "edm_heun": 2, "dpmpp_sde": 2,
             "edm_stochastic": 2, "pc": 2, "heun": 2, "dpm_2": 2, "dpmpp_2s_ancestral": 2, "dpm_2_ancestral": 2}
@@ -265,6 +266,7 @@ def ode_study(problem, ks, budgets, n, ref_check):
             if name == "dpm_fast":
                 x, used = run_kd(ks, name, problem, x_T, None, nfe)
                 rows.append(("k-diffusion", name, "own", nfe, used, rms(x - exact)))
+                outputs["k-diffusion", name, "logsnr", nfe] = x
                 continue
             steps = steps_for(name, nfe)
             if not steps:

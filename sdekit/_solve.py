@@ -119,8 +119,8 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
         if grid is None:
             _check_grid_size(steps if steps is not None else math.ceil(abs(t_end - t_start) / dt * (1 - 1e-12)),
                              f"steps={steps!r}" if steps is not None else f"dt={dt!r}")
-            grid = (schedule_grid(process.sde, schedule or m.schedule, steps, t_start, t_end) if steps is not None
-                    else step_grid(t_start, t_end, dt))
+            grid = (schedule_grid(process.sde, schedule or m.schedule, m.grid_steps(steps) if m.grid_steps else steps,
+                                  t_start, t_end) if steps is not None else step_grid(t_start, t_end, dt))
         the_grid = merge_times(grid, saves)
     want_grad = bool(grad) or (x.requires_grad and torch.is_grad_enabled())
     if want_grad and m.backend == "scipy":
@@ -138,7 +138,8 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
                               rtol=rtol if adaptive else None, atol=atol if adaptive else None,
                               dt0=float(dt) if adaptive and dt is not None else None, dt_min=dt_min,
                               max_steps=max_steps, noise=noise, generator=generator, seed=seed,
-                              options=dict(options or {}), per_sample=per_sample)
+                              options=dict(options or {}), per_sample=per_sample,
+                              steps=None if adaptive or steps is None else int(steps))
             outcome = m.integrate(m, problem)
     except SDEKitError:
         raise

@@ -11,7 +11,7 @@ import torch
 import sdekit
 from sdekit._stepping import STEPPERS
 
-ODE_SAMPLERS = ("ddim", "dpm_solver_2", "dpm_solver_3", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_heun",
+ODE_SAMPLERS = ("ddim", "dpm_solver_2", "dpm_solver_3", "dpm_solver_fast", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_heun",
                 "lms")
 SDE_SAMPLERS = ("ddim", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde", "edm_stochastic", "pc")
 SCHEDULES = ("uniform", "logsnr", "karras", "quadratic")
@@ -144,6 +144,44 @@ def test_denoise_is_tweedie_at_t_end():
     assert den.t == plain.t == sde.eps
     with pytest.raises(sdekit.SDEKitError, match="denoise"):
         solve("ddim", steps=3, options={"denoise": 1})
+
+
+@pytest.mark.parametrize("budget", range(1, 14))
+def test_dpm_solver_fast_spends_exactly_its_budget(budget):
+    """steps= counts evaluations (DPM-Solver's and k-diffusion's dpm_fast convention): K = N // 3 + 1 steps."""
+    sol, score = solve("dpm_solver_fast", steps=budget)
+    assert sol.nfe == score.calls == budget
+    assert sol.steps == budget // 3 + 1
+    assert sol.success and torch.isfinite(sol.x).all()
+    den, score = solve("dpm_solver_fast", steps=budget, options={"denoise": True})
+    assert den.nfe == score.calls == budget + 1
+
+
+@pytest.mark.parametrize("budget,tail", [(9, ("dpm_solver_2", "ddim")), (10, ("ddim",)), (11, ("dpm_solver_2",)),
+                                         (3, ("dpm_solver_2", "ddim")), (2, ("dpm_solver_2",))])
+@pytest.mark.parametrize("sde_name", ["VP", "VE"])
+def test_dpm_solver_fast_is_dpm_solver_3_then_its_lower_order_tail(budget, tail, sde_name):
+    sde = sdes()[sde_name]
+    x = prior(sde, shape=(20, 3), seed=budget)
+    fast, _ = solve("dpm_solver_fast", sde=sde, x=x, steps=budget)
+    grid = sdekit.schedule_grid(sde, "logsnr", budget // 3 + 1, sde.T, sde.eps)
+    k = grid.numel() - 1 - len(tail)
+    y = solve("dpm_solver_3", sde=sde, x=x, grid=grid[:k + 1])[0].x if k > 0 else x
+    for j, method in enumerate(tail):
+        y = solve(method, sde=sde, x=y, grid=grid[k + j:k + j + 2])[0].x
+    torch.testing.assert_close(fast.x, y, rtol=1e-12, atol=1e-12)
+
+
+def test_dpm_solver_fast_on_a_given_grid_takes_third_order_steps():
+    sde = sdekit.VESDE()
+    grid = sdekit.schedule_grid(sde, "logsnr", 4, sde.T, sde.eps)
+    fast, score = solve("dpm_solver_fast", sde=sde, grid=grid)
+    assert fast.nfe == score.calls == 12
+    third, _ = solve("dpm_solver_3", sde=sde, grid=grid)
+    assert torch.equal(fast.x, third.x)
+    # a save_at time inserted into the budget's grid adds one third-order step
+    sol, score = solve("dpm_solver_fast", sde=sde, steps=10, save_at=[0.5])
+    assert sol.nfe == score.calls == 13 and sol.steps == 5
 
 
 # ------------------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ class Method:
     - ``history``: how many earlier model outputs it keeps (multistep methods), 0 for single-step.
     - ``error_estimate``: whether it estimates its local error (and so can adapt its step).
     - ``schedule``: the grid ``solve(steps=...)`` builds for it unless ``schedule=`` says otherwise.
+    - ``grid_steps``: for a method whose ``steps=`` is a budget of model evaluations (``dpm_solver_fast``),
+      the number of grid steps a budget takes; ``None``: ``steps=`` counts steps.
     - ``options``: the option names it takes (``solve(options=...)``); ``None``: the backend's own.
     - ``default_rtol``, ``default_atol``: the tolerances an adaptive method uses when the caller gives none
       (``None``: ``solve()``'s, 1e-5 each).
@@ -54,6 +56,7 @@ class Method:
     history: int = 0
     error_estimate: bool = False
     schedule: str = "uniform"
+    grid_steps: Optional[Callable] = field(default=None, repr=False, compare=False)
     options: Optional[tuple] = None
     processes: Optional[tuple] = None
     default_rtol: Optional[float] = None
@@ -101,6 +104,7 @@ class Problem:
     seed: Optional[int] = None
     options: dict = field(default_factory=dict)
     per_sample: Optional[bool] = None
+    steps: Optional[int] = None   # the caller's steps= (None: the grid came from grid= or dt=)
 
     @property
     def adaptive(self) -> bool:

@@ -8,6 +8,10 @@ by ``sde.t_of_log_snr``.
 - ``dpm_solver_2`` (noise prediction, :math:`r_1 = \tfrac12`): 2 evaluations a step, order 2.
 - ``dpm_solver_3`` (noise prediction, :math:`r_1 = \tfrac13, r_2 = \tfrac23`): 3 evaluations, order 3.
 - ``dpmpp_2s`` (data prediction, DPM-Solver++(2S), :math:`r = \tfrac12`): 2 evaluations, order 2.
+- ``dpm_solver_fast`` (DPM-Solver-fast, Lu et al. 2022, sec. 3.4): ``steps=`` is a budget of :math:`N`
+  evaluations, spent on :math:`K = \lfloor N/3\rfloor + 1` steps, every one DPM-Solver-3 except the last
+  ones: orders :math:`(3, \dots, 3, 2, 1)` when :math:`3 \mid N`, else :math:`(3, \dots, 3, N \bmod 3)`, so
+  that exactly :math:`N` evaluations are made.  The schedule (log-SNR by default) spaces the :math:`K` steps.
 """
 
 import torch
@@ -23,6 +27,34 @@ class _SingleStep(Stepper):
     defaults = {}
 
 
+def dpm_solver_step(frame, x, t, t_next, order):
+    r"""One noise-prediction DPM-Solver step of ``order`` 1 (DDIM), 2 (:math:`r_1 = \tfrac12`) or 3
+    (:math:`r_1 = \tfrac13, r_2 = \tfrac23`) from per-sample times ``t`` to ``t_next``: ``order`` evaluations."""
+    alpha, sigma, lam, alpha1, sigma1, lam1 = frame.ends(t, t_next)
+    h = lam1 - lam
+    phi = torch.expm1(h)
+    e0 = frame.noise(x, t)
+    out = ps(alpha1 / alpha, x) * x - ps(sigma1 * phi, x) * e0
+    if order == 2:
+        r1 = 0.5
+        s, alpha_s, sigma_s = frame.at_log_snr(lam + r1 * h)
+        u = ps(alpha_s / alpha, x) * x - ps(sigma_s * torch.expm1(r1 * h), x) * e0
+        d = frame.noise(u, s) - e0
+        out = out - ps(sigma1 * phi / (2 * r1), x) * d
+    elif order == 3:
+        r1, r2 = 1.0 / 3.0, 2.0 / 3.0
+        s1, alpha_s1, sigma_s1 = frame.at_log_snr(lam + r1 * h)
+        s2, alpha_s2, sigma_s2 = frame.at_log_snr(lam + r2 * h)
+        u1 = ps(alpha_s1 / alpha, x) * x - ps(sigma_s1 * torch.expm1(r1 * h), x) * e0
+        d1 = frame.noise(u1, s1) - e0
+        phi2 = torch.expm1(r2 * h)
+        u2 = (ps(alpha_s2 / alpha, x) * x - ps(sigma_s2 * phi2, x) * e0
+              - ps(sigma_s2 * (r2 / r1) * (phi2 / (r2 * h) - 1), x) * d1)
+        d2 = frame.noise(u2, s2) - e0
+        out = out - ps(sigma1 / r2 * (phi / h - 1), x) * d2
+    return out
+
+
 class DPMSolver2(_SingleStep):
     name = "dpm_solver_2"
     description = "DPM-Solver-2, noise prediction (Lu et al. 2022, Algorithm 1, r1 = 1/2)"
@@ -30,15 +62,7 @@ class DPMSolver2(_SingleStep):
     needs = "eps"
 
     def step(self, x, t, t_next, i, n):
-        r1 = 0.5
-        alpha, sigma, lam, alpha1, sigma1, lam1 = self.frame.ends(t, t_next)
-        h = lam1 - lam
-        s, alpha_s, sigma_s = self.frame.at_log_snr(lam + r1 * h)
-        e0 = self.frame.noise(x, t)
-        u = ps(alpha_s / alpha, x) * x - ps(sigma_s * torch.expm1(r1 * h), x) * e0
-        d = self.frame.noise(u, s) - e0
-        phi = torch.expm1(h)
-        return ps(alpha1 / alpha, x) * x - ps(sigma1 * phi, x) * e0 - ps(sigma1 * phi / (2 * r1), x) * d
+        return dpm_solver_step(self.frame, x, t, t_next, 2)
 
 
 class DPMSolver3(_SingleStep):
@@ -48,20 +72,42 @@ class DPMSolver3(_SingleStep):
     needs = "eps"
 
     def step(self, x, t, t_next, i, n):
-        r1, r2 = 1.0 / 3.0, 2.0 / 3.0
-        alpha, sigma, lam, alpha1, sigma1, lam1 = self.frame.ends(t, t_next)
-        h = lam1 - lam
-        s1, alpha_s1, sigma_s1 = self.frame.at_log_snr(lam + r1 * h)
-        s2, alpha_s2, sigma_s2 = self.frame.at_log_snr(lam + r2 * h)
-        e0 = self.frame.noise(x, t)
-        u1 = ps(alpha_s1 / alpha, x) * x - ps(sigma_s1 * torch.expm1(r1 * h), x) * e0
-        d1 = self.frame.noise(u1, s1) - e0
-        phi2 = torch.expm1(r2 * h)
-        u2 = (ps(alpha_s2 / alpha, x) * x - ps(sigma_s2 * phi2, x) * e0
-              - ps(sigma_s2 * (r2 / r1) * (phi2 / (r2 * h) - 1), x) * d1)
-        d2 = self.frame.noise(u2, s2) - e0
-        phi = torch.expm1(h)
-        return ps(alpha1 / alpha, x) * x - ps(sigma1 * phi, x) * e0 - ps(sigma1 / r2 * (phi / h - 1), x) * d2
+        return dpm_solver_step(self.frame, x, t, t_next, 3)
+
+
+def fast_orders(evaluations: int) -> list:
+    """DPM-Solver-fast's step orders for a budget of ``evaluations`` (Lu et al. 2022, sec. 3.4); they sum to it."""
+    k = evaluations // 3 + 1
+    if evaluations % 3 == 0:
+        return [3] * (k - 2) + [2, 1]
+    return [3] * (k - 1) + [evaluations % 3]
+
+
+class DPMSolverFast(_SingleStep):
+    r"""DPM-Solver-fast: ``steps=N`` counts evaluations, spent as DPM-Solver-3 steps with lower-order last ones.
+
+    Given ``grid=`` or ``dt=`` instead (no budget), or with ``save_at`` times inserted into the grid, the steps
+    before the budget's last ones are third order: :math:`3(K - 1)` evaluations plus the tail's.
+    """
+
+    name = "dpm_solver_fast"
+    description = ("DPM-Solver-fast: steps= is the evaluation budget, DPM-Solver-3 steps with 2nd/1st-order "
+                   "last ones (Lu et al. 2022, sec. 3.4)")
+    order = 3.0
+    needs = "eps"
+    counts_evaluations = True
+
+    @staticmethod
+    def grid_steps(steps: int) -> int:
+        """The number of grid steps a budget of ``steps`` evaluations takes."""
+        return steps // 3 + 1
+
+    def setup(self):
+        self.tail = [p for p in fast_orders(self.steps) if p < 3] if self.steps else []
+
+    def step(self, x, t, t_next, i, n):
+        last = n - len(self.tail)
+        return dpm_solver_step(self.frame, x, t, t_next, 3 if i < last else self.tail[i - last])
 
 
 class DPMSolverPP2S(_SingleStep):

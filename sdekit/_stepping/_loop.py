@@ -48,7 +48,7 @@ def run(stepper_class, method, pb):
     frame = Frame(proc, method.name) if stepper_class.needs != "drift" or denoise else None
     stochastic = stepper_class.kind == "sde" and proc.kind == "sde"
     noise = _noise(pb, pb.x0) if stochastic or hook is not None else None
-    stepper = stepper_class(frame, noise if stochastic else None, options)
+    stepper = stepper_class(frame, noise if stochastic else None, options, steps=pb.steps)
     return walk(stepper, pb, frame=frame, hook=hook, noise=noise, denoise=denoise)
 
 

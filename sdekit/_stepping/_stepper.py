@@ -18,9 +18,12 @@ class Stepper:
     - ``frame``: ``"t"``, ``"sigma"`` or ``"logsnr"``; ``needs``: ``"drift"``, ``"score"``, ``"x0"`` or ``"eps"``;
     - ``history``: model outputs kept between steps (multistep); ``error_estimate``: whether it has one;
     - ``schedule``: the default grid for ``steps=``;
+    - ``counts_evaluations``: whether ``steps=`` is a budget of model evaluations rather than of steps; then
+      ``grid_steps(steps)`` is the number of grid steps the budget takes;
     - ``defaults``: its options and their default values.
 
     An instance lives for one solve (it holds the history) and is built with the caller's options.
+    ``steps`` is the caller's ``steps=`` (``None`` when the grid came from ``grid=`` or ``dt=``).
     ``step(x, t, t_next, i, n)`` returns the state at ``t_next``; ``t`` and ``t_next`` are float64
     tensors of shape ``(batch,)`` (per-sample times), ``i`` the step's index among ``n``.
     """
@@ -34,9 +37,15 @@ class Stepper:
     history = 0
     error_estimate = False
     schedule = "uniform"
+    counts_evaluations = False
     defaults: Dict[str, object] = {}
 
-    def __init__(self, frame, noise, options: dict):
+    @staticmethod
+    def grid_steps(steps: int) -> int:
+        """The number of grid steps that ``steps=`` asks for (itself, unless ``steps`` counts evaluations)."""
+        return steps
+
+    def __init__(self, frame, noise, options: dict, steps: Optional[int] = None):
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:
             takes = ", ".join(sorted(self.defaults)) or "none"
@@ -44,6 +53,7 @@ class Stepper:
                                       f"it takes: {takes}")
         self.frame = frame
         self.noise = noise
+        self.steps = steps
         self.opts = {**self.defaults, **options}
         self.setup(**self.opts)
 
