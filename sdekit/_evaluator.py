@@ -8,6 +8,7 @@ it, or the time a method asked for.  The record is a few tensors of shape ``(bat
 the device and read once, at the end of a solve; it does not grow with the number of calls.
 """
 
+import bisect
 import math
 import numbers
 from typing import Callable, NamedTuple, Optional
@@ -93,7 +94,8 @@ class Evaluator:
         self.rows: Optional[torch.Tensor] = None
         self.batch: Optional[int] = None
         self.user_error: Optional[BaseException] = None
-        self._first = self._time = self._step = None  # per-sample record: see _note
+        self._first = self._time = None  # per-sample record: see _note
+        self._steps = [(1, None)]         # (first call, the solver's step from that call on), host-side
         self._handed = None                            # (time handed out, exact time, raw time) from times()
 
     def times(self, t, x: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -120,6 +122,8 @@ class Evaluator:
         else:
             t = raw = batch_times(t, x, dtype=self._time_dtype(x))
         self.calls += 1
+        if self.step != self._steps[-1][1]:
+            self._steps.append((self.calls, self.step))
         try:
             out = self.fn(x, t)
         except Exception as err:
@@ -136,10 +140,13 @@ class Evaluator:
         """Record the samples that first went non-finite at this call, on the device (no host sync).
 
         ``_first`` holds, per sample, ``call << 2 | cause`` of its first bad call (0: none), ``_time`` the time
-        of that call as asked for (NaN when the method asked for a NaN time), ``_step`` the solver's step.
+        of that call as asked for (NaN when the method asked for a NaN time); ``_steps`` the solver's step at
+        each call from which it changed.  The state and the output are checked in one reduction.
         """
-        x_ok = finite_rows(x)
-        ok = x_ok & finite_rows(out) & (t == t)   # t != t: a NaN time
+        sums = torch.stack((x.reshape(x.shape[0], -1), out.reshape(x.shape[0], -1))).sum(
+            2, dtype=time_dtype(x.dtype)).isfinite()
+        x_ok = sums[0]
+        ok = x_ok & sums[1] & (t == t)   # t != t: a NaN time
         if self.rows is not None:                 # a subset of the batch: scatter into the full batch's rows
             ok = torch.ones(self.batch, dtype=torch.bool, device=ok.device).index_copy(0, self.rows, ok)
             x_ok = torch.ones_like(ok).index_copy(0, self.rows, x_ok)
@@ -148,11 +155,9 @@ class Evaluator:
         if self._first is None or self._first.shape != ok.shape or self._first.device != ok.device:
             self._first = torch.zeros(ok.shape, dtype=torch.int64, device=ok.device)
             self._time = torch.zeros_like(t)
-            self._step = torch.zeros_like(self._first)
         keep = ok | (self._first != 0)
         self._first = torch.where(keep, self._first, torch.where(x_ok, key | _SCORE, key | _STATE))
         self._time = torch.where(keep, self._time, t.to(self._time.dtype))
-        self._step = torch.where(keep, self._step, -1 if self.step is None else self.step)
 
     def _wrong_output(self, out, x) -> str:
         where = f"at evaluation {self.calls}" + ("" if self.step is None else f" (step {self.step})")
@@ -177,7 +182,8 @@ class Evaluator:
         k = int(call[failed].min())
         at = failed & (call == k)
         samples = at.nonzero().flatten().tolist()
-        step, time = int(self._step[samples[0]]), float(self._time[samples[0]])
+        step = self._steps[bisect.bisect_right([c for c, _ in self._steps], k) - 1][1]
+        time = float(self._time[samples[0]])
         cause = _TIME if math.isnan(time) else int((first[at] & 3).max())
-        return NonFiniteRecord(k, None if step < 0 else step, time, samples, CAUSES[cause],
+        return NonFiniteRecord(k, step, time, samples, CAUSES[cause],
                                failed.to(self._first.device))

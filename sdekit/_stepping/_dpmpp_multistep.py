@@ -62,16 +62,17 @@ class _DPMSolverPPMultistep(Stepper):
         m0 = f.data(x, t)
         p = step_order(int(self.order), i, n, self.lower_order_final)
         phi1 = torch.expm1(-h)
-        out = ps(sigma1 / sigma, x) * x - ps(alpha1 * phi1, x) * m0
+        decay, gain = ps(sigma1 / sigma, x) * x, ps(alpha1 * phi1, x)
         if i == 0 and self.warmup == "singlestep" and n > 1:
             s = f.t_of_log_snr(lam + 0.5 * h)                    # DPM-Solver++(2S), r = 1/2: the midpoint's x0
             u = ps(f.sigma(s) / sigma, x) * x - ps(f.alpha(s) * torch.expm1(-0.5 * h), x) * m0
-            out = ps(sigma1 / sigma, x) * x - ps(alpha1 * phi1, x) * f.data(u, s)
-        elif p == 2:
+            out = torch.addcmul(decay, gain, f.data(u, s), value=-1)
+        elif p == 2:                                             # m0 + (m0 - m1)/(2 r), r = (lam - lam_1)/h
             lam_1, m1 = self.past[-1]
-            r = (lam - lam_1) / h
-            out = out - ps(alpha1 * phi1 * 0.5 / r, x) * (m0 - m1)
-        elif p == 3:
+            out = torch.addcmul(decay, gain, torch.lerp(m1, m0, ps(1 + 0.5 * h / (lam - lam_1), x)), value=-1)
+        else:
+            out = torch.addcmul(decay, gain, m0, value=-1)
+        if p == 3:
             (lam_2, m2), (lam_1, m1) = self.past[-2], self.past[-1]
             r0, r1 = (lam - lam_1) / h, (lam_1 - lam_2) / h
             d1_0 = ps(1 / r0, x) * (m0 - m1)

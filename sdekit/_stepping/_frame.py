@@ -41,16 +41,25 @@ class Frame:
         self.sde = sde
         self.process = process
         self.evaluate = process.evaluator
-        self._known = {}    # id(time tensor) -> (the tensor, (alpha, sigma)): the grid's, computed up front
+        self._known = {}    # id(time tensor) -> (the tensor, (alpha, sigma, lam)): the grid's, computed up front
+        self._cast = {}     # (id(time tensor), dtype, dim) -> (the tensor, (sigma^2, 1/alpha, sigma)) shaped for x
 
-    def remember(self, times, batch: int):
-        """Per-sample time tensors ``(batch,)`` for the 1-D grid ``times``, their coefficients computed at once.
+    def remember(self, times, x):
+        """Per-sample time tensors ``(batch,)`` for the 1-D grid ``times`` and the state ``x``, their coefficients
+        computed at once for the whole grid.
 
-        A stepper asked for alpha or sigma at one of these tensors gets them without recomputing.
+        A stepper asked for alpha, sigma or log-SNR at one of these tensors, or for the model's predictions
+        there, gets the coefficients without recomputing them.
         """
+        batch = x.shape[0]
         alpha, sigma = torch.exp(self.sde.log_alpha(times)), self.sde.sigma(times)
+        lam = torch.log(alpha / sigma)
+        shape = (times.numel(),) + (1,) * x.dim()
+        cast = [c.to(x.dtype).view(shape) for c in (sigma * sigma, 1 / alpha, sigma)]
         ts = [times[i].expand(batch) for i in range(times.numel())]
-        self._known = {id(t): (t, (alpha[i].expand(batch), sigma[i].expand(batch))) for i, t in enumerate(ts)}
+        self._known = {id(t): (t, (alpha[i].expand(batch), sigma[i].expand(batch), lam[i].expand(batch)))
+                       for i, t in enumerate(ts)}
+        self._cast = {(id(t), x.dtype, x.dim()): (t, tuple(c[i] for c in cast)) for i, t in enumerate(ts)}
         return ts
 
     # -- coefficients (float64, per sample) -----------------------------------------------------
@@ -58,8 +67,23 @@ class Frame:
         """``(alpha, sigma)`` at the per-sample times ``t``."""
         known = self._known.get(id(t))
         if known is not None and known[0] is t:
-            return known[1]
+            return known[1][:2]
         return torch.exp(self.sde.log_alpha(t)), self.sde.sigma(t)
+
+    def _lam(self, t, alpha, sigma):
+        known = self._known.get(id(t))
+        if known is not None and known[0] is t:
+            return known[1][2]
+        return torch.log(alpha / sigma)
+
+    def _model_coefs(self, t, x):
+        r""":math:`(\sigma^2, 1/\alpha, \sigma)` at ``t`` in ``x``'s dtype, shaped to broadcast against it (computed
+        up front for the grid's times)."""
+        cast = self._cast.get((id(t), x.dtype, x.dim()))
+        if cast is not None and cast[0] is t:
+            return cast[1]
+        alpha, sigma = self._coefs(t)
+        return tuple(per_sample(c.to(x.dtype), x) for c in (sigma * sigma, 1 / alpha, sigma))
 
     def alpha(self, t):
         return self._coefs(t)[0]
@@ -69,13 +93,13 @@ class Frame:
 
     def log_snr(self, t):
         alpha, sigma = self._coefs(t)
-        return torch.log(alpha / sigma)
+        return self._lam(t, alpha, sigma)
 
     def ends(self, t, t_next):
         r"""``(alpha, sigma, lam, alpha', sigma', lam')`` at the two ends of a step: what every exponential
         integrator starts from (:math:`h = \lambda' - \lambda`)."""
         (alpha, sigma), (alpha1, sigma1) = self._coefs(t), self._coefs(t_next)
-        return alpha, sigma, torch.log(alpha / sigma), alpha1, sigma1, torch.log(alpha1 / sigma1)
+        return alpha, sigma, self._lam(t, alpha, sigma), alpha1, sigma1, self._lam(t_next, alpha1, sigma1)
 
     def t_of_log_snr(self, lam):
         return self.sde.t_of_log_snr(lam)
@@ -102,12 +126,12 @@ class Frame:
     def data(self, x, t):
         r""":math:`\hat x_0 = (x + \sigma^2 s)/\alpha`."""
         s = self.score(x, t)
-        sigma, alpha = self.sigma(t), self.alpha(t)
-        return (x + per_sample((sigma * sigma).to(x.dtype), x) * s) * per_sample((1 / alpha).to(x.dtype), x)
+        sigma2, inv_alpha, _ = self._model_coefs(t, x)
+        return torch.addcmul(x, sigma2, s) * inv_alpha
 
     def noise(self, x, t):
         r""":math:`\hat\varepsilon = -\sigma s`."""
-        return -per_sample(self.sigma(t).to(x.dtype), x) * self.score(x, t)
+        return -self._model_coefs(t, x)[2] * self.score(x, t)
 
 
 def ps(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,7 @@ def walk(stepper, pb, frame=None, hook=None, noise=None, denoise=False):
     batch = x.shape[0]
     times = pb.grid.to(device=x.device)
     n = times.numel() - 1
-    ts = frame.remember(times, batch) if frame is not None else [times[i].expand(batch) for i in range(n + 1)]
+    ts = frame.remember(times, x) if frame is not None else [times[i].expand(batch) for i in range(n + 1)]
     save = save_indices(pb.grid, pb.save_at)
     if hook is not None:
         x = _hooked(hook, x, ts[0], noise)
