@@ -206,26 +206,31 @@ class KeyedBrownian:
         return out.view(self.shape)
 
     def _sum(self, t, keys, root):
-        """The Lévy–Ciesielski sum for a block of rows (times ``t``, index keys, the root values)."""
-        n = t.shape[0]
-        lo = torch.full((n,), self.t0, dtype=torch.float64, device=self.device)
-        hi = torch.full((n,), self.t1, dtype=torch.float64, device=self.device)
-        node = torch.ones(n, dtype=torch.int64, device=self.device)
-        coefs, nodes = [], []
-        for _ in range(self.depth):
-            half = 0.5 * (hi - lo)
-            mid = lo + half
-            coefs.append(torch.sqrt(0.5 * half) * (1 - (t - mid).abs() / half))
-            nodes.append(2 * node)
-            right = t >= mid
-            lo, hi = torch.where(right, mid, lo), torch.where(right, hi, mid)
-            node = 2 * node + right.to(torch.int64)
-        coefs.append(torch.sqrt(((t - lo) * (hi - t) / (hi - lo)).clamp_min(0)))
-        nodes.append(node + _FINAL)
-        c = torch.stack(coefs, 1).to(self.dtype)                                     # (n, depth + 1)
-        z = _normals(_counter_keys(keys.unsqueeze(1), torch.stack(nodes, 1)), self.size, self.dtype)
-        w = root * ((t - self.t0) / (self.t1 - self.t0)).to(self.dtype).unsqueeze(1)
-        for k in range(self.depth + 1):
+        r"""The Lévy–Ciesielski sum for a block of rows (times ``t``, index keys, the root values).
+
+        All levels at once: with :math:`u = (t - t_0)/(t_1 - t_0)`, at level :math:`k` the point lies in dyadic
+        interval :math:`j_k = \lfloor 2^k u\rfloor` (tree node :math:`2^k + j_k`) at fraction
+        :math:`f_k = 2^k u - j_k`; its tent is :math:`1 - |2 f_k - 1|` and the leaf bridge's standard deviation
+        :math:`\sqrt{w f_d (1 - f_d)}` with :math:`w` the leaf width.
+        """
+        span = self.t1 - self.t0
+        d = self.depth
+        u = ((t - self.t0) / span).clamp(0.0, 1.0).unsqueeze(1)                      # (n, 1)
+        scale = torch.exp2(torch.arange(d + 1, dtype=torch.float64, device=self.device))
+        pos = u * scale                                                              # exact: powers of two
+        j = torch.minimum(pos.floor(), scale - 1)
+        frac = pos - j                                                               # (n, depth + 1) in [0, 1]
+        c = torch.empty_like(frac)
+        c[:, :d] = (1 - (2 * frac[:, :d] - 1).abs()) * torch.sqrt(span / (4 * scale[:d]))
+        leaf = frac[:, d]
+        c[:, d] = torch.sqrt((span / scale[d]) * leaf * (1 - leaf)).clamp_min(0)
+        nodes = scale.to(torch.int64) + j.to(torch.int64)                            # heap numbering: root 1
+        nodes[:, :d] *= 2
+        nodes[:, d] += _FINAL
+        c = c.to(self.dtype)
+        z = _normals(_counter_keys(keys.unsqueeze(1), nodes), self.size, self.dtype)
+        w = root * u.to(self.dtype)
+        for k in range(d + 1):
             w.addcmul_(z[:, k], c[:, k:k + 1])
         return w
 
