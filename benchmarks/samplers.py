@@ -24,9 +24,10 @@ as their start (their result is multiplied back by alpha(eps)).  Every method ru
 log-SNR and a Karras (rho = 7) grid; its own default is marked ``*`` (sdekit: ``sdekit.methods()``;
 k-diffusion: Karras, the schedule its examples use; ``dpm_fast`` builds its own log-SNR grid from
 ``sigma_min``, ``sigma_max`` and the NFE).  A method taking 2 or 3 evaluations a step runs NFE/2 or NFE/3
-steps and is skipped at a budget it does not divide.  Two sdekit rows are shown but never compared:
-``dpm_solver_3`` at 3, 9, 18, 48 evaluations (it divides no budget), and ``dpmpp_2m`` without its
-lower-order final steps (k-diffusion's ``dpmpp_2m`` has none), to show what that default costs or gains.
+steps and is skipped at a budget it does not divide (``dpm_solver_fast``'s steps= is its budget).  Three sdekit
+rows below the table run with an option: ``dpm_solver_3`` at 3, 9, 18, 48 evaluations (it divides no budget;
+never compared), ``dpmpp_2m`` without its lower-order final steps (k-diffusion's ``dpmpp_2m`` has none) and
+``ipndm`` of third order (its default is fourth); the last two count only in the targets' "with options" line.
 Where both libraries implement the same algorithm (DDIM = Euler in sigma, EDM Heun, LMS, DPM-Solver-2, DPM-Solver-fast,
 DPM-Solver++(2S), DPM-Solver++(2M)) their results on the same grid are compared to rounding.
 Stochastic samplers run on their default grid, at NFE 5, 10, 20 (``--full``: 50 too): 50 000 samples on
@@ -72,14 +73,16 @@ from sdekit.validation import (GaussianData, GaussianMixture, fitted_gaussian_w2
 
 GRIDS = ("uniform", "logsnr", "karras")
 GRID_MARK = {"uniform": "U", "logsnr": "L", "karras": "K", "own": "L"}
-SD_ODE = ("ddim", "dpm_solver_2", "dpm_solver_fast", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_heun", "lms")
+SD_ODE = ("ddim", "dpm_solver_2", "dpm_solver_fast", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_heun", "lms",
+          "ipndm")
 # shown below the table, never in a comparison: dpm_solver_3 at the NFE below each budget it does not divide,
 # and dpmpp_2m without its lower-order final steps (what k-diffusion's dpmpp_2m does)
 SD_EXTRA = {"dpm_solver_3": ("dpm_solver_3", {}),
-            "dpmpp_2m, lower_order_final=False": ("dpmpp_2m", {"lower_order_final": False})}
+            "dpmpp_2m, lower_order_final=False": ("dpmpp_2m", {"lower_order_final": False}),
+            "ipndm, order=3": ("ipndm", {"order": 3})}
 # rows with a documented option: the "with options" line of the targets counts them (dpm_solver_3 never: it
 # takes 3 evaluations a step and fits no budget)
-SD_OPTIONS = ("dpmpp_2m, lower_order_final=False",)
+SD_OPTIONS = ("dpmpp_2m, lower_order_final=False", "ipndm, order=3")
 # the same algorithm in both libraries: on the same grid their results agree to rounding
 SAME = (("ddim", "euler"), ("edm_heun", "heun"), ("lms", "lms"), ("dpm_solver_2", "dpm_2"),
         ("dpmpp_2s", "dpmpp_2s_ancestral"), ("dpmpp_2m, lower_order_final=False", "dpmpp_2m"),
@@ -298,7 +301,7 @@ def is_default(lib, name, grid):
 
 def best(rows, lib, nfe, grid=None, options=False):
     """The lowest error of ``lib`` at exactly ``nfe`` evaluations (over methods and grids, or on one grid);
-    ``options``: sdekit's rows with a documented option (``dpmpp_2m, lower_order_final=False``) count too."""
+    ``options``: sdekit's rows with a documented option (:data:`SD_OPTIONS`) count too."""
     cand = [r for r in rows if r[0] == lib and r[4] == nfe and r[3] == nfe and (grid is None or r[2] == grid)
             and (r[1] not in SD_EXTRA or options and r[1] in SD_OPTIONS)]
     return min(cand, key=lambda r: r[5]) if cand else None
@@ -308,8 +311,9 @@ def print_ode(problem, rows, note, budgets, have_kd):
     note, same = note
     print(f"\n### {problem.name}: probability-flow ODE, RMS error against the exact flow map\n")
     print(f"Exact map: {note}.  Each cell: the method's best grid (U uniform, L log-SNR, K Karras; `*` its own "
-          "default) and, in brackets, its error on its default grid; `@n`: it took n evaluations.  The last two "
-          "sdekit rows never enter a comparison.\n")
+          "default) and, in brackets, its error on its default grid; `@n`: it took n evaluations.  The last three "
+          "sdekit rows run with an option: dpm_solver_3 is never compared, the other two only in the targets' "
+          "`with options` line.\n")
     head = "| library | method | " + " | ".join(f"NFE {b}" for b in budgets) + " |"
     print(head)
     print("|" + "---|" * (2 + len(budgets)))

@@ -11,8 +11,8 @@ import torch
 import sdekit
 from sdekit._stepping import STEPPERS
 
-ODE_SAMPLERS = ("ddim", "dpm_solver_2", "dpm_solver_3", "dpm_solver_fast", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_heun",
-                "lms")
+ODE_SAMPLERS = ("ddim", "dpm_solver_2", "dpm_solver_3", "dpm_solver_fast", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc",
+                "edm_heun", "lms", "ipndm")
 SDE_SAMPLERS = ("ddim", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde", "edm_stochastic", "pc")
 SCHEDULES = ("uniform", "logsnr", "karras", "quadratic")
 SINGLE_STEP = ("ddim", "dpm_solver_2", "dpm_solver_3", "dpmpp_2s", "edm_heun")
@@ -76,6 +76,7 @@ def test_methods_lists_every_stepper_with_its_columns():
         assert "denoise" in m.options and set(cls.defaults) <= set(m.options)
         assert m.description
     assert table["dpmpp_2m"].history == 1 and table["dpmpp_3m"].history == 2 and table["lms"].history == 3
+    assert table["ipndm"].history == 3 and table["ipndm"].frame == "sigma" and table["ipndm"].schedule == "karras"
     assert table["edm_heun"].schedule == "karras" and table["dpm_solver_2"].schedule == "logsnr"
     assert "ode" in table["ddim"].processes and "sde" in table["ddim"].processes   # eta = 0 on the flow
 
@@ -97,6 +98,7 @@ NFE_CASES = [
     ("unipc", {"order": 2}, False, lambda n: n),
     ("edm_heun", {}, False, lambda n: 2 * n),
     ("lms", {}, False, lambda n: n),
+    ("ipndm", {}, False, lambda n: n),
     ("ddim", {"eta": 1.0}, True, lambda n: n),
     ("euler_ancestral", {}, True, lambda n: n),
     ("dpmpp_2m_sde", {}, True, lambda n: n),
@@ -182,6 +184,29 @@ def test_dpm_solver_fast_on_a_given_grid_takes_third_order_steps():
     # a save_at time inserted into the budget's grid adds one third-order step
     sol, score = solve("dpm_solver_fast", sde=sde, steps=10, save_at=[0.5])
     assert sol.nfe == score.calls == 13 and sol.steps == 5
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+@pytest.mark.parametrize("sde_name", ["VP", "VE", "subVP"])
+def test_ipndm_is_adams_bashforth_in_sigma_with_equal_step_coefficients(order, sde_name):
+    """iPNDM written out on the VE-frame flow d(x/alpha)/d(sigma/alpha) = eps_hat, against solve()."""
+    sde = sdes()[sde_name]
+    score = IsoScore(sde)
+    x = prior(sde, shape=(7, 3), seed=order)
+    grid = sdekit.schedule_grid(sde, "karras", 9, sde.T, sde.eps)
+    got = sdekit.probability_flow(sde, score).solve(x, method="ipndm", steps=9, options={"order": order})
+    ab = [[1.0], [1.5, -0.5], [23 / 12, -16 / 12, 5 / 12], [55 / 24, -59 / 24, 37 / 24, -9 / 24]]
+    alpha, sigma = torch.exp(sde.log_alpha(grid)), sde.sigma(grid)
+    y, past = x / alpha[0], []
+    for i in range(9):
+        t = grid[i].expand(x.shape[0])
+        past = [-sigma[i] * score(alpha[i] * y, t)] + past
+        coefs = ab[min(order, i + 1) - 1]
+        y = y + (sigma[i + 1] / alpha[i + 1] - sigma[i] / alpha[i]) * sum(c * e for c, e in zip(coefs, past))
+    torch.testing.assert_close(got.x, alpha[-1] * y, rtol=1e-12, atol=1e-12)
+    if order == 1:   # DDIM is Euler in sigma on this flow
+        ddim = sdekit.probability_flow(sde, score).solve(x, method="ddim", grid=grid)
+        torch.testing.assert_close(got.x, ddim.x, rtol=1e-10, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------

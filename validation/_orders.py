@@ -470,6 +470,9 @@ ODE_PLAN = [
     ("sdekit.edm_heun", "VE", (16, 32, 64, 128)),
     ("sdekit.ddim", "VP", (16, 32, 64, 128)),
     ("sdekit.ddim", "VE", (16, 32, 64, 128)),
+    # ipndm: equal-step Adams-Bashforth coefficients on the non-uniform Karras grid and an Euler first step: order 2
+    ("sdekit.ipndm", "VP", (16, 32, 64, 128)),
+    ("sdekit.ipndm", "VE", (16, 32, 64, 128)),
     ("sdekit.dpmpp_3m", "VP", (16, 32, 64, 128), dict(warmup="singlestep")),
     ("sdekit.dpmpp_3m", "VE", (32, 64, 128, 256, 512), dict(warmup="singlestep")),
     ("sdekit.unipc", "VP", (16, 32, 64, 128, 256), dict(order=2)),

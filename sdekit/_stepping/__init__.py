@@ -10,6 +10,7 @@ from ._dpmpp_multistep import DPMSolverPP2M, DPMSolverPP3M
 from ._dpmpp_sde import DPMSolverPP2MSDE, DPMSolverPPSDE
 from ._edm import EDMHeun, EDMStochastic
 from ._frame import Frame
+from ._ipndm import IPNDM
 from ._lms import LMS
 from ._loop import run
 from ._pc import PredictorCorrector
@@ -21,8 +22,8 @@ from ._improved_euler import ImprovedEuler
 from ._rk import Bosh3, Dopri5
 from ._stepper import AdaptiveStepper
 
-STEPPERS = (DDIM, DPMSolver2, DPMSolver3, DPMSolverFast, DPMSolverPP2S, DPMSolverPP2M, DPMSolverPP3M, UniPC, EDMHeun, LMS,
-            EulerAncestral, DPMSolverPP2MSDE, DPMSolverPPSDE, EDMStochastic, PredictorCorrector)
+STEPPERS = (DDIM, DPMSolver2, DPMSolver3, DPMSolverFast, DPMSolverPP2S, DPMSolverPP2M, DPMSolverPP3M, UniPC, EDMHeun,
+            LMS, IPNDM, EulerAncestral, DPMSolverPP2MSDE, DPMSolverPPSDE, EDMStochastic, PredictorCorrector)
 ADAPTIVE_STEPPERS = (Bosh3, Dopri5, DPMSolverAdaptive, ImprovedEuler)
 
 
