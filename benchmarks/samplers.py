@@ -74,7 +74,7 @@ from sdekit.validation import (GaussianData, GaussianMixture, fitted_gaussian_w2
 GRIDS = ("uniform", "logsnr", "karras")
 GRID_MARK = {"uniform": "U", "logsnr": "L", "karras": "K", "own": "L"}
 SD_ODE = ("ddim", "dpm_solver_2", "dpm_solver_fast", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_heun", "lms",
-          "ipndm")
+          "ipndm", "deis")
 # shown below the table, never in a comparison: dpm_solver_3 at the NFE below each budget it does not divide,
 # and dpmpp_2m without its lower-order final steps (what k-diffusion's dpmpp_2m does)
 SD_EXTRA = {"dpm_solver_3": ("dpm_solver_3", {}),

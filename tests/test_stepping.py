@@ -12,7 +12,7 @@ import sdekit
 from sdekit._stepping import STEPPERS
 
 ODE_SAMPLERS = ("ddim", "dpm_solver_2", "dpm_solver_3", "dpm_solver_fast", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc",
-                "edm_heun", "lms", "ipndm")
+                "edm_heun", "lms", "ipndm", "deis")
 SDE_SAMPLERS = ("ddim", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde", "edm_stochastic", "pc")
 SCHEDULES = ("uniform", "logsnr", "karras", "quadratic")
 SINGLE_STEP = ("ddim", "dpm_solver_2", "dpm_solver_3", "dpmpp_2s", "edm_heun")
@@ -99,6 +99,7 @@ NFE_CASES = [
     ("edm_heun", {}, False, lambda n: 2 * n),
     ("lms", {}, False, lambda n: n),
     ("ipndm", {}, False, lambda n: n),
+    ("deis", {}, False, lambda n: n),
     ("ddim", {"eta": 1.0}, True, lambda n: n),
     ("euler_ancestral", {}, True, lambda n: n),
     ("dpmpp_2m_sde", {}, True, lambda n: n),
@@ -204,6 +205,40 @@ def test_ipndm_is_adams_bashforth_in_sigma_with_equal_step_coefficients(order, s
         coefs = ab[min(order, i + 1) - 1]
         y = y + (sigma[i + 1] / alpha[i + 1] - sigma[i] / alpha[i]) * sum(c * e for c, e in zip(coefs, past))
     torch.testing.assert_close(got.x, alpha[-1] * y, rtol=1e-12, atol=1e-12)
+    if order == 1:   # DDIM is Euler in sigma on this flow
+        ddim = sdekit.probability_flow(sde, score).solve(x, method="ddim", grid=grid)
+        torch.testing.assert_close(got.x, ddim.x, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("sde_name,schedule", [("VP", "logsnr"), ("VE", "karras"), ("subVP", "uniform")])
+def test_deis_integrates_the_log_rho_polynomial(order, sde_name, schedule):
+    """DEIS written out with its coefficients by 40-point Gauss-Legendre quadrature in log rho, against solve()."""
+    np = pytest.importorskip("numpy")
+    sde = sdes()[sde_name]
+    score = IsoScore(sde)
+    x = prior(sde, shape=(5, 2), seed=order)
+    n = 12
+    grid = sdekit.schedule_grid(sde, schedule, n, sde.T, sde.eps)
+    got = sdekit.probability_flow(sde, score).solve(x, method="deis", steps=n, schedule=schedule,
+                                                     options={"order": order})
+    alpha = torch.exp(sde.log_alpha(grid))
+    rho = (sde.sigma(grid) / alpha).numpy()
+    nodes_q, weights_q = np.polynomial.legendre.leggauss(40)
+    y, past = x / alpha[0], []
+    for i in range(n):
+        t = grid[i].expand(x.shape[0])
+        past = [(np.log(rho[i]), -float(sde.sigma(grid[i])) * score(alpha[i] * y, t))] + past
+        p = min(order, i + 1)
+        a, b = np.log(rho[i]), np.log(rho[i + 1])          # d rho = e^u du, u = log rho
+        u = 0.5 * (b - a) * nodes_q + 0.5 * (b + a)
+        for j in range(p):
+            basis = np.exp(u)
+            for m in range(p):
+                if m != j:
+                    basis *= (u - past[m][0]) / (past[j][0] - past[m][0])
+            y = y + float(0.5 * (b - a) * np.sum(weights_q * basis)) * past[j][1]
+    torch.testing.assert_close(got.x, alpha[-1] * y, rtol=1e-10, atol=1e-10)
     if order == 1:   # DDIM is Euler in sigma on this flow
         ddim = sdekit.probability_flow(sde, score).solve(x, method="ddim", grid=grid)
         torch.testing.assert_close(got.x, ddim.x, rtol=1e-10, atol=1e-12)
@@ -399,7 +434,7 @@ def test_score_asked_only_inside_the_span_at_shared_times(method, stochastic, sd
 # ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["dpm_solver_3", "dpmpp_3m", "unipc", "lms", "dpmpp_2m", "edm_heun", "ipndm",
-                                    "dpm_solver_fast"])
+                                    "dpm_solver_fast", "deis"])
 @pytest.mark.parametrize("steps", [1, 2, 3])
 @pytest.mark.parametrize("sde_name", ["VP", "VE", "VE-exact"])
 def test_short_grids_finite(method, steps, sde_name):

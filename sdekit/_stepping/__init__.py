@@ -5,6 +5,7 @@ Each stepper is one small module; :data:`STEPPERS` lists them in the order ``sde
 """
 
 from ._ddim import DDIM, EulerAncestral
+from ._deis import DEIS
 from ._dpm_solver import DPMSolver2, DPMSolver3, DPMSolverFast, DPMSolverPP2S
 from ._dpmpp_multistep import DPMSolverPP2M, DPMSolverPP3M
 from ._dpmpp_sde import DPMSolverPP2MSDE, DPMSolverPPSDE
@@ -23,7 +24,7 @@ from ._rk import Bosh3, Dopri5
 from ._stepper import AdaptiveStepper
 
 STEPPERS = (DDIM, DPMSolver2, DPMSolver3, DPMSolverFast, DPMSolverPP2S, DPMSolverPP2M, DPMSolverPP3M, UniPC, EDMHeun,
-            LMS, IPNDM, EulerAncestral, DPMSolverPP2MSDE, DPMSolverPPSDE, EDMStochastic, PredictorCorrector)
+            LMS, IPNDM, DEIS, EulerAncestral, DPMSolverPP2MSDE, DPMSolverPPSDE, EDMStochastic, PredictorCorrector)
 ADAPTIVE_STEPPERS = (Bosh3, Dopri5, DPMSolverAdaptive, ImprovedEuler)
 
 
