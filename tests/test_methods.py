@@ -16,7 +16,7 @@ EXPECTED = {
     "torchdiffeq": {"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint", "rk4"},
     "scipy": {"RK45", "DOP853", "Radau", "LSODA"},
     "sdekit": {"ddim", "dpm_solver_2", "dpm_solver_3", "dpm_solver_fast", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_heun", "lms",
-               "ipndm", "deis", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde", "edm_stochastic", "pc"},
+               "ipndm", "deis", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde", "edm_stochastic", "restart", "pc"},
 }
 
 

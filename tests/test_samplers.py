@@ -19,6 +19,8 @@ STOCHASTIC = [
     ("dpmpp_2m_sde", {"solver_type": "heun"}),
     ("dpmpp_sde", {}),
     ("edm_stochastic", {}),
+    ("restart", {}),
+    ("restart", {"sigma_min": 1.0, "restarts": 3, "restart_steps": 4}),
     ("pc", {}),
     ("pc", {"corrector": "annealed_langevin", "n_steps": 2}),
     ("pc", {"predictor": "ancestral", "corrector": "none"}),
@@ -116,6 +118,7 @@ CONVERGENT = [
     ("dpmpp_2m_sde", {}, False),
     ("dpmpp_sde", {}, False),
     ("edm_stochastic", {}, False),
+    ("restart", {}, False),
     ("pc", {"corrector": "annealed_langevin"}, False),
     ("pc", {"norm": "batch"}, False),
     ("pc", {"corrector": "none"}, True),
@@ -165,7 +168,8 @@ def test_moments_converge_closely(method, options, first_order, sde_name):
 
 
 #: the mixture at 40 steps on VP for four samplers in the quick run, all of them with ``-m slow``
-QUICK_MIXTURE = ("ddim-1.0", "dpmpp_2m_sde-default", "edm_stochastic-default", "pc-annealed_langevin")
+QUICK_MIXTURE = ("ddim-1.0", "dpmpp_2m_sde-default", "edm_stochastic-default", "restart-default",
+                 "pc-annealed_langevin")
 MIXTURE_CASES = [pytest.param(*case, id=name, marks=() if name in QUICK_MIXTURE else pytest.mark.slow)
                  for case, name in zip(CONVERGENT, CONVERGENT_IDS)]
 

@@ -13,7 +13,7 @@ from sdekit._stepping import STEPPERS
 
 ODE_SAMPLERS = ("ddim", "dpm_solver_2", "dpm_solver_3", "dpm_solver_fast", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc",
                 "edm_heun", "lms", "ipndm", "deis")
-SDE_SAMPLERS = ("ddim", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde", "edm_stochastic", "pc")
+SDE_SAMPLERS = ("ddim", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde", "edm_stochastic", "restart", "pc")
 SCHEDULES = ("uniform", "logsnr", "karras", "quadratic")
 SINGLE_STEP = ("ddim", "dpm_solver_2", "dpm_solver_3", "dpmpp_2s", "edm_heun")
 
@@ -105,6 +105,9 @@ NFE_CASES = [
     ("dpmpp_2m_sde", {}, True, lambda n: n),
     ("dpmpp_sde", {}, True, lambda n: 2 * n),
     ("edm_stochastic", {}, True, lambda n: 2 * n),
+    ("restart", {}, True, lambda n: 2 * n + 2 * 2 * 9),          # VP's eps is below sigma_min = 0.1: 2 restarts
+    ("restart", {"restarts": 3, "restart_steps": 4}, True, lambda n: 2 * n + 2 * 3 * 3),
+    ("restart", {"restarts": 0}, True, lambda n: 2 * n),
     ("pc", {}, True, lambda n: 2 * n),
     ("pc", {"n_steps": 3}, True, lambda n: 4 * n),
     ("pc", {"n_steps": 2, "predictor": "euler_maruyama"}, True, lambda n: 3 * n),
@@ -242,6 +245,37 @@ def test_deis_integrates_the_log_rho_polynomial(order, sde_name, schedule):
     if order == 1:   # DDIM is Euler in sigma on this flow
         ddim = sdekit.probability_flow(sde, score).solve(x, method="ddim", grid=grid)
         torch.testing.assert_close(got.x, ddim.x, rtol=1e-10, atol=1e-12)
+
+
+def test_restart_is_edm_heun_with_noised_returns_over_its_interval():
+    """restarts=0 is edm_heun; a restart at the first grid point at or below sigma_min jumps to sigma_max with the
+    keyed normal of that time (tag k) and comes back by Heun steps on a Karras grid of that interval."""
+    sde = sdekit.VESDE(0.01, 20.0)
+    score = IsoScore(sde)
+    x = prior(sde, shape=(9, 2), seed=4)
+    grid = sdekit.schedule_grid(sde, "karras", 8, sde.T, sde.eps)
+    rev = sdekit.reverse(sde, score)
+    heun = sdekit.probability_flow(sde, score).solve(x, method="edm_heun", grid=grid)
+    assert torch.equal(rev.solve(x, method="restart", grid=grid, seed=5, options={"restarts": 0}).x, heun.x)
+    opts = {"sigma_min": 0.5, "sigma_max": 3.0, "restarts": 2, "restart_steps": 4}
+    got = rev.solve(x, method="restart", grid=grid, seed=5, options=opts)
+    levels = (sde.sigma(grid) / torch.exp(sde.log_alpha(grid))).tolist()
+    r = next(k for k in range(1, 9) if levels[k] <= 0.5)
+    pf = sdekit.probability_flow(sde, score)
+    y = pf.solve(x, method="edm_heun", grid=grid[:r + 1]).x
+    path = sdekit.KeyedBrownian(sde.eps, sde.T, tuple(x.shape), seed=5, dtype=x.dtype)
+    t_r = grid[r].expand(9)
+    s_r = levels[r]
+    ks = torch.linspace(0, 1, 4, dtype=torch.float64)
+    sub = (3.0 ** (1 / 7) + ks * (s_r ** (1 / 7) - 3.0 ** (1 / 7))) ** 7
+    sub_times = sde.t_of_log_snr(-torch.log(sub))
+    sub_times[-1] = grid[r]
+    for k in range(2):
+        y = y + (3.0 ** 2 - s_r ** 2) ** 0.5 * path.normal(t_r, tag=k)      # VE: alpha = 1
+        y = pf.solve(y, method="edm_heun", grid=sub_times).x
+    y = pf.solve(y, method="edm_heun", grid=grid[r:]).x
+    torch.testing.assert_close(got.x, y, rtol=1e-10, atol=1e-10)
+    assert got.nfe == 2 * 8 + 2 * 2 * 3
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from ._ipndm import IPNDM
 from ._lms import LMS
 from ._loop import run
 from ._pc import PredictorCorrector
+from ._restart import Restart
 from ._stepper import Stepper
 from ._unipc import UniPC
 from ._adaptive import SYNC_EVERY, run_adaptive
@@ -24,7 +25,8 @@ from ._rk import Bosh3, Dopri5
 from ._stepper import AdaptiveStepper
 
 STEPPERS = (DDIM, DPMSolver2, DPMSolver3, DPMSolverFast, DPMSolverPP2S, DPMSolverPP2M, DPMSolverPP3M, UniPC, EDMHeun,
-            LMS, IPNDM, DEIS, EulerAncestral, DPMSolverPP2MSDE, DPMSolverPPSDE, EDMStochastic, PredictorCorrector)
+            LMS, IPNDM, DEIS, EulerAncestral, DPMSolverPP2MSDE, DPMSolverPPSDE, EDMStochastic, Restart,
+            PredictorCorrector)
 ADAPTIVE_STEPPERS = (Bosh3, Dopri5, DPMSolverAdaptive, ImprovedEuler)
 
 

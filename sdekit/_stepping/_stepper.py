@@ -60,6 +60,10 @@ class Stepper:
     def setup(self, **options):
         """Check and keep the options (each subclass names its own)."""
 
+    def plan(self, grid: torch.Tensor):
+        """Called once with the solve's float64 grid (host, ``save_at`` times included) before the first step, for
+        a stepper that acts at chosen grid points (``restart``); by default nothing."""
+
     def step(self, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, i: int, n: int) -> torch.Tensor:
         raise NotImplementedError
 
