@@ -278,6 +278,16 @@ def test_restart_is_edm_heun_with_noised_returns_over_its_interval():
     assert got.nfe == 2 * 8 + 2 * 2 * 3
 
 
+def test_restart_never_asks_above_where_the_walk_starts():
+    sde = sdekit.VPSDE()
+    score = IsoScore(sde)
+    x = prior(sde, shape=(6, 2), seed=1) * 0.5
+    sol = sdekit.reverse(sde, score).solve(x, method="restart", steps=10, seed=0, t_start=0.3,
+                                           options={"sigma_max": 50.0})
+    assert sol.success and torch.isfinite(sol.x).all() and sol.nfe == 2 * 10 + 2 * 2 * 9
+    assert max(float(t.max()) for t in score.times) <= 0.3 + 1e-7
+
+
 # ------------------------------------------------------------------------------------------------
 # max_steps, save_at
 # ------------------------------------------------------------------------------------------------

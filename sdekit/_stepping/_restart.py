@@ -9,8 +9,8 @@ it restarts ``restarts`` times: the forward process's noise raises the level to 
 contraction of the flow over the restart interval shrinks the errors made before it, while the added noise
 keeps the marginals.  :math:`z_k` are fresh keyed normals (``KeyedBrownian.normal`` at the restart time, tag
 :math:`k`): sample i's restarts are the same in any batch.  NFE: :math:`2N + 2K(M - 1)` for :math:`N` steps,
-:math:`K` restarts of :math:`M` points.  ``sigma_max`` is capped at the level of ``T``; with no grid point at or
-below ``sigma_min`` (or ``restarts=0``) it is ``edm_heun``.
+:math:`K` restarts of :math:`M` points.  ``sigma_max`` is capped at the level where the walk starts (the model
+is never asked above it); with no grid point at or below ``sigma_min`` (or ``restarts=0``) it is ``edm_heun``.
 """
 
 import torch
@@ -38,11 +38,10 @@ class Restart(EDMHeun):
     def plan(self, grid):
         sde = self.frame.sde
         levels = (sde.sigma(grid) / torch.exp(sde.log_alpha(grid))).tolist()
-        top = float(sde.sigma(torch.tensor(sde.T, dtype=torch.float64)) / torch.exp(sde.log_alpha(
-            torch.tensor(sde.T, dtype=torch.float64))))
+        self.top, self.t_top = max(levels), float(grid[levels.index(max(levels))])   # the walk's highest level
         below = [k for k in range(1, len(levels)) if levels[k] <= self.sigma_min and levels[k] < levels[k - 1]]
-        ok = below and self.restarts > 0 and levels[below[0]] < min(self.sigma_max, top)
-        self.at = below[0] if ok else None   # no restart where sigma_max (capped at T's level) is not above it
+        ok = below and self.restarts > 0 and levels[below[0]] < min(self.sigma_max, self.top)
+        self.at = below[0] if ok else None   # no restart where sigma_max (capped at the start) is not above it
 
     def step(self, x, t, t_next, i, n):
         x = super().step(x, t, t_next, i, n)
@@ -53,16 +52,15 @@ class Restart(EDMHeun):
     def _restart(self, x, t_r):
         f = self.frame
         s_r = f.sigma_ve(t_r)
-        s_top = f.sigma_ve(torch.full_like(t_r, f.sde.T))
-        s_max = torch.minimum(torch.full_like(s_r, self.sigma_max), s_top)
-        t_max = f.t_of_sigma_ve(s_max).clamp(max=f.sde.T)
+        s_max = torch.full_like(s_r, min(self.sigma_max, self.top))
+        t_max = f.t_of_sigma_ve(s_max) if self.sigma_max < self.top else torch.full_like(t_r, self.t_top)
         # the restart interval's Karras levels, per sample, from s_max down to s_r
         u = torch.linspace(0, 1, self.restart_steps, dtype=torch.float64, device=s_r.device)
         rho = 7.0
         lo, hi = s_r.unsqueeze(1) ** (1 / rho), s_max.unsqueeze(1) ** (1 / rho)
         levels = (hi + u * (lo - hi)) ** rho                                    # (batch, restart_steps)
         levels[:, 0], levels[:, -1] = s_max, s_r
-        times = [t_max] + [f.t_of_sigma_ve(levels[:, k]).clamp(max=f.sde.T) for k in range(1, self.restart_steps - 1)]
+        times = [t_max] + [f.t_of_sigma_ve(levels[:, k]) for k in range(1, self.restart_steps - 1)]
         times.append(t_r)
         for k in range(self.restarts):
             z = self.noise.normal(t_r, tag=k).to(x.dtype)
