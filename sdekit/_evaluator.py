@@ -5,7 +5,8 @@ score: in at least float32), checks every output's type, shape, dtype and device
 the host without a synchronisation), counts the evaluations (NFE), and keeps, per sample, the
 first evaluation at which something went non-finite: the function's output, the state handed to
 it, or the time a method asked for.  The record is a few tensors of shape ``(batch,)`` updated on
-the device and read once, at the end of a solve; it does not grow with the number of calls.
+the device and read once, at the end of a solve, and a host list with one entry per solver step (the call
+at which the step began); it does not grow with the number of calls.
 """
 
 import bisect
