@@ -213,6 +213,19 @@ def test_ipndm_is_adams_bashforth_in_sigma_with_equal_step_coefficients(order, s
         torch.testing.assert_close(got.x, ddim.x, rtol=1e-10, atol=1e-12)
 
 
+def test_deis_moments_against_quadrature():
+    """I_m(h) = int_0^h v^m e^v dv on both sides of the series' switch (|h| = 1/2) and far from it."""
+    import math
+    from scipy.integrate import quad
+    from sdekit._stepping._deis import exp_moments
+    h = torch.tensor([-4.0, -1.0, -0.5000001, -0.4999999, -0.1, -1e-6, 0.2, 1.5], dtype=torch.float64)
+    got = exp_moments(h, 3)
+    for i, hv in enumerate(h.tolist()):
+        for m in range(3):
+            ref = quad(lambda v: v ** m * math.exp(v), 0.0, hv, epsabs=0.0, epsrel=1e-13)[0]
+            assert abs(float(got[i, m]) - ref) <= 1e-13 * abs(ref), (hv, m, float(got[i, m]), ref)
+
+
 @pytest.mark.parametrize("order", [1, 2, 3])
 @pytest.mark.parametrize("sde_name,schedule", [("VP", "logsnr"), ("VE", "karras"), ("subVP", "uniform")])
 def test_deis_integrates_the_log_rho_polynomial(order, sde_name, schedule):

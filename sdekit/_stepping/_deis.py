@@ -36,15 +36,17 @@ def exp_moments(h: torch.Tensor, p: int) -> torch.Tensor:
     Closed form :math:`e^h \sum_{k \le m} (-1)^k \frac{m!}{(m-k)!} h^{m-k} - (-1)^m m!`; for :math:`|h| < 1/2`, where
     it cancels, the series :math:`h^{m+1} \sum_k \frac{h^k}{k!\,(m+k+1)}`.
     """
-    eh = torch.exp(h)
-    powers = [h ** k / math.factorial(k) for k in range(_SERIES_TERMS)]          # h^k / k!
-    closed, series = [], []
-    for m in range(p):
-        total = sum((-1) ** k * float(math.factorial(m) // math.factorial(m - k)) * h ** (m - k) for k in range(m + 1))
-        closed.append(eh * total - (-1) ** m * math.factorial(m))
-        series.append(h ** (m + 1) * sum(a / (m + k + 1) for k, a in enumerate(powers)))
-    small = (h.abs() < _SERIES_BELOW).unsqueeze(-1)
-    return torch.where(small, torch.stack(series, -1), torch.stack(closed, -1))
+    hc = h.unsqueeze(-1)
+    k = torch.arange(_SERIES_TERMS, dtype=h.dtype, device=h.device)
+    terms = hc ** k / torch.exp(torch.lgamma(k + 1))                                  # h^k / k!, (batch, K)
+    m = torch.arange(p, dtype=h.dtype, device=h.device)
+    series = hc ** (m + 1) * (terms @ (1 / (m + k.unsqueeze(-1) + 1)))               # (batch, p)
+    closed = []
+    for mm in range(p):
+        poly = sum((-1) ** j * float(math.factorial(mm) // math.factorial(mm - j)) * h ** (mm - j)
+                   for j in range(mm + 1))
+        closed.append(torch.exp(h) * poly - (-1) ** mm * math.factorial(mm))
+    return torch.where(hc.abs() < _SERIES_BELOW, series, torch.stack(closed, -1))
 
 
 class DEIS(Stepper):
