@@ -50,7 +50,7 @@ import sdekit
 from sdekit.validation import mode_masses, monte_carlo_floor, sliced_wasserstein
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from samplers import sharp_mixture  # noqa: E402  (the same problem as the samplers benchmark)
+from samplers import sharp_mixture, steps_for  # noqa: E402  (the same problem as the samplers benchmark)
 
 ODE_TOLS = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
 DPM_TOLS = (5e-2, 1e-2, 1e-3, 1e-4, 1e-5)
@@ -106,9 +106,8 @@ def ode_rows(sde, mix, n, device, quick):
     for tol in (DPM_TOLS[:4] if quick else DPM_TOLS):
         add("dpm_adaptive", "dpm_adaptive", tol, method="dpm_adaptive", rtol=tol, atol=tol)
     for name, budgets in FIXED_ODE.items():
-        evals = 1
         for nfe in budgets:
-            add(name, name, nfe, method=name, steps=nfe // evals)
+            add(name, name, nfe, method=name, steps=steps_for(name, nfe))
     return rows
 
 
@@ -185,9 +184,8 @@ def sde_rows(sde, mix, n, device, quick):
         for tol in (TORCHSDE_TOLS[:2] if quick else TORCHSDE_TOLS):
             add(name, tol, method=name, rtol=tol, atol=tol)
     for name, budgets in FIXED_SDE.items():
-        evals = 2 if name == "edm_stochastic" else 1
         for nfe in budgets:
-            add(name, nfe, method=name, steps=nfe // evals)
+            add(name, nfe, method=name, steps=steps_for(name, nfe))
     return rows, floors
 
 

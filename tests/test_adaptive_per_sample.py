@@ -51,10 +51,14 @@ class Oscillators:
         return out
 
 
+def _states(ws):
+    """Oscillators' states at t = 1: x_0 = 0 and the frequencies ``ws``."""
+    return torch.stack([torch.zeros(len(ws), dtype=torch.float64), torch.tensor(ws, dtype=torch.float64)], 1)
+
+
 def _oscillators(ws):
-    x = torch.stack([torch.zeros(len(ws), dtype=torch.float64), torch.tensor(ws, dtype=torch.float64)], 1)
     fn = Oscillators()
-    return sdekit.probability_flow(Clock(), fn), fn, x
+    return sdekit.probability_flow(Clock(), fn), fn, _states(ws)
 
 
 @pytest.mark.parametrize("method", PAIRS)
@@ -181,7 +185,7 @@ def test_failure_record_names_the_sample_after_the_batch_shrank():
         bad = (x[:, 1] > 50) & (t < 0.3)
         return torch.where(bad[:, None], torch.full_like(s, math.nan), s)
 
-    x = torch.stack([torch.zeros(4, dtype=torch.float64), torch.tensor(ws, dtype=torch.float64)], 1)
+    x = _states(ws)
     sol = sdekit.probability_flow(Clock(), score).solve(x, method="sdekit.dopri5", rtol=1e-6, atol=1e-6,
                                                         throw=False)
     assert sol.result is sdekit.Result.NON_FINITE

@@ -64,10 +64,9 @@ def run_adaptive(stepper_class, method, pb):
     if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1:
         raise InvalidParameterError(f"option sync_every must be a positive integer (iterations between host "
                                     f"reads), got {sync_every!r}")
-    if options.get("hook") is not None:
+    if options.pop("hook", None) is not None:
         raise MethodArgumentError(f"{method.name} gives every sample its own times, so a per-step hook does not "
                                   f"apply; use a fixed-step method for imputation hooks")
-    options.pop("hook", None)
     denoise = options.pop("denoise", False)
     if not isinstance(denoise, bool):
         raise InvalidParameterError(f"option denoise must be True or False, got {denoise!r}")
