@@ -377,9 +377,8 @@ def test_augmented_drift_takes_shared_or_per_sample_times():
     assert torch.equal(shared, per_sample)
     assert torch.allclose(shared[:, :2], sdekit.probability_flow(sde, data.score).drift(torch.tensor(0.3), x))
     # probe of ones: 1^T J 1 = sum of J's entries; J of the flow is -(f-coef) I + 1/2 g^2 C^-1
-    rows = torch.arange(5)
     other = aug.drift(torch.linspace(0.2, 0.6, 5, dtype=F64), y)
-    for i in rows.tolist():
+    for i in range(5):
         one = aug.drift(torch.tensor(0.2 + 0.1 * i, dtype=F64), y[i:i + 1].expand(5, 4).contiguous())
         assert torch.allclose(one[0], other[i])
 

@@ -13,7 +13,6 @@ import torchdiffeq
 
 from .._errors import ArgumentTypeError, MethodArgumentError, SolveError
 from .._evaluator import finite_rows
-from .._methods import lookup
 from .._solution import Result, Solution
 
 __all__ = ["adjoint_solve"]
@@ -49,13 +48,13 @@ def _parameters(flow, adjoint_params):
     return params
 
 
-def adjoint_solve(aug, y0, method, t_start, t_end, rtol, atol, adjoint_params, throw, max_steps=None,
+def adjoint_solve(aug, y0, m, t_start, t_end, rtol, atol, adjoint_params, throw, max_steps=None,
                   options=None, **unused) -> Solution:
-    """Integrate the augmented flow ``aug`` from ``t_start`` to ``t_end`` with ``odeint_adjoint``."""
+    """Integrate the augmented flow ``aug`` from ``t_start`` to ``t_end`` with ``odeint_adjoint``; ``m`` is the
+    looked-up :class:`Method` (``check_method``'s)."""
     if unused:
         raise MethodArgumentError(f"adjoint=True takes rtol, atol, max_steps and options, not "
                                   f"{', '.join(sorted(unused))}")
-    m = lookup(method, "ode")
     if m.backend != "torchdiffeq" or m.stepping != "adaptive":
         raise MethodArgumentError(f"adjoint=True runs torchdiffeq's odeint_adjoint with an adaptive method "
                                   f"(dopri5, bosh3, dopri8, ...), got {m.qualified_name}")

@@ -84,11 +84,9 @@ class AugmentedFlow(ProbabilityFlowODE):
         self.weight = float(weight)
 
     def replace(self, **changes) -> "AugmentedFlow":
-        kw = dict(event_shape=self.event_shape, sde_type=self.sde_type, noise_type=self.noise_type,
-                  t_min=self.t_min, t_max=self.t_max)
-        kw.update(changes)
-        return type(self)(self.sde, self.fn, data_shape=self.data_shape, probes=self.probes, weight=self.weight,
-                          **kw)
+        """As :meth:`sdekit.Process.replace`, keeping ``data_shape``, ``probes`` and ``weight`` unless changed."""
+        return super().replace(**{"data_shape": self.data_shape, "probes": self.probes, "weight": self.weight,
+                                  **changes})
 
     def default_span(self):
         return self.sde.eps, self.sde.T

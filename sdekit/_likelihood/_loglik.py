@@ -87,7 +87,7 @@ def check_method(method: str):
     return m
 
 
-def generator_from(generator, seed, device=None) -> Optional[torch.Generator]:
+def generator_from(generator, seed) -> Optional[torch.Generator]:
     """The probes' generator: ``generator``, one seeded with ``seed`` (on the CPU), or ``None`` (torch's global)."""
     if generator is not None and seed is not None:
         raise InvalidParameterError("give generator= or seed=, not both")
@@ -171,7 +171,7 @@ def log_likelihood(flow: ProbabilityFlowODE, x: torch.Tensor, method: str = "dop
     aug = AugmentedFlow(sde, flow.fn, data_shape=x.shape[1:], probes=probe_tensor, weight=weight)
     y0 = aug.augment(x)
     if adjoint:
-        sol = adjoint_solve(aug, y0, method, t0, sde.T, DEFAULT_RTOL if rtol is None else rtol,
+        sol = adjoint_solve(aug, y0, m, t0, sde.T, DEFAULT_RTOL if rtol is None else rtol,
                             DEFAULT_ATOL if atol is None else atol, adjoint_params, throw, options=options,
                             **solve_options)
     else:
