@@ -109,7 +109,7 @@ def bits_per_dim(flow, x: torch.Tensor, *, data_range: Sequence[float], bins: in
     if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 2:
         raise InvalidParameterError(f"bins must be an integer >= 2 (256 for 8-bit data), got {bins!r}")
     lo, hi = _range(data_range)
-    offset = math.log2(bins / (hi - lo))
+    offset = data_offset((lo, hi), bins)
     gen = generator_from(generator, seed)
     if x.is_floating_point() and (bool((x < lo).any()) or bool((x > hi).any())):
         raise InvalidParameterError(f"x lies outside data_range=({lo:g}, {hi:g}) (values in "
@@ -118,7 +118,7 @@ def bits_per_dim(flow, x: torch.Tensor, *, data_range: Sequence[float], bins: in
     if dequantize is None:
         if not x.is_floating_point():
             raise ArgumentTypeError(f"x is an integer tensor ({x.dtype}) of quantised data: choose a dequantisation, "
-                             "dequantize='uniform' or a variational dequantiser q(n, generator) -> (u, log_q)")
+                                    "dequantize='uniform' or a variational dequantiser q(n, generator) -> (u, log_q)")
         model_x, log_q = x, x.new_zeros(x.shape[0])
     else:
         if not x.is_floating_point() and dtype is not None and not dtype.is_floating_point:
