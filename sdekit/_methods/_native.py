@@ -26,7 +26,7 @@ def _register():
             integrate=functools.partial(_integrate, cls), sde_type="ito" if stochastic else None,
             description=cls.description, frame=cls.frame, needs=cls.needs, history=cls.history,
             error_estimate=cls.error_estimate, schedule=cls.schedule,
-            grid_steps=cls.grid_steps if cls.counts_evaluations else None,
+            grid_steps=cls.grid_steps,
             options=tuple(sorted(cls.defaults)) + ("denoise", "hook"),
             processes=("ode",) if not stochastic else ("sde", "ode") if ode_order is not None else ("sde",)))
 

@@ -95,7 +95,6 @@ class DPMSolverFast(_SingleStep):
                    "last ones (Lu et al. 2022, sec. 3.4)")
     order = 3.0
     needs = "eps"
-    counts_evaluations = True
 
     @staticmethod
     def grid_steps(steps: int) -> int:

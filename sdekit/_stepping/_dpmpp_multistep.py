@@ -64,8 +64,8 @@ class _DPMSolverPPMultistep(Stepper):
         phi1 = torch.expm1(-h)
         decay, gain = ps(sigma1 / sigma, x) * x, ps(alpha1 * phi1, x)
         if i == 0 and self.warmup == "singlestep" and n > 1:
-            s = f.t_of_log_snr(lam + 0.5 * h)                    # DPM-Solver++(2S), r = 1/2: the midpoint's x0
-            u = ps(f.sigma(s) / sigma, x) * x - ps(f.alpha(s) * torch.expm1(-0.5 * h), x) * m0
+            s, alpha_s, sigma_s = f.at_log_snr(lam + 0.5 * h)   # DPM-Solver++(2S), r = 1/2: the midpoint's x0
+            u = ps(sigma_s / sigma, x) * x - ps(alpha_s * torch.expm1(-0.5 * h), x) * m0
             out = torch.addcmul(decay, gain, f.data(u, s), value=-1)
         elif p == 2:                                             # m0 + (m0 - m1)/(2 r), r = (lam - lam_1)/h
             lam_1, m1 = self.past[-1]

@@ -41,8 +41,7 @@ class Frame:
         self.sde = sde
         self.process = process
         self.evaluate = process.evaluator
-        self._known = {}    # id(time tensor) -> (the tensor, (alpha, sigma, lam)): the grid's, computed up front
-        self._cast = {}     # (id(time tensor), dtype, dim) -> (the tensor, (sigma^2, 1/alpha, sigma)) shaped for x
+        self._known = {}    # id(time tensor) -> (the tensor, alpha, sigma, lam, model): the grid's, computed up front
 
     def remember(self, times, x):
         """Per-sample time tensors ``(batch,)`` for the 1-D grid ``times`` and the state ``x``, their coefficients
@@ -55,33 +54,35 @@ class Frame:
         alpha, sigma = torch.exp(self.sde.log_alpha(times)), self.sde.sigma(times)
         lam = torch.log(alpha / sigma)
         shape = (times.numel(),) + (1,) * x.dim()
-        cast = [c.to(x.dtype).view(shape) for c in (sigma * sigma, 1 / alpha, sigma)]
+        model = [c.to(x.dtype).view(shape) for c in (sigma * sigma, 1 / alpha, sigma)]
         ts = [times[i].expand(batch) for i in range(times.numel())]
-        self._known = {id(t): (t, (alpha[i].expand(batch), sigma[i].expand(batch), lam[i].expand(batch)))
-                       for i, t in enumerate(ts)}
-        self._cast = {(id(t), x.dtype, x.dim()): (t, tuple(c[i] for c in cast)) for i, t in enumerate(ts)}
+        self._known = {id(t): (t, alpha[i].expand(batch), sigma[i].expand(batch), lam[i].expand(batch),
+                               tuple(c[i] for c in model)) for i, t in enumerate(ts)}
         return ts
 
     # -- coefficients (float64, per sample) -----------------------------------------------------
+    def _remembered(self, t):
+        """What :meth:`remember` computed for the time tensor ``t``, or ``None``."""
+        known = self._known.get(id(t))
+        return known if known is not None and known[0] is t else None
+
     def _coefs(self, t):
         """``(alpha, sigma)`` at the per-sample times ``t``."""
-        known = self._known.get(id(t))
-        if known is not None and known[0] is t:
-            return known[1][:2]
+        known = self._remembered(t)
+        if known is not None:
+            return known[1], known[2]
         return torch.exp(self.sde.log_alpha(t)), self.sde.sigma(t)
 
     def _lam(self, t, alpha, sigma):
-        known = self._known.get(id(t))
-        if known is not None and known[0] is t:
-            return known[1][2]
-        return torch.log(alpha / sigma)
+        known = self._remembered(t)
+        return known[3] if known is not None else torch.log(alpha / sigma)
 
     def _model_coefs(self, t, x):
         r""":math:`(\sigma^2, 1/\alpha, \sigma)` at ``t`` in ``x``'s dtype, shaped to broadcast against it (computed
         up front for the grid's times)."""
-        cast = self._cast.get((id(t), x.dtype, x.dim()))
-        if cast is not None and cast[0] is t:
-            return cast[1]
+        known = self._remembered(t)
+        if known is not None and known[4][0].dtype == x.dtype and known[4][0].dim() == x.dim():
+            return known[4]
         alpha, sigma = self._coefs(t)
         return tuple(per_sample(c.to(x.dtype), x) for c in (sigma * sigma, 1 / alpha, sigma))
 

@@ -49,6 +49,7 @@ def run(stepper_class, method, pb):
     stochastic = stepper_class.kind == "sde" and proc.kind == "sde"
     noise = _noise(pb, pb.x0) if stochastic or hook is not None else None
     stepper = stepper_class(frame, noise if stochastic else None, options, steps=pb.steps)
+    stepper.plan(pb.grid)
     return walk(stepper, pb, frame=frame, hook=hook, noise=noise, denoise=denoise)
 
 
@@ -66,8 +67,6 @@ def walk(stepper, pb, frame=None, hook=None, noise=None, denoise=False):
     n = times.numel() - 1
     ts = frame.remember(times, x) if frame is not None else [times[i].expand(batch) for i in range(n + 1)]
     save = save_indices(pb.grid, pb.save_at)
-    if hasattr(stepper, "plan"):       # sdekit's steppers (torchsde's step functions have no plan)
-        stepper.plan(pb.grid)
     if hook is not None:
         x = _hooked(hook, x, ts[0], noise)
     path = [x] if 0 in save else []

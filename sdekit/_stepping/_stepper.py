@@ -1,6 +1,6 @@
 """What a stepper is: a small object that advances the state over one step, declaring what it is."""
 
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -18,8 +18,8 @@ class Stepper:
     - ``frame``: ``"t"``, ``"sigma"`` or ``"logsnr"``; ``needs``: ``"drift"``, ``"score"``, ``"x0"`` or ``"eps"``;
     - ``history``: model outputs kept between steps (multistep); ``error_estimate``: whether it has one;
     - ``schedule``: the default grid for ``steps=``;
-    - ``counts_evaluations``: whether ``steps=`` is a budget of model evaluations rather than of steps; then
-      ``grid_steps(steps)`` is the number of grid steps the budget takes;
+    - ``grid_steps``: ``None``, or for a stepper whose ``steps=`` is a budget of model evaluations, the function
+      giving the number of grid steps a budget takes;
     - ``defaults``: its options and their default values.
 
     An instance lives for one solve (it holds the history) and is built with the caller's options.
@@ -37,13 +37,8 @@ class Stepper:
     history = 0
     error_estimate = False
     schedule = "uniform"
-    counts_evaluations = False
+    grid_steps: Optional[Callable[[int], int]] = None
     defaults: Dict[str, object] = {}
-
-    @staticmethod
-    def grid_steps(steps: int) -> int:
-        """The number of grid steps that ``steps=`` asks for (itself, unless ``steps`` counts evaluations)."""
-        return steps
 
     def __init__(self, frame, noise, options: dict, steps: Optional[int] = None):
         unknown = sorted(set(options) - set(self.defaults))
