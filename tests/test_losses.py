@@ -96,6 +96,15 @@ def data_and_x0(sde, n, seed):
     return data, data.sample(n, t=0.0, generator=g), g
 
 
+def fixed_draws(sde, shape, seed):
+    """Data ``shape``, times uniform on [eps, T] and noise, float64, all from one seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(shape, generator=g, dtype=torch.float64)
+    t = sde.eps + (sde.T - sde.eps) * torch.rand(shape[0], generator=g, dtype=torch.float64)
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    return x0, t, noise
+
+
 # -- 1. the exact score gives the irreducible constant -------------------------------------------------------
 @pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve", "cosine"])
 @pytest.mark.parametrize("weighting", ["variance", "likelihood"])
@@ -131,10 +140,7 @@ def _network(x_in, tau):
                          ids=["vp", "ve", "rf", "ddpm-cosine"])
 def test_every_parameterisation_is_the_score_loss_in_its_natural_form(prediction, sde):
     model = Adapter(_network, sde, prediction)
-    g = torch.Generator().manual_seed(5)
-    x0 = torch.randn(256, 3, 2, generator=g, dtype=torch.float64)
-    t = sde.eps + (sde.T - sde.eps) * torch.rand(256, generator=g, dtype=torch.float64)
-    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    x0, t, noise = fixed_draws(sde, (256, 3, 2), 5)
     for weighting in ("variance", "likelihood", lambda t: 1 + t):
         natural = score_matching_loss(sde, model, x0, weighting=weighting, t=t, noise=noise, reduce="none")
         as_score = score_matching_loss(sde, lambda x, t: model(x, t), x0, weighting=weighting, t=t, noise=noise,
@@ -144,10 +150,7 @@ def test_every_parameterisation_is_the_score_loss_in_its_natural_form(prediction
 
 def test_eps_with_variance_weighting_is_ddpm_loss_and_x0_is_the_weighted_data_loss():
     sde = sdekit.VPSDE()
-    g = torch.Generator().manual_seed(2)
-    x0 = torch.randn(128, 2, generator=g, dtype=torch.float64)
-    t = sde.eps + (sde.T - sde.eps) * torch.rand(128, generator=g, dtype=torch.float64)
-    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    x0, t, noise = fixed_draws(sde, (128, 2), 2)
     a, s = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
     x_t = a * x0 + s * noise
     eps_hat = _network(x_t, t)
@@ -355,10 +358,7 @@ def test_k_diffusion_weightings_are_their_f_space_weights():
     "karras" is c_weight = 1, "soft-min-snr" (sigma sd)^2 / (sigma^2 + sd^2)^2, "snr" sd^2 / (sigma^2 + sd^2)."""
     sde, sd = sdekit.VESDE(sigma_min=0.002, sigma_max=80.0), 1.0
     model = Adapter(_network, sde, "edm", sigma_data=sd)
-    g = torch.Generator().manual_seed(3)
-    x0 = torch.randn(128, 2, generator=g, dtype=torch.float64)
-    t = sde.eps + (sde.T - sde.eps) * torch.rand(128, generator=g, dtype=torch.float64)
-    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    x0, t, noise = fixed_draws(sde, (128, 2), 3)
     sigma = sde.sigma(t)[:, None]
     x = x0 + sigma * noise
     c_skip, c_out, c_in = sd ** 2 / (sigma ** 2 + sd ** 2), sigma * sd / (sigma ** 2 + sd ** 2).sqrt(), \
@@ -380,10 +380,7 @@ def test_k_diffusion_weightings_are_their_f_space_weights():
 def test_natural_form_is_the_score_loss_for_any_vp_schedule(beta_min, span, seed, prediction, weighting):
     sde = sdekit.VPSDE(beta_min=beta_min, beta_max=beta_min + span)
     model = Adapter(_network, sde, prediction)
-    g = torch.Generator().manual_seed(seed)
-    x0 = torch.randn(32, 2, generator=g, dtype=torch.float64)
-    t = sde.eps + (sde.T - sde.eps) * torch.rand(32, generator=g, dtype=torch.float64)
-    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    x0, t, noise = fixed_draws(sde, (32, 2), seed)
     natural = score_matching_loss(sde, model, x0, weighting=weighting, t=t, noise=noise, reduce="none")
     as_score = score_matching_loss(sde, lambda x, t: model(x, t), x0, weighting=weighting, t=t, noise=noise,
                                    reduce="none", sigma_data=0.5)

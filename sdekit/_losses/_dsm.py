@@ -41,7 +41,6 @@ def _model_residual(sde, model, x_t, t, noise, sigma64):
     kernel's, :math:`-\varepsilon/\sigma`.  Then :math:`\|s_\theta - \nabla\log p_{0t}\|^2 = a^2\|\mathrm{out} -
     \mathrm{out}^*\|^2`.
     """
-    dims = tuple(range(1, x_t.dim()))
     if _is_adapter(model):
         if repr(model.sde) != repr(sde):
             raise InvalidParameterError(f"the model was built for {model.sde!r} but the loss was given {sde!r}; "
@@ -63,7 +62,7 @@ def _model_residual(sde, model, x_t, t, noise, sigma64):
                                      f"sdekit.adapters.Adapter with its prediction)")
         residual = out + noise / per_sample(sigma64.to(x_t.dtype), x_t)
         scale = None
-    sq = residual.pow(2).sum(dim=dims) if dims else residual.pow(2)
+    sq = residual.pow(2).sum(dim=tuple(range(1, x_t.dim())))      # x0 has event dimensions: check_data
     if not bool(torch.isfinite(sq).all()):
         bad = (~torch.isfinite(sq)).nonzero()[0, 0]
         raise ScoreFunctionError(f"the model returned non-finite values at t = {float(t[bad]):.6g}; check the "
