@@ -376,7 +376,7 @@ def test_augmented_drift_takes_shared_or_per_sample_times():
     per_sample = aug.drift(torch.full((5,), 0.3, dtype=F64), y)
     assert torch.equal(shared, per_sample)
     assert torch.allclose(shared[:, :2], sdekit.probability_flow(sde, data.score).drift(torch.tensor(0.3), x))
-    # probe of ones: 1^T J 1 = sum of J's entries; J of the flow is -(f-coef) I + 1/2 g^2 C^-1
+    # per-sample times: each row as if solved alone at its own time
     other = aug.drift(torch.linspace(0.2, 0.6, 5, dtype=F64), y)
     for i in range(5):
         one = aug.drift(torch.tensor(0.2 + 0.1 * i, dtype=F64), y[i:i + 1].expand(5, 4).contiguous())
