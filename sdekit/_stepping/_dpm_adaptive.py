@@ -79,19 +79,17 @@ class DPMSolverAdaptive(AdaptiveStepper):
         e0 = f.noise(x, t)
         phi = torch.expm1(h)
         base = ps(alpha1 / alpha, x) * x - ps(sigma1 * phi, x) * e0          # DPM-Solver-1
+        r1 = 0.5 if self.solver_order == 2 else 1.0 / 3.0
+        s1, alpha_s1, sigma_s1 = f.at_log_snr(lam + r1 * h)
+        u1 = ps(alpha_s1 / alpha, x) * x - ps(sigma_s1 * torch.expm1(r1 * h), x) * e0
+        d1 = f.noise(u1, s1) - e0
+        second = base - ps(sigma1 * phi / (2 * r1), x) * d1                     # DPM-Solver-2 with this r1
         if self.solver_order == 2:
-            r1 = 0.5
-            s1, alpha_s1, sigma_s1 = f.at_log_snr(lam + r1 * h)
-            u1 = ps(alpha_s1 / alpha, x) * x - ps(sigma_s1 * torch.expm1(r1 * h), x) * e0
-            d1 = f.noise(u1, s1) - e0
-            low, high = base, base - ps(sigma1 * phi / (2 * r1), x) * d1
+            low, high = base, second
         else:
-            r1, r2 = 1.0 / 3.0, 2.0 / 3.0
-            s1, alpha_s1, sigma_s1 = f.at_log_snr(lam + r1 * h)
+            r2 = 2.0 / 3.0
+            low = second
             s2, alpha_s2, sigma_s2 = f.at_log_snr(lam + r2 * h)
-            u1 = ps(alpha_s1 / alpha, x) * x - ps(sigma_s1 * torch.expm1(r1 * h), x) * e0
-            d1 = f.noise(u1, s1) - e0
-            low = base - ps(sigma1 * phi / (2 * r1), x) * d1                    # DPM-Solver-2, r1 = 1/3
             phi2 = torch.expm1(r2 * h)
             u2 = (ps(alpha_s2 / alpha, x) * x - ps(sigma_s2 * phi2, x) * e0
                   - ps(sigma_s2 * (r2 / r1) * (phi2 / _safe(r2 * h) - 1), x) * d1)
