@@ -62,10 +62,10 @@ class Restart(EDMHeun):
         levels[:, 0], levels[:, -1] = s_max, s_r
         times = [t_max] + [f.t_of_sigma_ve(levels[:, k]) for k in range(1, self.restart_steps - 1)]
         times.append(t_r)
+        jump = ps(torch.sqrt((s_max * s_max - s_r * s_r).clamp_min(0)) * self.s_noise, x)
         for k in range(self.restarts):
             z = self.noise.normal(t_r, tag=k).to(x.dtype)
-            jump = torch.sqrt((s_max * s_max - s_r * s_r).clamp_min(0)) * self.s_noise
-            x_ve = x * ps(1 / f.alpha(t_r), x) + ps(jump, x) * z
+            x_ve = x * ps(1 / f.alpha(t_r), x) + jump * z
             s = s_max
             for j in range(1, self.restart_steps):
                 x = self.heun(x_ve, s, times[j - 1], levels[:, j], times[j], x)
