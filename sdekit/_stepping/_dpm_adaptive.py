@@ -25,13 +25,8 @@ import torch
 
 from .._errors import InvalidParameterError
 from ._control import error_ratio, jm_controller, mixed_scale
-from ._frame import ps
+from ._dpm_solver import dpm_solver_step
 from ._stepper import AdaptiveStepper, check_number
-
-
-def _safe(h):
-    """``h`` with zeros (a finished sample's zero-length step, discarded) replaced by 1, to divide by."""
-    return torch.where(h == 0, torch.ones_like(h), h)
 
 
 class DPMSolverAdaptive(AdaptiveStepper):
@@ -73,27 +68,6 @@ class DPMSolverAdaptive(AdaptiveStepper):
         return torch.minimum(torch.full_like(t, self.h_init), left)
 
     def attempt(self, x, t, t_next, carry, attempt):
-        f = self.frame
-        alpha, sigma, lam, alpha1, sigma1, lam1 = f.ends(t, t_next)
-        h = lam1 - lam
-        e0 = f.noise(x, t)
-        phi = torch.expm1(h)
-        base = ps(alpha1 / alpha, x) * x - ps(sigma1 * phi, x) * e0          # DPM-Solver-1
-        r1 = 0.5 if self.solver_order == 2 else 1.0 / 3.0
-        s1, alpha_s1, sigma_s1 = f.at_log_snr(lam + r1 * h)
-        u1 = ps(alpha_s1 / alpha, x) * x - ps(sigma_s1 * torch.expm1(r1 * h), x) * e0
-        d1 = f.noise(u1, s1) - e0
-        second = base - ps(sigma1 * phi / (2 * r1), x) * d1                     # DPM-Solver-2 with this r1
-        if self.solver_order == 2:
-            low, high = base, second
-        else:
-            r2 = 2.0 / 3.0
-            low = second
-            s2, alpha_s2, sigma_s2 = f.at_log_snr(lam + r2 * h)
-            phi2 = torch.expm1(r2 * h)
-            u2 = (ps(alpha_s2 / alpha, x) * x - ps(sigma_s2 * phi2, x) * e0
-                  - ps(sigma_s2 * (r2 / r1) * (phi2 / _safe(r2 * h) - 1), x) * d1)
-            d2 = f.noise(u2, s2) - e0
-            high = base - ps(sigma1 / r2 * (phi / _safe(h) - 1), x) * d2        # DPM-Solver-3
+        low, high = dpm_solver_step(self.frame, x, t, t_next, self.solver_order, lower=True)
         err = error_ratio(high - low, mixed_scale(self.atol, self.rtol, low, carry["prev"]))
         return high, err, {"prev": low}

@@ -27,32 +27,42 @@ class _SingleStep(Stepper):
     defaults = {}
 
 
-def dpm_solver_step(frame, x, t, t_next, order):
+def _safe(h):
+    """``h`` with zeros (a finished sample's zero-length step, discarded) replaced by 1, to divide by."""
+    return torch.where(h == 0, torch.ones_like(h), h)
+
+
+def dpm_solver_step(frame, x, t, t_next, order, lower=False):
     r"""One noise-prediction DPM-Solver step of ``order`` 1 (DDIM), 2 (:math:`r_1 = \tfrac12`) or 3
-    (:math:`r_1 = \tfrac13, r_2 = \tfrac23`) from per-sample times ``t`` to ``t_next``: ``order`` evaluations."""
+    (:math:`r_1 = \tfrac13, r_2 = \tfrac23`) from per-sample times ``t`` to ``t_next``: ``order`` evaluations.
+
+    With ``lower=True`` it returns ``(lower, x')``, where ``lower`` is the step of one order less that the same
+    evaluations give (DPM-Solver-1 for order 2, DPM-Solver-2 with :math:`r_1 = \tfrac13` for order 3): the pair
+    whose difference is DPM-Solver-12/23's error estimate.  A zero-length step (a finished sample's) stays finite.
+    """
     alpha, sigma, lam, alpha1, sigma1, lam1 = frame.ends(t, t_next)
     h = lam1 - lam
     phi = torch.expm1(h)
     e0 = frame.noise(x, t)
-    out = ps(alpha1 / alpha, x) * x - ps(sigma1 * phi, x) * e0
+    first = ps(alpha1 / alpha, x) * x - ps(sigma1 * phi, x) * e0                  # DPM-Solver-1
+    if order == 1:
+        return (first, first) if lower else first
+    r1 = 0.5 if order == 2 else 1.0 / 3.0
+    s1, alpha_s1, sigma_s1 = frame.at_log_snr(lam + r1 * h)
+    u1 = ps(alpha_s1 / alpha, x) * x - ps(sigma_s1 * torch.expm1(r1 * h), x) * e0
+    d1 = frame.noise(u1, s1) - e0
+    if order == 2 or lower:
+        second = first - ps(sigma1 * phi / (2 * r1), x) * d1                       # DPM-Solver-2 with this r1
     if order == 2:
-        r1 = 0.5
-        s, alpha_s, sigma_s = frame.at_log_snr(lam + r1 * h)
-        u = ps(alpha_s / alpha, x) * x - ps(sigma_s * torch.expm1(r1 * h), x) * e0
-        d = frame.noise(u, s) - e0
-        out = out - ps(sigma1 * phi / (2 * r1), x) * d
-    elif order == 3:
-        r1, r2 = 1.0 / 3.0, 2.0 / 3.0
-        s1, alpha_s1, sigma_s1 = frame.at_log_snr(lam + r1 * h)
-        s2, alpha_s2, sigma_s2 = frame.at_log_snr(lam + r2 * h)
-        u1 = ps(alpha_s1 / alpha, x) * x - ps(sigma_s1 * torch.expm1(r1 * h), x) * e0
-        d1 = frame.noise(u1, s1) - e0
-        phi2 = torch.expm1(r2 * h)
-        u2 = (ps(alpha_s2 / alpha, x) * x - ps(sigma_s2 * phi2, x) * e0
-              - ps(sigma_s2 * (r2 / r1) * (phi2 / (r2 * h) - 1), x) * d1)
-        d2 = frame.noise(u2, s2) - e0
-        out = out - ps(sigma1 / r2 * (phi / h - 1), x) * d2
-    return out
+        return (first, second) if lower else second
+    r2 = 2.0 / 3.0
+    s2, alpha_s2, sigma_s2 = frame.at_log_snr(lam + r2 * h)
+    phi2 = torch.expm1(r2 * h)
+    u2 = (ps(alpha_s2 / alpha, x) * x - ps(sigma_s2 * phi2, x) * e0
+          - ps(sigma_s2 * (r2 / r1) * (phi2 / _safe(r2 * h) - 1), x) * d1)
+    d2 = frame.noise(u2, s2) - e0
+    third = first - ps(sigma1 / r2 * (phi / _safe(h) - 1), x) * d2                # DPM-Solver-3
+    return (second, third) if lower else third
 
 
 class DPMSolver2(_SingleStep):
