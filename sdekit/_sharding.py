@@ -30,12 +30,13 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
 from ._errors import InvalidParameterError, MethodArgumentError
 from ._keyed import KeyedBrownian, _row_keys, keyed_normal
+from ._study._results import atomic_write
 
 __all__ = ["INITIAL_COUNTER", "keyed_initial", "batch_coupling", "Shard", "shards", "ShardStore", "sample_shard",
            "save_samples", "DistContext", "dist_context"]
@@ -78,8 +79,7 @@ def keyed_initial(problem, seed: int, index: torch.Tensor, dtype=torch.float64, 
     if getattr(problem, "process", "reverse") == "reverse" and prior_std is not None and shape:
         z = keyed_normal(int(seed), index, torch.full_like(index, INITIAL_COUNTER), math.prod(shape), dtype=dtype)
         return (float(prior_std) * z).view((index.numel(),) + shape)
-    keys = _row_keys(int(seed), index.cpu(), torch.full_like(index.cpu(), GENERATOR_COUNTER))
-    keys_hi = _row_keys(int(seed), index.cpu(), torch.full_like(index.cpu(), GENERATOR_COUNTER - 1))
+    keys, keys_hi = _row_keys(int(seed), index.cpu(), torch.tensor([[GENERATOR_COUNTER], [GENERATOR_COUNTER - 1]]))
     rows = [problem.initial(1, torch.Generator().manual_seed((int(hi) << 31) ^ int(lo)))
             for lo, hi in zip(keys.tolist(), keys_hi.tolist())]
     return torch.cat(rows).to(device=device, dtype=dtype)
@@ -155,11 +155,18 @@ class ShardStore:
     def claim(self) -> None:
         """Create the folder and its run.json (or check that the one there is this run's)."""
         os.makedirs(self.folder, exist_ok=True)
-        if os.path.exists(self.manifest) and self.finished():
-            self.check()
+        if self.held():
             return
         text = json.dumps(dict(key=self.key, settings=self.identity), indent=1, sort_keys=True, default=repr)
-        _atomic_write(self.manifest, lambda fh: fh.write(text.encode()))
+        atomic_write(self.manifest, lambda fh: fh.write(text.encode()))
+
+    def held(self) -> bool:
+        """Whether the folder holds a run's shards (a run.json and shard files beside it), refused by
+        :meth:`check` when that run is another."""
+        if os.path.exists(self.manifest) and self.finished():
+            self.check()
+            return True
+        return False
 
     def finished(self) -> List[str]:
         """The shard files in the folder (a run.json with none beside it holds nothing worth keeping)."""
@@ -222,7 +229,7 @@ class ShardStore:
         """Write the shard atomically: a temporary file in the same folder, fsynced, renamed into place."""
         rec = dict(run=self.key, k=shard.k, start=shard.start, stop=shard.stop, x=x.detach().cpu().contiguous(),
                    **info)
-        _atomic_write(self.path(shard.k), lambda fh: torch.save(rec, fh))
+        atomic_write(self.path(shard.k), lambda fh: torch.save(rec, fh))
 
     def remove(self) -> None:
         """Delete the shard files and run.json, then the folder if nothing else is in it."""
@@ -233,19 +240,6 @@ class ShardStore:
             os.rmdir(self.folder)
         except OSError:
             pass
-
-
-def _atomic_write(path: str, write: Callable) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # -- solving a shard ------------------------------------------------------------------------------------------
@@ -283,11 +277,11 @@ def sample_shard(problem, spec, shard: Shard, seed: int, budget: dict, batch: in
 def save_samples(path: str, x: torch.Tensor, meta: dict) -> None:
     """Write ``x`` and ``meta`` atomically to ``path``: a ``.pt`` dict or a ``.npz`` archive."""
     if path.endswith(".pt"):
-        _atomic_write(path, lambda fh: torch.save(dict(x=x, **meta), fh))
+        atomic_write(path, lambda fh: torch.save(dict(x=x, **meta), fh))
     else:
         import numpy as np
         arrays = {k: np.asarray(str(v) if v is None or isinstance(v, (dict, list)) else v) for k, v in meta.items()}
-        _atomic_write(path, lambda fh: np.savez(fh, x=x.numpy(), **arrays))
+        atomic_write(path, lambda fh: np.savez(fh, x=x.numpy(), **arrays))
 
 
 # -- torch.distributed ---------------------------------------------------------------------------------------

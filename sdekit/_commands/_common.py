@@ -15,6 +15,7 @@ from .._errors import SDEKitError
 #: States with fewer numbers than this run on one thread by default (12-28x faster on two busy cores).
 SMALL_STATE = 1 << 16
 
+
 class UsageError(SDEKitError, ValueError):
     """A command-line or configuration mistake: reported in one line, exit status 2."""
 

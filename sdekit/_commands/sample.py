@@ -93,8 +93,7 @@ def run(args) -> int:
                         device=torch.device(device).type, sdekit=sdekit.__version__)
         store = ShardStore(args.out + ".shards", identity)
         every = shards(args.n, shard_size)
-        if os.path.exists(store.manifest) and store.finished():
-            store.check()                   # every rank refuses another run's shards, none waits for rank 0
+        store.held()                        # every rank refuses another run's shards, none waits for rank 0
         if ctx.rank == 0:
             store.claim()
             done = sum(store.peek(s) for s in every)

@@ -7,9 +7,11 @@ import torch
 
 from ._common import UsageError, _device, _dtype, _problem, _say, _shape, _threads
 
-STUDY_KEYS = ("sde", "problem", "score", "shape", "methods", "budgets", "samples", "seed", "seeds", "device",
-              "dtype", "threads", "workers", "executor", "scheduler", "out", "reference", "quiet", "model")
-
+#: The settings of a study and their defaults; a TOML file's [study] table takes these keys, a flag wins over it.
+DEFAULTS = dict(sde="vp", problem=None, score=None, shape="2", methods=None, budgets=None, samples=2000, seed=0,
+                seeds=1, device="cpu", dtype="float64", threads=None, workers=None, executor=None, scheduler=None,
+                out="sdekit-study", reference={}, quiet=False, model=None)
+STUDY_KEYS = tuple(DEFAULTS)
 
 
 def _read_toml(path: str) -> dict:
@@ -70,19 +72,16 @@ def add_parser(sub):
 
 def _settings(args) -> dict:
     conf = _read_toml(args.config) if args.config else {}
-    defaults = dict(sde="vp", problem=None, score=None, shape="2", methods=None, budgets=None, samples=2000, seed=0,
-                    seeds=1, device="cpu", dtype="float64", threads=None, workers=None, executor=None, scheduler=None,
-                    out="sdekit-study", reference={}, quiet=False, model=None)
-    out = dict(defaults)
+    out = dict(DEFAULTS, reference={})
     out.update(conf)
-    for key in defaults:
+    for key in DEFAULTS:
         v = getattr(args, key, None)
         if v is not None and v is not False:
             out[key] = v
     if getattr(args, "reference_steps", None):
         out["reference"] = dict(out.get("reference") or {}, steps=args.reference_steps)
     for key in ("samples", "seed", "seeds", "workers"):
-        if key == "workers" and out[key] is None:
+        if out[key] is None and DEFAULTS[key] is None:
             continue
         if isinstance(out[key], bool) or not isinstance(out[key], int):
             raise UsageError(f"{key} must be an integer, got {out[key]!r}")
@@ -91,7 +90,7 @@ def _settings(args) -> dict:
     if out["threads"] is not None and (isinstance(out["threads"], bool) or not isinstance(out["threads"], int)):
         raise UsageError(f"threads must be an integer, got {out['threads']!r}")
     for key in ("sde", "device", "dtype", "out", "executor", "scheduler"):
-        if key in ("executor", "scheduler") and out[key] is None:
+        if out[key] is None and DEFAULTS[key] is None:
             continue
         if not isinstance(out[key], str):
             raise UsageError(f"{key} must be a string, got {out[key]!r}")
@@ -104,7 +103,7 @@ def _settings(args) -> dict:
 def run(args) -> int:
     s = _settings(args)
     if getattr(args, "model_part", None) is None and s["model"]:
-        return _run_with_model(args)
+        return _run_with_model(args, s)
     from .._study import save_report, study
     from sdekit.studies import DEFAULT_BUDGETS, DEFAULT_METHODS
     from .._study._runner import check_budgets
@@ -148,13 +147,12 @@ def run(args) -> int:
     return 0
 
 
-def _run_with_model(args) -> int:
+def _run_with_model(args, s: dict) -> int:
     """``--model FILE``: the study on the trained network (``OUT/model``) and, where its data has an exact score,
-    on that score (``OUT/exact``), then the two side by side (``OUT/comparison.md``)."""
+    on that score (``OUT/exact``), then the two side by side (``OUT/comparison.md``); ``s`` the settings."""
     import copy
     from sdekit.studies import trained_problem
     from sdekit.studies._trained import comparison_table
-    s = _settings(args)
     out, model = s["out"], s["model"]
     if not isinstance(model, str):
         raise UsageError(f"model must be the path of a .safetensors file from sdekit train, got {model!r}")

@@ -63,13 +63,18 @@ def _use_threads(threads) -> None:
 _PREPARED = weakref.WeakKeyDictionary()
 
 
+def _prepared(problem) -> set:
+    """The ``(samples, seed)`` pairs ``problem`` has been prepared for in this process; an empty set every time
+    for a problem that is not weakly referable (it is prepared every time)."""
+    try:
+        return _PREPARED.setdefault(problem, set())
+    except TypeError:
+        return set()
+
+
 def _prepare(problem, n: int, seed: int) -> None:
     """``problem.prepare(n, seed)`` once per problem object and process (a worker's copy included)."""
-    try:
-        done = _PREPARED.setdefault(problem, set())
-    except TypeError:                   # not weakly referable: prepare every time
-        problem.prepare(n, seed)
-        return
+    done = _prepared(problem)
     if (n, seed) not in done:
         problem.prepare(n, seed)
         done.add((n, seed))
@@ -80,10 +85,7 @@ def context_job(problem, seed, settings, families, threads=None):
     from ._runner import seed_context
     _use_threads(threads)
     ctx = seed_context(problem, seed, settings, families)        # it prepares the problem for the seed
-    try:
-        _PREPARED.setdefault(problem, set()).add((settings.samples, int(seed)))
-    except TypeError:
-        pass
+    _prepared(problem).add((settings.samples, int(seed)))
     return ctx
 
 
@@ -188,13 +190,11 @@ class DaskExecutor:
             futures += rows
             for fut in distributed.as_completed(rows):
                 finish(fut.result())
-        except (distributed.KilledWorker, distributed.comm.CommClosedError) as err:
+        except BaseException as err:
             for fut in futures:
                 fut.cancel()
-            raise _lost(err, "executor='dask'") from None
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
+            if isinstance(err, (distributed.KilledWorker, distributed.comm.CommClosedError)):
+                raise _lost(err, "executor='dask'") from None
             raise
         finally:
             if own:

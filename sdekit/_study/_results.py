@@ -7,9 +7,9 @@ process killed while writing it); appending after one starts a new line first.
 import json
 import math
 import os
-from typing import Dict, List
+from typing import Callable, Dict, List
 
-__all__ = ["read_results", "append_row", "write_in_order"]
+__all__ = ["read_results", "append_row", "write_in_order", "atomic_write"]
 
 
 def _lines(path):
@@ -63,12 +63,22 @@ def write_in_order(path, keys: List[str]) -> None:
         else:
             others.append(text)
     body = [mine[k] for k in keys if k in mine] + others
+    atomic_write(path, lambda fh: fh.write("".join(t + "\n" for t in body).encode("utf-8")))
+
+
+def atomic_write(path, write: Callable) -> None:
+    """``write(fh)`` into a temporary binary file beside ``path``, flushed and fsynced, then renamed into place:
+    a file at ``path`` is always whole (the temporary one is removed if writing fails)."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write("".join(t + "\n" for t in body))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _finite(v):
