@@ -290,19 +290,6 @@ def evaluate_bound(model, sde, x0, draws: int = 8, seed: int = 0):
                          generator=torch.Generator().manual_seed(seed))
 
 
-def _rows(folder):
-    path = os.path.join(folder, "results.jsonl")
-    rows = {}
-    if os.path.isfile(path):
-        with open(path) as fh:
-            for line in fh:
-                line = line.strip()
-                if line:
-                    r = json.loads(line)
-                    rows[(r["label"], r["budget"], r["seed"])] = r      # the last row of a key wins (a re-run)
-    return rows
-
-
 def _cell(r, m):
     v = None if r is None else r.get(m)
     if v is None:
@@ -311,10 +298,13 @@ def _cell(r, m):
     return f"{v:.3g}" + ("" if z is None else f" (z {z:.1f})")
 
 
-def comparison_table(model_folder: str, exact_folder: str) -> str:
-    """A Markdown table of the two studies' rows side by side: sliced W2 (with its floor), mode masses (total
-    variation, largest z) and moments (largest z), the trained network's against the exact score's."""
-    model, exact = _rows(model_folder), _rows(exact_folder)
+def comparison_table(model_rows, exact_rows) -> str:
+    """A Markdown table of two studies' rows (``StudyTable.rows`` of this run) side by side: sliced W2 (with its
+    floor), mode masses (total variation, largest z) and moments (largest z), the trained network's against the
+    exact score's, matched by (label, budget, seed)."""
+    def by_key(rows):
+        return {(r["label"], r["budget"], r["seed"]): r for r in rows}
+    model, exact = by_key(model_rows), by_key(exact_rows)
     head = ["method", "budget", "seed", "NFE", "sw2 trained", "sw2 exact", "sw2 floor", "modes TV trained",
             "modes TV exact", "moments trained", "moments exact", "verdict trained / exact"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]

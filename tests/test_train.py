@@ -78,6 +78,16 @@ def test_train_command_on_the_mixture_then_study_model(tmp_path, capsys):
     config.write_text(f'[study]\nmodel = "{path}"\nmethods = "ode:dpmpp_2m"\nbudgets = "steps=8"\nsamples = 400\n')
     assert main(["study", "--config", str(config), "--out", str(out), "--no-plots", "--quiet"]) == 0
     assert (out / "comparison.md").read_text() == table      # every row reused from the results files
+    # another model in the same file, studied into the same folder: the comparison is of this run's rows, not of
+    # the old model's (which stay in the results file, after this run's)
+    assert main(["train", "--steps", "40", "--batch", "128", "--width", "32", "--depth", "2", "--seed", "5",
+                 "--out", path, "--quiet"]) == 0
+    assert main(["study", "--config", str(config), "--out", str(out), "--no-plots", "--quiet"]) == 0
+    rows = [json.loads(line) for line in (out / "model" / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["key"] != rows[1]["key"]    # this run's row first, the old one kept
+    retrained = (out / "comparison.md").read_text()
+    assert f"| {rows[0]['nfe']} | {rows[0]['sw2']:.3g}" in retrained
+    assert f"| {rows[1]['nfe']} | {rows[1]['sw2']:.3g}" not in retrained
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".pt"])

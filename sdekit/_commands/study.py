@@ -104,6 +104,11 @@ def run(args) -> int:
     s = _settings(args)
     if getattr(args, "model_part", None) is None and s["model"]:
         return _run_with_model(args, s)
+    return _run_study(args, s)[0]
+
+
+def _run_study(args, s: dict):
+    """The study of the settings ``s``: its exit status and its :class:`sdekit.StudyTable` (this run's rows)."""
     from .._study import save_report, study
     from sdekit.studies import DEFAULT_BUDGETS, DEFAULT_METHODS
     from .._study._runner import check_budgets
@@ -143,8 +148,8 @@ def run(args) -> int:
     _say(quiet, "")
     _say(quiet, f"wrote {', '.join(os.path.basename(f) for f in files)} to {out}/")
     if args.strict and any(r["verdict"] in ("CHECK", "failed") for r in table.rows):
-        return 1
-    return 0
+        return 1, table
+    return 0, table
 
 
 def _run_with_model(args, s: dict) -> int:
@@ -159,13 +164,14 @@ def _run_with_model(args, s: dict) -> int:
     parts = ["model"]
     if trained_problem(model).config.get("model_info", {}).get("data") == "mixture-2d":
         parts.append("exact")
-    status = 0
+    status, tables = 0, {}
     for part in parts:
         a = copy.copy(args)
         a.model_part, a.model, a.out = part, model, os.path.join(out, part)
-        status = max(status, run(a))
+        code, tables[part] = _run_study(a, dict(s, out=a.out))
+        status = max(status, code)
     if len(parts) == 2:
-        text = comparison_table(os.path.join(out, "model"), os.path.join(out, "exact"))
+        text = comparison_table(tables["model"].rows, tables["exact"].rows)
         with open(os.path.join(out, "comparison.md"), "w") as fh:
             fh.write(text + "\n")
         _say(args.quiet, "")
