@@ -183,10 +183,10 @@ def train_score_model(sample_data: Callable, sde, event_shape=(2,), *, predictio
                 decay = min(ema, (1 + k) / (10 + k))          # warm-up of the average (score_sde's EMA is fixed)
                 for pa, pn in zip(avg.parameters(), net.parameters()):
                     pa.lerp_(pn, 1 - decay)
-            running += float(loss.detach())
+            running = running + loss.detach().double()        # on the device: no host sync between logs
             if (k + 1) % log_every == 0 or k + 1 == steps:
                 n = (k % log_every) + 1
-                losses.append(running / n)
+                losses.append(float(running) / n)
                 running = 0.0
                 if bar is not None:
                     bar.set_postfix(loss=f"{losses[-1]:.4g}")
