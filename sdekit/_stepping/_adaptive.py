@@ -43,8 +43,7 @@ import torch
 from .._errors import InvalidParameterError, MethodArgumentError
 from .._methods._base import Outcome
 from .._solution import STATUS, Result
-from ._frame import Frame
-from ._loop import _noise
+from ._loop import _noise, denoise_and_frame
 
 SYNC_EVERY = 2
 _RUNNING = -1
@@ -67,11 +66,8 @@ def run_adaptive(stepper_class, method, pb):
     if options.pop("hook", None) is not None:
         raise MethodArgumentError(f"{method.name} gives every sample its own times, so a per-step hook does not "
                                   f"apply; use a fixed-step method for imputation hooks")
-    denoise = options.pop("denoise", False)
-    if not isinstance(denoise, bool):
-        raise InvalidParameterError(f"option denoise must be True or False, got {denoise!r}")
+    denoise, frame = denoise_and_frame(options, stepper_class, method, proc)
     x = pb.x0
-    frame = Frame(proc, method.name) if stepper_class.needs != "drift" or denoise else None
     noise = _noise(pb, x) if stepper_class.kind == "sde" and proc.kind == "sde" else None
     stepper = stepper_class(frame, noise, options)
     stepper.bind(proc, pb.rtol, pb.atol)

@@ -38,19 +38,25 @@ def run(stepper_class, method, pb):
         raise MethodArgumentError(f"{method.name} samples the reverse SDE; integrate sdekit.reverse(sde, score_fn) "
                                   f"with it, or use an ODE sampler (ddim, dpmpp_2m, ...) on the probability flow")
     options = dict(pb.options)
-    denoise = options.pop("denoise", False)
     hook = options.pop("hook", None)
-    if not isinstance(denoise, bool):
-        raise InvalidParameterError(f"option denoise must be True or False, got {denoise!r}")
     if hook is not None and not callable(hook):
         raise InvalidParameterError(f"option hook must be callable as hook(x, t, noise) -> x, "
                                     f"got {type(hook).__name__}")
-    frame = Frame(proc, method.name) if stepper_class.needs != "drift" or denoise else None
+    denoise, frame = denoise_and_frame(options, stepper_class, method, proc)
     stochastic = stepper_class.kind == "sde" and proc.kind == "sde"
     noise = _noise(pb, pb.x0) if stochastic or hook is not None else None
     stepper = stepper_class(frame, noise if stochastic else None, options, steps=pb.steps)
     stepper.plan(pb.grid)
     return walk(stepper, pb, frame=frame, hook=hook, noise=noise, denoise=denoise)
+
+
+def denoise_and_frame(options: dict, stepper_class, method, proc):
+    """Take the ``denoise`` option out of ``options`` (checked), and the :class:`Frame` the stepper or the final
+    denoising step needs (``None`` for a stepper of the drift alone that does not denoise)."""
+    denoise = options.pop("denoise", False)
+    if not isinstance(denoise, bool):
+        raise InvalidParameterError(f"option denoise must be True or False, got {denoise!r}")
+    return denoise, Frame(proc, method.name) if stepper_class.needs != "drift" or denoise else None
 
 
 def walk(stepper, pb, frame=None, hook=None, noise=None, denoise=False):
