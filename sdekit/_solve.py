@@ -49,8 +49,10 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
     - ``process``: a :class:`ReverseSDE`, :class:`ProbabilityFlowODE` or :class:`ForwardSDE`.
     - ``x``: the initial state, shape ``(batch, *event_shape)``; the result has its shape, dtype, device.
     - ``method``: a name from :func:`sdekit.methods` (default ``"euler"`` for SDEs, ``"dopri5"`` for ODEs).
-    - Fixed steps: exactly one of ``steps`` (equal steps), ``dt`` (step size, the last one shortened to
-      end exactly) or ``grid`` (a 1-D tensor of times from ``t_start`` to ``t_end``).
+    - Fixed steps: exactly one of ``steps`` (equal steps, or spaced by ``schedule``), ``dt`` (step size, the
+      last one shortened to end exactly) or ``grid`` (a 1-D tensor of times from ``t_start`` to ``t_end``).
+      For ``dpm_solver_fast`` ``steps`` is the budget of score evaluations, as in DPM-Solver's and
+      k-diffusion's ``dpm_fast``: ``steps=10`` takes 4 steps (``Solution.steps``).
     - Adaptive steps: ``rtol``, ``atol`` (default ``1e-5`` each, or the method's own: ``improved_euler`` and
       ``dpm_adaptive`` take 0.05 and 0.0078 as their papers do); ``dt`` is then the first step.
       Methods that can do both (torchsde's) adapt when a tolerance is given.
