@@ -1,16 +1,23 @@
 r"""Keyed noise: every random number of a native method is a function of (seed, sample index, where on the path).
 
-:func:`keyed_normal` is a counter-based normal generator: a 32-bit integer hash (murmur3's finaliser,
-applied to the key and a counter) turned into standard normals by Box–Muller, vectorised over the
-batch.  :class:`KeyedBrownian` builds on it one Brownian path per sample, a virtual Brownian tree
-(Li et al. 2020, "Scalable gradients for stochastic differential equations", sec. 3.2): the values at
-the dyadic points of the span come from a Brownian bridge keyed by the tree node, so the path can be
-queried at any per-sample time, in any order, and gives the same values each time.  Then
+:func:`keyed_normal` draws standard normals from Philox4x32-10 (:mod:`sdekit._philox`; Salmon et al. 2011,
+the generator of cuRAND and of torch's CUDA backend), vectorised over the batch.  The seed is the 64-bit
+key; the 128-bit counter holds the sample index (48 bits), the stream (56 bits: which draw on the path) and
+the block of the draw (24 bits).  Philox is a bijection of the counter for each key, so two distinct
+(seed, index, stream, column) never share a word: no two seeds, samples or draws share their randomness.
+Uniforms carry 24 bits in float32 (one word each) and 53 bits in float64 (two words each); Box–Muller
+turns pairs of them into normals.  float32 and float64 draws are different streams of the same law.
+
+:class:`KeyedBrownian` builds on it one Brownian path per sample, a virtual Brownian tree (Li et al. 2020,
+"Scalable gradients for stochastic differential equations", sec. 3.2): the values at the dyadic points of
+the span come from a Brownian bridge keyed by the tree node, so the path can be queried at any per-sample
+time, in any order, and gives the same values each time.  Then
 
 - sample ``i`` is the same whatever the batch it is drawn in (its key is its index, not its row);
 - a finer grid (``save_at``, a rejected adaptive step) queries the same path, so it refines it;
-- fresh noise that is not a Brownian increment (a Langevin corrector's) comes from the same key
-  through :meth:`KeyedBrownian.normal`, keyed by the time and a tag.
+- noise that is fresh at each step (ancestral samplers) costs one draw, not a tree query:
+  :meth:`KeyedBrownian.step_normal`; noise that is not a Brownian increment (a Langevin corrector's)
+  comes from :meth:`KeyedBrownian.normal`, keyed by the time and a tag.
 """
 
 import math
@@ -19,62 +26,93 @@ from typing import Optional, Sequence
 import torch
 
 from ._errors import ArgumentTypeError, InvalidParameterError, ShapeError
+from ._philox import MASK32, philox4x32
 
-__all__ = ["keyed_normal", "KeyedBrownian"]
+__all__ = ["keyed_normal", "KeyedBrownian", "INDEX_BITS", "COUNTER_BITS"]
 
-_M32 = 0xFFFFFFFF
-_GOLDEN = 0x9E3779B9
+INDEX_BITS = 48           #: sample indices are below 2**48
+STREAM_BITS = 56          #: a row's stream (which draw of the path) is below 2**56
+COUNTER_BITS = 52         #: keyed_normal's public counters are below 2**52 (the streams of domain 0)
+BLOCK_BITS = 24           #: a draw holds at most 2**24 Philox blocks a row
+_DOMAIN_SHIFT = 53        #: a stream is its domain (3 bits) above a 53-bit payload
+_USER, _TREE, _LEAF, _TAGGED, _STEP = range(5)     # stream domains
+_STEP_TIME_BITS = 44      #: a step normal's start on the span, in units of span / 2**44
+_TAG_TIME_BITS = 32       #: a tagged normal's time on the span, in units of span / 2**32
+_TAG_BITS = 21            #: tags are below 2**21
 _TWO_PI = 2 * math.pi
+_BLOCK = 1 << 21          #: normals drawn at once by a tree query: rows are taken in blocks of at most this many
 
 
-def _s32(c: int) -> int:
-    """An unsigned 32-bit constant as the int32 with the same bits."""
-    c &= _M32
-    return c - (1 << 32) if c >> 31 else c
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
+        raise InvalidParameterError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return seed
 
 
-def _i32(v: torch.Tensor) -> torch.Tensor:
-    """The low 32 bits of an int64 tensor as int32 (the same bits)."""
-    v = v & _M32
-    return (v - ((v >> 31) << 32)).to(torch.int32)
+def _stream(domain: int, payload: torch.Tensor) -> torch.Tensor:
+    return payload | (domain << _DOMAIN_SHIFT)
 
 
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    """murmur3's 32-bit finaliser on int32 tensors (the bits of unsigned values; products wrap).
+def keyed_words(seed: int, index: torch.Tensor, stream: torch.Tensor, blocks: int):
+    """The four Philox words ``(rows, blocks)`` (int64 holding uint32; see :func:`sdekit._philox.philox4x32`) of
+    rows with sample ``index`` (48 bits) and ``stream`` (56 bits; int64, broadcast to ``(rows,)``), key ``seed``.
 
-    The shifts are logical: the arithmetic shift's sign bits are masked off.
+    The 128-bit counter: word 0 the block (24 bits) and the stream's top 8 bits, word 1 the stream's low 32
+    bits, word 2 the index's low 32 bits, word 3 the index's top 16 bits and the stream's bits 32-47.
     """
-    x = x ^ ((x >> 16) & 0xFFFF)
-    x.mul_(_s32(0x85EBCA6B))
-    x.bitwise_xor_((x >> 13).bitwise_and_(0x7FFFF))
-    x.mul_(_s32(0xC2B2AE35))
-    return x.bitwise_xor_((x >> 16).bitwise_and_(0xFFFF))
+    index, stream = torch.broadcast_tensors(index, stream)
+    index, stream = index.reshape(-1, 1), stream.reshape(-1, 1)
+    col = torch.arange(blocks, dtype=torch.int64, device=index.device).unsqueeze(0)
+    return philox4x32(col | ((stream >> 48) << BLOCK_BITS), stream & MASK32, index & MASK32,
+                      (index >> 32) | (((stream >> 32) & 0xFFFF) << 16), seed)
 
 
-def _row_keys(seed: int, index: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
-    """One 32-bit key per row (int64 holding the unsigned value) from the seed (64 bits), the sample index
-    and a per-row counter (both int64)."""
-    return _counter_keys(_index_keys(seed, index), counter).to(torch.int64) & _M32
+def _normals(seed: int, index: torch.Tensor, stream: torch.Tensor, size: int, dtype) -> torch.Tensor:
+    r"""Standard normals ``(rows, size)`` for rows keyed by ``(index, stream)`` (int64, broadcast together).
+
+    float32: each word gives a 24-bit uniform, :math:`u = (\lfloor w / 2^8\rfloor + 1) / 2^{24}` for radii
+    (in :math:`(0, 1]`) and :math:`\lfloor w / 2^8\rfloor / 2^{24}` for angles; a block of four words gives
+    four normals.  float64: two words give a 53-bit uniform, :math:`(\lfloor w_0/2^5\rfloor 2^{26} +
+    \lfloor w_1/2^6\rfloor)/2^{53}`; a block gives two normals.  Box–Muller :math:`r = \sqrt{-2\ln u_1}`,
+    :math:`z = (r\cos 2\pi u_2, r\sin 2\pi u_2)`; columns are all cosines of a lane, then all its sines.
+    """
+    wide = dtype == torch.float64
+    dtype = torch.float64 if wide else torch.float32
+    per = 2 if wide else 4
+    blocks = max(1, -(-size // per))
+    w0, w1, w2, w3 = keyed_words(seed, index, stream, blocks)
+    if wide:
+        pairs = ((_u53(w0, w1), _u53(w2, w3)),)
+        scale = 2.0 ** -53
+    else:
+        pairs = ((_u24(w0), _u24(w1)), (_u24(w2), _u24(w3)))
+        scale = 2.0 ** -24
+    z = torch.empty((w0.shape[0], 2 * len(pairs) * blocks), dtype=dtype, device=w0.device)
+    for k, (m1, m2) in enumerate(pairs):
+        r = m1.to(dtype).add_(1).mul_(scale).log_().mul_(-2).sqrt_()         # sqrt(-2 ln u1), u1 = (m1 + 1) 2^-b
+        angle = m2.to(dtype).mul_(_TWO_PI * scale)
+        torch.mul(r, torch.cos(angle), out=z[:, 2 * k * blocks:(2 * k + 1) * blocks])
+        torch.mul(r, angle.sin_(), out=z[:, (2 * k + 1) * blocks:(2 * k + 2) * blocks])
+    return z[:, :size]
 
 
-def _index_keys(seed: int, index: torch.Tensor) -> torch.Tensor:
-    """The part of a row's key (int32 bits) that depends on (seed, sample index) only: computed once per path."""
-    k = _mix(torch.full(index.shape, _s32(((seed >> 32) & _M32) ^ _GOLDEN), dtype=torch.int32,
-                        device=index.device))
-    k = _mix(k ^ _s32(seed))
-    k = _mix(k ^ _i32(index))
-    return _mix(k ^ _i32(index >> 32) ^ _s32(0x632BE5AB))
+def _u24(w: torch.Tensor) -> torch.Tensor:
+    """The top 24 bits of a word (an integer in [0, 2**24))."""
+    return (w >> 8) & 0xFFFFFF
 
 
-def _counter_keys(index_keys: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
-    """Row keys (int32 bits) from :func:`_index_keys` and per-row int64 counters (broadcast together)."""
-    k = _mix(index_keys ^ _i32(counter))
-    return _mix(k ^ _i32(counter >> 32) ^ _s32(0x7F4A7C15))
+def _u53(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+    """53 bits from two words: the top 27 of ``hi`` and the top 26 of ``lo`` (an integer in [0, 2**53))."""
+    return (((hi >> 5) & 0x7FFFFFF) << 26) | ((lo >> 6) & 0x3FFFFFF)
 
 
-def _uniform(h: torch.Tensor, dtype) -> torch.Tensor:
-    """:math:`h/2^{32} + \tfrac12` in :math:`[2^{-33}, 1]` for the int32 ``h`` (signed: the hash's top bit flipped)."""
-    return h.to(dtype).mul_(1.0 / 4294967296.0).add_(0.5).clamp_min_(1.0 / 8589934592.0)
+def _check_index(index, rows=None):
+    if not isinstance(index, torch.Tensor) or index.dtype != torch.int64 or index.dim() != 1 or (
+            rows is not None and index.numel() != rows):
+        want = f"({rows},)" if rows is not None else "(batch,)"
+        raise ArgumentTypeError(f"index must be an int64 tensor of shape {want}, one global index a sample")
+    if index.numel() and bool(((index < 0) | (index >= 2 ** INDEX_BITS)).any()):
+        raise InvalidParameterError(f"sample indices must be non-negative and below 2**{INDEX_BITS}")
 
 
 def keyed_normal(seed: int, index: torch.Tensor, counter: torch.Tensor, size: int,
@@ -83,37 +121,33 @@ def keyed_normal(seed: int, index: torch.Tensor, counter: torch.Tensor, size: in
 
     **Arguments**
 
-    - ``seed``: a non-negative integer below :math:`2^{64}`.
-    - ``index``: int64 tensor ``(batch,)``, each row's sample index.
-    - ``counter``: int64 tensor ``(batch,)``, where on the path (a tree node, a step, a tag).
-    - ``size``: columns; ``dtype``: float32 or float64 (the arithmetic runs in it; device follows ``index``).
+    - ``seed``: an integer in :math:`[0, 2^{64})`, Philox4x32-10's key.
+    - ``index``: int64 tensor ``(batch,)``, each row's sample index, in :math:`[0, 2^{48})`.
+    - ``counter``: int64 tensor ``(batch,)`` (or one broadcast value), which draw, in :math:`[0, 2^{52})`
+      (the top two, :data:`sdekit._sharding.INITIAL_COUNTER` and the one below it, start samples).
+    - ``size``: columns; ``dtype``: float32 (24-bit uniforms) or float64 (53-bit uniforms); the device
+      follows ``index``.
 
-    Uniforms are :math:`h/2^{32} + \tfrac12` of the hash :math:`h` read as a signed 32-bit integer, at least
-    :math:`2^{-33}`, so the tails are cut at :math:`|z| < 6.8`; pairs become normals by Box–Muller, both the cosine and the sine used.
+    Distinct (seed, index, counter, column) never share a Philox word.  Radii come from uniforms in
+    :math:`(0, 1]`, so the tails reach :math:`|z| = 5.8` in float32 and :math:`8.6` in float64.
     """
-    return _normals(_counter_keys(_index_keys(seed, index), counter), size, dtype)
+    seed = _check_seed(seed)
+    _check_index(index)
+    if not isinstance(counter, torch.Tensor):
+        counter = torch.tensor(counter, dtype=torch.int64)
+    counter = counter.to(device=index.device, dtype=torch.int64)
+    if counter.numel() and bool(((counter < 0) | (counter >= 2 ** COUNTER_BITS)).any()):
+        raise InvalidParameterError(f"counters must be non-negative and below 2**{COUNTER_BITS}")
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= (2 ** BLOCK_BITS) * 2:
+        raise InvalidParameterError(f"size must be an integer in [1, 2**25], got {size!r}")
+    return _normals(seed, index, _stream(_USER, counter), size, dtype)
 
 
-def _normals(keys: torch.Tensor, size: int, dtype) -> torch.Tensor:
-    """Standard normals of shape ``(*keys.shape, size)`` from 32-bit row keys (int32 bits, any shape)."""
-    pairs = (size + 1) // 2
-    rows = keys.unsqueeze(-1)                                                    # (..., 1)
-    col = torch.arange(pairs, device=keys.device, dtype=torch.int64)
-    base = _mix(_i32(col * _GOLDEN))                                             # (pairs,)
-    h1 = _mix(rows ^ base)
-    h2 = _mix(h1 ^ _s32(0x5BD1E995))
-    u1, u2 = _uniform(h1, dtype), _uniform(h2, dtype)
-    r = u1.log_().mul_(-2.0).sqrt_()
-    angle = u2.mul_(_TWO_PI)
-    z = torch.empty(keys.shape + (2 * pairs,), dtype=dtype, device=keys.device)
-    torch.mul(r, torch.cos(angle), out=z[..., :pairs])
-    torch.mul(r, angle.sin_(), out=z[..., pairs:])
-    return z[..., :size]
-
-
-_FINAL = 1 << 62        # counters >= this are the in-leaf bridges and tagged draws, never tree nodes
-_TAGGED = 3 << 60
-_BLOCK = 1 << 21    # normals drawn at once by a query: rows are taken in blocks of at most this many
+def keyed_bits(seed: int, index: torch.Tensor, counter: int) -> torch.Tensor:
+    """One 63-bit integer per sample (int64 ``(batch,)``), keyed like :func:`keyed_normal`'s draws: a seed for a
+    per-sample ``torch.Generator``."""
+    w0, w1, _, _ = keyed_words(_check_seed(seed), index, _stream(_USER, torch.tensor(counter)), 1)
+    return (((w0 & 0x7FFFFFFF) << 32) | (w1 & MASK32)).flatten()
 
 
 class KeyedBrownian:
@@ -124,59 +158,86 @@ class KeyedBrownian:
     parents with the normal keyed by its node; below the last level the value at ``t`` is the exact
     bridge between the leaf's ends.  Queries in distinct leaves are exact joint samples of Brownian
     motion; two queries closer than the leaf width ``(t1 - t0) / 2**depth`` share the leaf's bridge
-    normal (an approximation of that size, as torchsde's ``BrownianTree`` has its ``tol``).
+    normal, an approximation at that scale.  ``solve()`` builds its path deep enough that no two points
+    of its grid share a leaf, and refuses a caller's path that is not.
 
     **Arguments**
 
     - ``t0 < t1``: the span (natural time; a reverse solve queries it from ``t1`` down).
     - ``shape``: ``(batch, *event_shape)`` of the state the noise drives.
-    - ``seed``: a non-negative integer below :math:`2^{64}`.
-    - ``index``: the samples' global indices (int64 ``(batch,)``); default ``0 .. batch - 1``.  Give the
-      indices when a batch is part of a larger run (a shard), so that sample ``i`` is the same everywhere.
-    - ``depth``: tree levels (default 24); ``dtype``, ``device``: of the values (float32 or float64).
+    - ``seed``: an integer in :math:`[0, 2^{64})`.
+    - ``index``: the samples' global indices (int64 ``(batch,)``, below :math:`2^{48}`); default
+      ``0 .. batch - 1``.  Give the indices when a batch is part of a larger run (a shard), so that sample
+      ``i`` is the same everywhere.
+    - ``depth``: tree levels (default 24, at most 51); ``dtype``, ``device``: of the values (float32 or float64).
+    - ``refine``: what samplers whose noise is fresh at each step (ancestral steps, EDM's churn) read: ``False``
+      (default) one fresh keyed normal a step (:meth:`step_normal`, one draw); ``True`` the step's increment
+      of this path, normalised (a tree query), so that a finer grid refines one path, as a convergence study
+      needs.  Samplers that discretise the path itself (SDE-DPM-Solver++, Euler–Maruyama) always read it.
 
-    A query costs ``depth + 1`` keyed normal draws of the state's size: measured in
-    ``benchmarks/samplers.py``.
+    A query costs ``depth + 1`` keyed normal draws of the state's size, a fresh step normal one draw:
+    measured in ``benchmarks/keyed_noise.py``.
     """
 
     keyed = True
+    MAX_DEPTH = 51
 
     def __init__(self, t0: float, t1: float, shape: Sequence[int], seed: int, index: Optional[torch.Tensor] = None,
-                 depth: int = 24, dtype=torch.float32, device=None):
+                 depth: int = 24, dtype=torch.float32, device=None, refine: bool = False):
         t0, t1 = float(t0), float(t1)
         if not (math.isfinite(t0) and math.isfinite(t1) and t0 < t1):
             raise InvalidParameterError(f"a Brownian path needs finite t0 < t1, got [{t0}, {t1}]")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
-            raise InvalidParameterError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 60:
-            raise InvalidParameterError(f"depth must be an integer in [1, 60], got {depth!r}")
+        _check_seed(seed)
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= self.MAX_DEPTH:
+            raise InvalidParameterError(f"depth must be an integer in [1, {self.MAX_DEPTH}], got {depth!r}")
         shape = tuple(int(n) for n in shape)
         if len(shape) < 1 or shape[0] < 1:
             raise ShapeError(f"shape must be (batch, *event_shape) with batch >= 1, got {shape}")
         if dtype not in (torch.float32, torch.float64):
             dtype = torch.float32   # half states draw in float32 and cast
-        self.t0, self.t1, self.shape, self.seed, self.depth = t0, t1, shape, seed, depth
+        if not isinstance(refine, bool):
+            raise ArgumentTypeError(f"refine must be True or False, got {refine!r}")
+        self.t0, self.t1, self.shape, self.seed, self.depth, self.refine = t0, t1, shape, seed, depth, refine
         self.dtype = dtype
         self.device = torch.device("cpu") if device is None else torch.device(device)
         self.size = math.prod(shape[1:])
+        if self.size > 2 ** 25:
+            raise ShapeError(f"a keyed path draws at most 2**25 numbers a sample, got {self.size}")
         if index is None:
             index = torch.arange(shape[0], dtype=torch.int64, device=self.device)
-        elif not isinstance(index, torch.Tensor) or index.dtype != torch.int64 or tuple(index.shape) != shape[:1]:
-            raise ArgumentTypeError(f"index must be an int64 tensor of shape ({shape[0]},), one global index a sample")
-        elif bool((index < 0).any()):
-            raise InvalidParameterError("sample indices must be non-negative")
+        _check_index(index, shape[0])
         self.index = index.to(self.device)
-        self._keys = _index_keys(seed, self.index)
-        self._root = self._draw(torch.ones_like(self.index)) * math.sqrt(t1 - t0)
+        self._root_value = None
         self._recent = []   # the last queries (time tensor, value), newest first: a step's end is the next's start
+
+    @property
+    def leaf(self) -> float:
+        """The leaf width ``(t1 - t0) / 2**depth``: queries closer than this share a leaf's bridge normal."""
+        return (self.t1 - self.t0) / 2 ** self.depth
+
+    @staticmethod
+    def depth_for(t0: float, t1: float, times: torch.Tensor, depth: int = 24) -> int:
+        """A depth, at least ``depth``, whose leaves of ``[t0, t1]`` hold at most one of ``times`` (one level more
+        than the gap needs, so that rounding never puts two of them in one leaf)."""
+        ts = torch.unique(times.to(torch.float64).flatten())
+        if ts.numel() < 2:
+            return depth
+        gap = float((ts[1:] - ts[:-1]).min())
+        need = math.ceil(math.log2((t1 - t0) / gap)) + 1 if gap > 0 else KeyedBrownian.MAX_DEPTH
+        return min(KeyedBrownian.MAX_DEPTH, max(depth, need))
+
+    def separates(self, times: torch.Tensor) -> bool:
+        """Whether no two of ``times`` (distinct values) fall in one leaf."""
+        return self.depth_for(self.t0, self.t1, times, 1) <= self.depth
 
     def rows(self, keep: torch.Tensor) -> "KeyedBrownian":
         """The same paths for the samples ``keep`` (row positions, int64) only: a loop whose finished samples
-        leave the batch queries this.  The index keys and root values are taken, not drawn again."""
+        leave the batch queries this.  The root values are taken, not drawn again."""
         sub = object.__new__(KeyedBrownian)
         sub.__dict__.update(self.__dict__)
         sub.shape = (keep.numel(),) + self.shape[1:]
-        sub.index, sub._keys, sub._root = self.index[keep], self._keys[keep], self._root[keep]
+        sub.index = self.index[keep]
+        sub._root_value = None if self._root_value is None else self._root_value[keep]
         sub._recent = []
         return sub
 
@@ -184,8 +245,15 @@ class KeyedBrownian:
         """Whether the path is defined on ``[min(t0, t1), max(t0, t1)]``."""
         return self.t0 <= min(t0, t1) and max(t0, t1) <= self.t1
 
-    def _draw(self, counter: torch.Tensor) -> torch.Tensor:
-        return _normals(_counter_keys(self._keys, counter), self.size, self.dtype)
+    def _draw(self, stream, index=None) -> torch.Tensor:
+        return _normals(self.seed, self.index if index is None else index, stream, self.size, self.dtype)
+
+    @property
+    def _root(self):
+        if self._root_value is None:
+            self._root_value = self._draw(torch.tensor(_TREE << _DOMAIN_SHIFT, device=self.device)).mul_(
+                math.sqrt(self.t1 - self.t0))
+        return self._root_value
 
     def value(self, t: torch.Tensor) -> torch.Tensor:
         r""":math:`W(t)` at per-sample times ``t`` (shape ``(batch,)``), shape ``(batch, *event_shape)``.
@@ -201,12 +269,13 @@ class KeyedBrownian:
         batch = self.shape[0]
         out = torch.empty((batch, self.size), dtype=self.dtype, device=self.device)
         rows = max(1, _BLOCK // ((self.depth + 1) * self.size))     # rows in a block: its normals stay in cache
+        root = self._root
         for r in range(0, batch, rows):
-            out[r:r + rows] = self._sum(t[r:r + rows], self._keys[r:r + rows], self._root[r:r + rows])
+            out[r:r + rows] = self._sum(t[r:r + rows], self.index[r:r + rows], root[r:r + rows])
         return out.view(self.shape)
 
-    def _sum(self, t, keys, root):
-        r"""The Lévy–Ciesielski sum for a block of rows (times ``t``, index keys, the root values).
+    def _sum(self, t, index, root):
+        r"""The Lévy–Ciesielski sum for a block of rows (times ``t``, sample indices, the root values).
 
         All levels at once: with :math:`u = (t - t_0)/(t_1 - t_0)`, at level :math:`k` the point lies in dyadic
         interval :math:`j_k = \lfloor 2^k u\rfloor` (tree node :math:`2^k + j_k`) at fraction
@@ -224,11 +293,12 @@ class KeyedBrownian:
         c[:, :d] = (1 - (2 * frac[:, :d] - 1).abs()) * torch.sqrt(span / (4 * scale[:d]))
         leaf = frac[:, d]
         c[:, d] = torch.sqrt((span / scale[d]) * leaf * (1 - leaf)).clamp_min(0)
-        nodes = scale.to(torch.int64) + j.to(torch.int64)                            # heap numbering: root 1
-        nodes[:, :d] *= 2
-        nodes[:, d] += _FINAL
+        nodes = scale.to(torch.int64) + j.to(torch.int64)                            # heap numbering: 2^k + j
+        nodes[:, :d] |= _TREE << _DOMAIN_SHIFT
+        nodes[:, d] |= _LEAF << _DOMAIN_SHIFT
         c = c.to(self.dtype)
-        z = _normals(_counter_keys(keys.unsqueeze(1), nodes), self.size, self.dtype)
+        z = self._draw(nodes.flatten(), index.unsqueeze(1).expand_as(nodes).flatten()).view(
+            nodes.shape + (self.size,))
         w = root * u.to(self.dtype)
         for k in range(d + 1):
             w.addcmul_(z[:, k], c[:, k:k + 1])
@@ -250,16 +320,32 @@ class KeyedBrownian:
         self._recent = [(t, w)] + self._recent[:2]
         return w
 
-    def normal(self, t: torch.Tensor, tag: int = 0) -> torch.Tensor:
-        """Fresh standard normals keyed by the time ``t`` (per sample, float64 bits) and a small ``tag``.
+    def _position(self, t: torch.Tensor, bits: int) -> torch.Tensor:
+        """``t``'s place on the span in units of ``span / 2**bits`` (int64, per sample)."""
+        u = (t.to(device=self.device, dtype=torch.float64) - self.t0) / (self.t1 - self.t0)
+        top = 2 ** bits
+        return (u.clamp(0.0, 1.0) * top).floor().clamp_max(top - 1).to(torch.int64)
 
-        For noise that is not a Brownian increment: the ``tag``-th Langevin step at ``t``.
+    def normal(self, t: torch.Tensor, tag: int = 0) -> torch.Tensor:
+        """Fresh standard normals keyed by the time ``t`` (per sample) and a ``tag`` (``0 <= tag < 2**21``).
+
+        For noise that is not a Brownian increment: the ``tag``-th Langevin step at ``t``.  Times closer than
+        ``span / 2**32`` share their normals.
         """
-        bits = t.to(device=self.device, dtype=torch.float64).contiguous().view(torch.int64)
-        lo, hi = (_mix(_i32(b)).to(torch.int64) & _M32 for b in (bits, bits >> 32))
-        counter = lo ^ (hi << 16) ^ (int(tag) << 40) | _TAGGED
-        return self._draw(counter).view(self.shape)
+        if isinstance(tag, bool) or not isinstance(tag, int) or not 0 <= tag < 2 ** _TAG_BITS:
+            raise InvalidParameterError(f"tag must be an integer in [0, {2 ** _TAG_BITS}), got {tag!r}")
+        stream = _stream(_TAGGED, self._position(t, _TAG_TIME_BITS) | (tag << _TAG_TIME_BITS))
+        return self._draw(stream).view(self.shape)
+
+    def step_normal(self, t: torch.Tensor) -> torch.Tensor:
+        r"""Fresh standard normals for the step that starts at ``t`` (per sample): one draw, no tree query.
+
+        For samplers whose noise is fresh at each step (ancestral steps, EDM's churn, a predictor's noise),
+        where only the law of each step's normal matters, not a path shared with other grids.  Keyed by the
+        step's start time (steps starting closer than ``span / 2**44`` share their normals).
+        """
+        return self._draw(_stream(_STEP, self._position(t, _STEP_TIME_BITS))).view(self.shape)
 
     def __repr__(self):
         return (f"KeyedBrownian(t0={self.t0}, t1={self.t1}, shape={self.shape}, seed={self.seed}, "
-                f"depth={self.depth}, dtype={self.dtype})")
+                f"depth={self.depth}, dtype={self.dtype}, refine={self.refine})")

@@ -35,17 +35,17 @@ from typing import Dict, List, Optional
 import torch
 
 from ._errors import InvalidParameterError, MethodArgumentError
-from ._keyed import KeyedBrownian, _row_keys, keyed_normal
+from ._keyed import COUNTER_BITS, KeyedBrownian, keyed_bits, keyed_normal
 from ._study._results import atomic_write
 
 __all__ = ["INITIAL_COUNTER", "keyed_initial", "batch_coupling", "Shard", "shards", "ShardStore", "sample_shard",
            "save_samples", "DistContext", "dist_context"]
 
-#: The counter of the initial noise: negative, so no Brownian path's counter (tree nodes, bridges and tagged
-#: draws are all non-negative) ever meets it.
-INITIAL_COUNTER = -1
+#: The counter of the initial noise: the top of :func:`sdekit.keyed_normal`'s counters (a Brownian path's draws
+#: live in other streams, so none ever meets it).
+INITIAL_COUNTER = 2 ** COUNTER_BITS - 1
 #: The counter that seeds the per-sample generators of a problem's own ``initial``.
-GENERATOR_COUNTER = -2
+GENERATOR_COUNTER = 2 ** COUNTER_BITS - 2
 #: Format of the shard files and of run.json.
 FORMAT = 1
 
@@ -79,9 +79,8 @@ def keyed_initial(problem, seed: int, index: torch.Tensor, dtype=torch.float64, 
     if getattr(problem, "process", "reverse") == "reverse" and prior_std is not None and shape:
         z = keyed_normal(int(seed), index, torch.full_like(index, INITIAL_COUNTER), math.prod(shape), dtype=dtype)
         return (float(prior_std) * z).view((index.numel(),) + shape)
-    keys, keys_hi = _row_keys(int(seed), index.cpu(), torch.tensor([[GENERATOR_COUNTER], [GENERATOR_COUNTER - 1]]))
-    rows = [problem.initial(1, torch.Generator().manual_seed((int(hi) << 31) ^ int(lo)))
-            for lo, hi in zip(keys.tolist(), keys_hi.tolist())]
+    keys = keyed_bits(int(seed), index.cpu(), GENERATOR_COUNTER)
+    rows = [problem.initial(1, torch.Generator().manual_seed(key)) for key in keys.tolist()]
     return torch.cat(rows).to(device=device, dtype=dtype)
 
 

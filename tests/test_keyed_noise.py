@@ -3,7 +3,9 @@ one path per sample keyed by (seed, sample index), independent of the batch, the
 
 Statistical checks use fixed seeds; their tolerances are 4 standard errors computed from the sample size
 (a sample mean of N(0, 1) has standard error 1/sqrt(n), a sample variance sqrt(2/n), a correlation
-1/sqrt(n)); KS tests ask p > 1e-3.
+1/sqrt(n)); KS tests ask p > 1e-3.  float32 and float64 draw different streams of the same law (24-bit and
+53-bit uniforms), so each is checked in its own right and for bit-for-bit reproducibility, not against the other.
+``tests/test_philox.py`` checks the generator itself and the statistics on millions of draws.
 """
 
 import math
@@ -21,6 +23,21 @@ K = 4.0   # standard errors allowed
 def _normals(seed=3, rows=4000, size=6, counter=1, dtype=torch.float64, index=None):
     index = torch.arange(rows, dtype=torch.int64) if index is None else index
     return keyed_normal(seed, index, torch.full_like(index, counter), size, dtype)
+
+
+def _assert_standard_normal(z, what):
+    """KS p > 1e-3, mean within K / sqrt(n) of 0 and variance within K sqrt(2 / n) of 1."""
+    z = z.flatten().double()
+    n = z.numel()
+    p = stats.kstest(z.numpy(), "norm").pvalue
+    assert p > 1e-3, f"{what}: KS p-value {p:.2e} over n={n}"
+    assert abs(float(z.mean())) < K / math.sqrt(n), f"{what}: mean {float(z.mean()):.4f} over n={n}"
+    assert abs(float(z.var()) - 1) < K * math.sqrt(2 / n), f"{what}: variance {float(z.var()):.4f} over n={n}"
+
+
+def _assert_no_shared_values(a, b, what):
+    """No value of ``a`` equals a value of ``b`` (a few thousand float64 normals: expected coincidences ~1e-9)."""
+    assert not bool(torch.isin(a.flatten(), b.flatten()).any()), f"{what}: shared values"
 
 
 def _assert_uncorrelated(a, b, what):
@@ -66,11 +83,19 @@ def test_keyed_normal_is_a_function_of_its_key():
     assert not torch.equal(a, _normals(counter=9, index=idx, size=4))
 
 
-def test_keyed_normal_float32_matches_float64():
-    a = _normals(rows=2000, size=16, dtype=torch.float32)
-    b = _normals(rows=2000, size=16, dtype=torch.float64)
-    assert a.dtype == torch.float32
-    torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+def test_keyed_normal_float32_is_standard_normal_and_reproducible():
+    """float32 draws are their own stream (24-bit uniforms), not float64's rounded: standard normal in their own
+    right, uncorrelated, and the same bits on every call, in any batch."""
+    z = _normals(rows=4000, size=16, dtype=torch.float32)
+    assert z.dtype == torch.float32 and z.shape == (4000, 16)
+    _assert_standard_normal(z, "float32 keyed_normal")
+    for col in (0, 7, 8, 15):                   # cosine and sine columns of both lanes
+        assert stats.kstest(z[:, col].double().numpy(), "norm").pvalue > 1e-3
+    _assert_uncorrelated(z[:-1], z[1:], "float32: neighbouring rows")
+    assert torch.equal(z, _normals(rows=4000, size=16, dtype=torch.float32))
+    idx = torch.tensor([3999, 0, 17, 2 ** 47], dtype=torch.int64)
+    some = _normals(index=idx, size=16, dtype=torch.float32)
+    assert torch.equal(some[:3], z[[3999, 0, 17]])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -186,11 +211,28 @@ def test_seed_changes_the_path():
     assert not torch.isclose(a[1:], b[1:]).any()
 
 
-def test_float32_path_matches_float64():
-    a = _path(50, dtype=torch.float32)
-    b = _path(50, dtype=torch.float64)
-    assert a.dtype == torch.float32
-    torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+def test_float32_path_is_brownian_and_reproducible():
+    """A float32 path is Brownian motion in its own right (its own stream of normals) and the same bits whatever
+    the batch, the query order or the object that answers."""
+    n = 4000
+    times = [0.0, 0.1, 0.35, 0.6, 0.6001, 1.0]
+    bm = KeyedBrownian(0.0, 1.0, (n, 1), seed=11, dtype=torch.float32)
+    w = [bm.value(torch.full((n,), t, dtype=torch.float64)) for t in times]
+    assert all(wk.dtype == torch.float32 for wk in w)
+    assert torch.equal(w[0], torch.zeros(n, 1))
+    z = [(b - a).double() / math.sqrt(tb - ta) for a, b, ta, tb in zip(w, w[1:], times, times[1:])]
+    for k, zk in enumerate(z):
+        _assert_standard_normal(zk, f"float32 increment {k}")
+    for a in range(len(z)):
+        for b in range(a + 1, len(z)):
+            _assert_uncorrelated(z[a], z[b], f"float32 increments {a} and {b}")
+    again = KeyedBrownian(0.0, 1.0, (n, 1), seed=11, dtype=torch.float32)
+    for t, wt in reversed(list(zip(times, w))):
+        assert torch.equal(again.value(torch.full((n,), t, dtype=torch.float64)), wt)
+    big = _path(50, dtype=torch.float32)
+    assert big.dtype == torch.float32
+    assert torch.equal(_path(1, index=torch.tensor([4]), dtype=torch.float32)[:, 0], big[:, 4])
+    assert torch.equal(_path(50, dtype=torch.float32), big)
 
 
 def test_bad_arguments_raise_sdekit_errors():
@@ -216,3 +258,186 @@ def test_rows_is_the_same_path_for_a_subset_of_samples():
     assert sub.shape == (3, 3) and torch.equal(sub.index, fresh.index)
     assert torch.equal(sub.value(t), fresh.value(t)) and torch.equal(sub.normal(t, 2), fresh.normal(t, 2))
     assert torch.equal(sub.value(t), bm.value(torch.zeros(9, dtype=torch.float64).index_put((keep,), t))[keep])
+
+
+# ------------------------------------------------------------------------------------------------
+# KeyedBrownian.step_normal: fresh noise for a step, one draw
+# ------------------------------------------------------------------------------------------------
+
+def _full(n, t):
+    return torch.full((n,), float(t), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_step_normal_is_a_reproducible_standard_normal(dtype):
+    n = 3000
+    bm = KeyedBrownian(0.0, 1.0, (n, 2), seed=8, dtype=dtype)
+    t = _full(n, 0.37)
+    z = bm.step_normal(t)
+    assert z.shape == (n, 2) and z.dtype == dtype
+    _assert_standard_normal(z, "step_normal")
+    _assert_uncorrelated(z[:, 0], z[:, 1], "step_normal's two coordinates")
+    _assert_uncorrelated(z[:-1], z[1:], "step_normal's neighbouring samples")
+    assert torch.equal(z, bm.step_normal(t.clone()))
+    assert torch.equal(z, KeyedBrownian(0.0, 1.0, (n, 2), seed=8, dtype=dtype).step_normal(t))
+    assert not torch.isclose(z, KeyedBrownian(0.0, 1.0, (n, 2), seed=9, dtype=dtype).step_normal(t)).any()
+
+
+def test_step_normal_is_independent_of_the_path_and_the_tagged_normals():
+    """At the same time, step_normal, the path's value, its increment from t, and normal(t, tag) for any tag are
+    different draws: uncorrelated, and no value shared (float64)."""
+    n = 3000
+    bm = KeyedBrownian(0.0, 1.0, (n, 2), seed=8, dtype=torch.float64)
+    t = _full(n, 0.37)
+    z = bm.step_normal(t)
+    w = bm.value(t)
+    dw = bm.increment(t, _full(n, 0.38))
+    for other, what in ((w, "W(t)"), (dw, "W(t + 0.01) - W(t)")):
+        _assert_uncorrelated(z, other, f"step_normal and {what}")
+    for tag in (0, 1, 255, 2 ** sdekit._keyed._TAG_BITS - 1):
+        tagged = bm.normal(t, tag)
+        _assert_uncorrelated(z, tagged, f"step_normal and normal(t, tag={tag})")
+        _assert_no_shared_values(z, tagged, f"step_normal and normal(t, tag={tag})")
+
+
+def test_step_normal_is_fresh_for_each_start_time():
+    n = 3000
+    bm = KeyedBrownian(0.0, 1.0, (n, 2), seed=8, dtype=torch.float64)
+    z = bm.step_normal(_full(n, 0.37))
+    step = 2.0 ** -40                            # a few of the 2**-44 time positions away
+    for t in (0.38, 0.37 + step, 0.0, 1.0):
+        other = bm.step_normal(_full(n, t))
+        _assert_uncorrelated(z, other, f"step_normal at 0.37 and {t}")
+        _assert_no_shared_values(z, other, f"step_normal at 0.37 and {t}")
+    # per-sample start times: each sample gets its own time's normal
+    t = torch.linspace(0.05, 0.95, n, dtype=torch.float64)
+    mixed = bm.step_normal(t)
+    for i in (0, 1234, n - 1):
+        assert torch.equal(mixed[i], bm.step_normal(_full(n, float(t[i])))[i])
+
+
+def test_step_normal_does_not_depend_on_the_batch():
+    """Sample i's step normal is keyed by its index, not its row: the same in any batch, order or subset."""
+    t = 0.61
+    big = KeyedBrownian(0.0, 1.0, (300, 3), seed=21, dtype=torch.float64)
+    z = big.step_normal(_full(300, t))
+    one = KeyedBrownian(0.0, 1.0, (1, 3), seed=21, index=torch.tensor([4]), dtype=torch.float64)
+    assert torch.equal(one.step_normal(_full(1, t))[0], z[4])
+    perm = torch.randperm(300, generator=torch.Generator().manual_seed(1))
+    shuffled = KeyedBrownian(0.0, 1.0, (300, 3), seed=21, index=perm, dtype=torch.float64)
+    assert torch.equal(shuffled.step_normal(_full(300, t)), z[perm])
+    keep = torch.tensor([299, 3, 150])
+    assert torch.equal(big.rows(keep).step_normal(_full(3, t)), z[keep])
+    # the depth of the tree plays no part in a step normal
+    shallow = KeyedBrownian(0.0, 1.0, (300, 3), seed=21, depth=3, dtype=torch.float64)
+    assert torch.equal(shallow.step_normal(_full(300, t)), z)
+
+
+# ------------------------------------------------------------------------------------------------
+# KeyedBrownian: depth, leaves and the grid
+# ------------------------------------------------------------------------------------------------
+
+def _leaves(times, t0, t1, depth):
+    """The leaf (0 .. 2**depth - 1) each time falls in."""
+    u = (times.double() - t0) / (t1 - t0)
+    return torch.clamp((u * 2 ** depth).floor(), max=2 ** depth - 1).to(torch.int64)
+
+
+def test_depth_for_deepens_for_a_fine_grid():
+    coarse = torch.linspace(0.0, 1.0, 9, dtype=torch.float64)          # step 1/8
+    fine = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)         # step 1e-3, below a depth-2..9 leaf
+    assert KeyedBrownian.depth_for(0.0, 1.0, coarse, depth=6) == 6
+    assert KeyedBrownian.depth_for(0.0, 1.0, fine) == 24               # the default floor
+    need = KeyedBrownian.depth_for(0.0, 1.0, fine, depth=2)
+    assert need > 9 and 2.0 ** -need < 1e-3
+    assert _leaves(fine[:-1], 0.0, 1.0, need).unique().numel() == 1000  # one time a leaf (t1 is a node)
+    assert KeyedBrownian.depth_for(0.0, 1.0, fine.flip(0), depth=2) == need          # the order plays no part
+    assert KeyedBrownian.depth_for(0.0, 1.0, torch.cat([fine, fine]), depth=2) == need  # nor repeated times
+    assert KeyedBrownian.depth_for(0.0, 1.0, torch.tensor([0.5]), depth=7) == 7
+    ulp_apart = torch.tensor([0.5, math.nextafter(0.5, 1.0)], dtype=torch.float64)
+    assert KeyedBrownian.depth_for(0.0, 1.0, ulp_apart, depth=2) == KeyedBrownian.MAX_DEPTH   # capped
+    # on another span the leaf scales with it
+    assert KeyedBrownian.depth_for(10.0, 14.0, 10.0 + 4 * fine, depth=2) == need
+
+
+def test_separates_and_leaf():
+    fine = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)
+    shallow = KeyedBrownian(0.0, 1.0, (1, 1), seed=0, depth=2)
+    assert shallow.leaf == 0.25
+    assert not shallow.separates(fine)
+    assert shallow.separates(torch.tensor([0.0, 0.6]))
+    need = KeyedBrownian.depth_for(0.0, 1.0, fine, depth=2)
+    deep = KeyedBrownian(0.0, 1.0, (1, 1), seed=0, depth=need)
+    assert deep.leaf == 2.0 ** -need and deep.separates(fine)
+    assert KeyedBrownian(0.0, 1.0, (1, 1), seed=0).separates(fine)     # depth 24
+
+
+SDE = sdekit.VPSDE()
+
+
+def _reverse_problem(batch=16):
+    from sdekit.validation import GaussianMixture
+    rev = sdekit.reverse(SDE, GaussianMixture.default_2d(SDE).score)
+    x = SDE.prior_sampling((batch, 2), generator=torch.Generator().manual_seed(0)).to(torch.float64)
+    return rev, x
+
+
+def _solve_with_a_shallow_path_is_refused(method):
+    rev, x = _reverse_problem()
+    shallow = KeyedBrownian(SDE.eps, SDE.T, x.shape, seed=0, depth=2, dtype=torch.float64)
+    with pytest.raises(sdekit.SDEKitError, match=r"depth=\d+") as err:
+        rev.solve(x, method=method, steps=30, noise=shallow)
+    need = int(str(err.value).rsplit("depth=", 1)[1].split()[0].rstrip(".,;)"))
+    deep = KeyedBrownian(SDE.eps, SDE.T, x.shape, seed=0, depth=need, dtype=torch.float64)
+    assert rev.solve(x, method=method, steps=30, noise=deep).success
+
+
+@pytest.mark.parametrize("method", ["euler_ancestral", "dpmpp_2m_sde", "pc"])
+def test_solve_refuses_a_user_path_too_shallow_for_its_grid(method):
+    """A 30-step grid has steps below a depth-2 tree's leaf (span / 4): the values there would share a leaf's
+    normal, so the solve refuses the path and names the depth to build it with."""
+    _solve_with_a_shallow_path_is_refused(method)
+
+
+def test_torchsde_method_refuses_a_user_path_too_shallow_for_its_grid():
+    """The same for a torchsde method reading the keyed path (it takes W at each grid time, so within a leaf
+    its increments would not be Brownian)."""
+    _solve_with_a_shallow_path_is_refused("euler")
+
+
+# ------------------------------------------------------------------------------------------------
+# out-of-range arguments
+# ------------------------------------------------------------------------------------------------
+
+def test_keyed_arguments_out_of_range_raise_sdekit_errors():
+    idx = torch.arange(3, dtype=torch.int64)
+    for seed in (2 ** 64, -1, 2 ** 70, 1.0, True):
+        with pytest.raises(sdekit.SDEKitError, match="seed"):
+            keyed_normal(seed, idx, torch.zeros(3, dtype=torch.int64), 2)
+        with pytest.raises(sdekit.SDEKitError, match="seed"):
+            KeyedBrownian(0.0, 1.0, (3, 1), seed=seed)
+    assert keyed_normal(2 ** 64 - 1, idx, torch.zeros(3, dtype=torch.int64), 2).shape == (3, 2)
+    assert KeyedBrownian(0.0, 1.0, (3, 1), seed=2 ** 64 - 1).value(_full(3, 0.5)).shape == (3, 1)
+
+    for bad in (2 ** 48, 2 ** 62, -1):
+        index = torch.tensor([0, bad, 2], dtype=torch.int64)
+        with pytest.raises(sdekit.SDEKitError, match="2\\*\\*48"):
+            keyed_normal(0, index, torch.zeros(3, dtype=torch.int64), 2)
+        with pytest.raises(sdekit.SDEKitError, match="2\\*\\*48"):
+            KeyedBrownian(0.0, 1.0, (3, 1), seed=0, index=index)
+    top = torch.tensor([2 ** 48 - 1], dtype=torch.int64)
+    assert torch.isfinite(keyed_normal(0, top, torch.zeros(1, dtype=torch.int64), 2)).all()
+
+    for counter in (2 ** 52, 2 ** 60, -1):
+        with pytest.raises(sdekit.SDEKitError, match="counter"):
+            keyed_normal(0, idx, torch.tensor([0, counter, 0]), 2)
+        with pytest.raises(sdekit.SDEKitError, match="counter"):
+            keyed_normal(0, idx, counter, 2)
+    assert keyed_normal(0, idx, 2 ** 52 - 1, 2).shape == (3, 2)
+
+    bm = KeyedBrownian(0.0, 1.0, (3, 1), seed=0)
+    tags = 2 ** sdekit._keyed._TAG_BITS           # the documented bound of normal()'s tags
+    for tag in (tags, -1, 1.0, True):
+        with pytest.raises(sdekit.SDEKitError, match="tag"):
+            bm.normal(_full(3, 0.5), tag=tag)
+    assert bm.normal(_full(3, 0.5), tag=tags - 1).shape == (3, 1)

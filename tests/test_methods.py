@@ -91,10 +91,12 @@ def test_table_prints_every_method():
     assert len(lines) == len(table) + 1
     header = lines[0].split()
     for col in ("method", "backend", "kind", "takes", "order", "stepping", "frame", "needs", "history", "err_est",
-                "schedule"):
+                "schedule", "notes"):
         assert col in header
+    assert "steps= counts evaluations" in text and "order 3 with warmup='singlestep'" in text
     for m, line in zip(table, lines[1:]):
-        cells = line.split()
+        assert line.endswith(m.notes)
+        cells = line[:len(line) - len(m.notes)].split()
         assert cells[0] == m.name and cells[1] == m.backend and cells[2] == m.kind.upper()
         assert cells[3] == "+".join(k.upper() for k in m.accepts) and cells[-1] in (m.schedule, "-")
         assert m.stepping in cells

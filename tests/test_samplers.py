@@ -90,19 +90,25 @@ def test_save_at_grid_times_leaves_the_samples_unchanged(method, options):
 @pytest.mark.parametrize("method,options", [("ddim", {"eta": 1.0}), ("pc", {"predictor": "ancestral",
                                                                             "corrector": "none"})])
 def test_refining_the_grid_refines_the_same_path(method, options):
-    """save_at between grid times splits steps; the samples move by the discretisation error only,
-    far less than a new Brownian path moves them."""
+    """With a path built ``refine=True``, save_at between grid times splits steps; the samples move by the
+    discretisation error only, far less than a new Brownian path moves them.  With the default fresh step
+    noise (seed= alone) the split steps draw new normals, and the samples move as far as with a new seed."""
     sde = sdekit.VPSDE()
     data = gaussian(sde)
     x = start(data, 200)
     grid = sdekit.uniform_grid(sde.T, sde.eps, 20)
     between = [0.5 * float(grid[k] + grid[k + 1]) for k in range(0, 20, 2)]
-    plain = sample(data, x, method, options, steps=20)
-    refined = sample(data, x, method, options, steps=20, save_at=between)
-    reseeded = sample(data, x, method, options, steps=20, seed=9)
+
+    def path(seed):
+        return sdekit.KeyedBrownian(sde.eps, sde.T, x.shape, seed=seed, dtype=x.dtype, refine=True)
+    plain = sample(data, x, method, options, steps=20, seed=None, noise=path(2))
+    refined = sample(data, x, method, options, steps=20, seed=None, save_at=between, noise=path(2))
+    reseeded = sample(data, x, method, options, steps=20, seed=None, noise=path(9))
     moved = float((refined.x - plain.x).abs().mean())
     unrelated = float((reseeded.x - plain.x).abs().mean())
     assert 0 < moved < 0.1 * unrelated, (moved, unrelated)
+    fresh, fresh_split = (sample(data, x, method, options, steps=20, **kw).x for kw in ({}, {"save_at": between}))
+    assert float((fresh_split - fresh).abs().mean()) > 0.3 * unrelated
 
 
 # ------------------------------------------------------------------------------------------------

@@ -457,8 +457,10 @@ ALL_IDS = [f"{m}-{'sde' if s else 'ode'}" for m, s in ALL]
 def test_dtypes_end_to_end(method, stochastic):
     sde = sdekit.VESDE()
     x64 = prior(sde)
-    r64, s64 = solve(method, sde=sde, x=x64, stochastic=stochastic, steps=5)
-    r32, s32 = solve(method, sde=sde, x=x64.float(), stochastic=stochastic, steps=5)
+    # float32 and float64 draw different keyed streams: the stochastic solves share one float32 path
+    kw = dict(noise=sdekit.KeyedBrownian(sde.eps, sde.T, x64.shape, seed=0), seed=None) if stochastic else {}
+    r64, s64 = solve(method, sde=sde, x=x64, stochastic=stochastic, steps=5, **kw)
+    r32, s32 = solve(method, sde=sde, x=x64.float(), stochastic=stochastic, steps=5, **kw)
     assert r64.x.dtype == torch.float64 and s64.t_dtypes == {torch.float64}
     assert r32.x.dtype == torch.float32 and s32.t_dtypes == {torch.float32}
     # float32 follows float64 to float32 precision relative to the prior's scale (sigma_max = 50)

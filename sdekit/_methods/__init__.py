@@ -44,11 +44,11 @@ class MethodTable(list):
         def fmt(v):
             return "-" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
         head = ("method", "backend", "kind", "takes", "order", "additive", "weak", "stepping", "calculus", "frame",
-                "needs", "history", "err_est", "schedule")
+                "needs", "history", "err_est", "schedule", "notes")
         rows = [(m.name, m.backend, m.kind.upper(), "+".join(k.upper() for k in m.accepts), fmt(m.order),
                  fmt(m.order_additive),
                  fmt(m.weak_order), m.stepping, fmt(m.sde_type), m.frame, m.needs, str(m.history),
-                 "yes" if m.error_estimate else "no", m.schedule if m.stepping != "adaptive" else "-")
+                 "yes" if m.error_estimate else "no", m.schedule if m.stepping != "adaptive" else "-", m.notes)
                 for m in self]
         widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
@@ -64,7 +64,9 @@ def methods(kind: str = None, backend: str = None) -> List[Method]:
     flow), order (the ODE order, or the strong order under diagonal noise for SDE methods), strong order
     under additive noise, weak order, fixed/adaptive stepping, calculus, the frame it steps in (t, sigma,
     log-SNR), what it needs from the model (drift, score, x0, eps), the model outputs it keeps
-    (history), whether it estimates its error, and the default schedule of ``steps=``.
+    (history), whether it estimates its error, the default schedule of ``steps=``, and notes (the option that
+    reaches a higher order than the default's, a ``steps=`` that counts evaluations).  Every declared order is
+    the asymptotic slope its default options reach (``tests/orders/test_declared_orders.py`` fits it).
     """
     return MethodTable(m for m in REGISTRY.values()
                        if (kind is None or m.kind == kind) and (backend is None or m.backend == backend))

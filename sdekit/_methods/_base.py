@@ -31,6 +31,8 @@ class Method:
     - ``history``: how many earlier model outputs it keeps (multistep methods), 0 for single-step.
     - ``error_estimate``: whether it estimates its local error (and so can adapt its step).
     - ``schedule``: the grid ``solve(steps=...)`` builds for it unless ``schedule=`` says otherwise.
+    - ``notes``: what else a user choosing it must know (an option reaching a higher order, a ``steps=`` that
+      counts evaluations); shown by :func:`sdekit.methods`.
     - ``grid_steps``: for a method whose ``steps=`` is a budget of model evaluations (``dpm_solver_fast``),
       the number of grid steps a budget takes; ``None``: ``steps=`` counts steps.
     - ``options``: the option names it takes (``solve(options=...)``); ``None``: the backend's own.
@@ -61,6 +63,7 @@ class Method:
     processes: Optional[tuple] = None
     default_rtol: Optional[float] = None
     default_atol: Optional[float] = None
+    notes: str = ""
 
     @property
     def qualified_name(self) -> str:

@@ -26,7 +26,7 @@ def _register():
             integrate=functools.partial(_integrate, cls), sde_type="ito" if stochastic else None,
             description=cls.description, frame=cls.frame, needs=cls.needs, history=cls.history,
             error_estimate=cls.error_estimate, schedule=cls.schedule,
-            grid_steps=cls.grid_steps,
+            grid_steps=cls.grid_steps, notes=cls.notes,
             options=tuple(sorted(cls.defaults)) + ("denoise", "hook"),
             processes=("ode",) if not stochastic else ("sde", "ode") if ode_order is not None else ("sde",)))
 
@@ -38,7 +38,7 @@ def _register():
             stepping="adaptive", integrate=functools.partial(_integrate_adaptive, cls),
             sde_type="ito" if stochastic else None, description=cls.description, frame=cls.frame, needs=cls.needs,
             error_estimate=True, options=tuple(sorted(cls.defaults)) + ("denoise", "sync_every"),
-            default_rtol=cls.default_rtol, default_atol=cls.default_atol,
+            default_rtol=cls.default_rtol, default_atol=cls.default_atol, notes=cls.notes,
             processes=("sde", "ode") if stochastic else ("ode",)))
 
 

@@ -38,7 +38,7 @@ from .._brownian import brownian_motion
 from .._controller import check_options, error_ratio, next_step
 from .._errors import InvalidParameterError, MethodArgumentError, ShapeError
 from .._solution import Result
-from .._stepping._loop import keyed_path, walk
+from .._stepping._loop import check_depth, keyed_path, walk
 from ._base import Method, Outcome, Problem
 
 
@@ -60,6 +60,7 @@ def _solver(method: Method, pb: Problem, y0: torch.Tensor, s0: float, s1: float)
         bm = brownian_motion(s0, s1, y0.shape, dtype=y0.dtype, device=y0.device, seed=pb.seed,
                              generator=pb.generator, levy_area=method.levy_area, dt=(s1 - s0) / _tree_steps(pb))
     elif getattr(bm, "keyed", False) is True:
+        check_depth(bm, pb)
         bm = _KeyedOnClock(method, proc, bm, y0)
     else:
         _check_noise(method, proc, bm, y0, s0, s1)

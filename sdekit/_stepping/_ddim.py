@@ -11,7 +11,7 @@ With :math:`h = \lambda(t') - \lambda(t)` and the data prediction :math:`\hat x_
 :math:`x' = (\sigma'/\sigma)x - \alpha'(e^{-h} - 1)\hat x_0` (Lu et al. 2022, DPM-Solver-1); :math:`\eta = 1`
 is the posterior :math:`q(x_{t'} \mid x_t, \hat x_0)`, DDPM's ancestral step with variance
 :math:`\tilde\beta` for VP, and k-diffusion's ``euler_ancestral`` in the VE frame.  The normal ``z`` is
-the step's increment of the keyed Brownian path, normalised.
+fresh at each step, one keyed draw (:meth:`sdekit.KeyedBrownian.step_normal`), as k-diffusion's ``randn``.
 """
 
 import torch
@@ -51,7 +51,7 @@ class DDIM(Stepper):
             return ps(sigma1 / sigma, x) * x - ps(alpha1 * torch.expm1(-h), x) * x0
         c = self.eta * sigma1 * torch.sqrt(-torch.expm1(-2 * h))
         eps = (x - ps(alpha, x) * x0) * ps(1 / sigma, x)
-        z = self.brownian_normal(t, t_next, x)
+        z = self.fresh_normal(t, t_next, x)
         return (ps(alpha1, x) * x0 + ps(torch.sqrt((sigma1 * sigma1 - c * c).clamp_min(0)), x) * eps
                 + ps(c * self.s_noise, x) * z)
 

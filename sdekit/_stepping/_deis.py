@@ -54,7 +54,8 @@ class DEIS(Stepper):
     description = ("DEIS, rhoAB in log rho: the noise predictions' polynomial in log sigma integrated exactly "
                    "(Zhang & Chen 2023)")
     kind = "ode"
-    order = 3.0
+    order = 2.0      # third-order steps after a first-order start: global order 2 as h -> 0
+    notes = "order-3 steps after a first-order start"
     frame = "sigma"
     needs = "eps"
     history = 2

@@ -104,6 +104,7 @@ class DPMSolverFast(_SingleStep):
     description = ("DPM-Solver-fast: steps= is the evaluation budget, DPM-Solver-3 steps with 2nd/1st-order "
                    "last ones (Lu et al. 2022, sec. 3.4)")
     order = 3.0
+    notes = "steps= counts evaluations"
     needs = "eps"
 
     @staticmethod

@@ -60,7 +60,7 @@ class _DPMSolverPPMultistep(Stepper):
         alpha, sigma, lam, alpha1, sigma1, lam1 = f.ends(t, t_next)
         h = lam1 - lam
         m0 = f.data(x, t)
-        p = step_order(int(self.order), i, n, self.lower_order_final)
+        p = step_order(self.history + 1, i, n, self.lower_order_final)    # the update's order (not the declared one)
         phi1 = torch.expm1(-h)
         decay, gain = ps(sigma1 / sigma, x) * x, ps(alpha1 * phi1, x)
         if i == 0 and self.warmup == "singlestep" and n > 1:
@@ -96,5 +96,6 @@ class DPMSolverPP2M(_DPMSolverPPMultistep):
 class DPMSolverPP3M(_DPMSolverPPMultistep):
     name = "dpmpp_3m"
     description = "DPM-Solver++(3M), third-order multistep data prediction (Lu et al. 2022b)"
-    order = 3.0
+    order = 2.0      # the first-order first step of the default warm-up caps it
+    notes = "order 3 with warmup='singlestep'"
     history = 2

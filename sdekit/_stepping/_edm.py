@@ -64,6 +64,6 @@ class EDMStochastic(EDMHeun):
         s_top = f.sigma_ve(torch.full_like(t, f.sde.T))
         s_hat = torch.minimum(s * (1 + gamma), s_top)
         t_hat = torch.where(s_hat > s, f.t_of_sigma_ve(s_hat).clamp(max=f.sde.T), t)
-        z = self.brownian_normal(t, t_next, x)
+        z = self.fresh_normal(t, t_next, x)
         x_ve = x * ps(1 / f.alpha(t), x) + ps(torch.sqrt((s_hat * s_hat - s * s).clamp_min(0)) * self.s_noise, x) * z
         return self.heun(x_ve, s_hat, t_hat, s1, t_next, x)

@@ -95,7 +95,8 @@ class ImprovedEuler(AdaptiveStepper):
         dw = None
         if self.noise is not None:
             if self.redraw:
-                dw = self.noise.normal(t, tag=attempt).to(x.dtype) * ps((t_next - t).abs().sqrt(), x)
+                # keyed by (t, iteration): tags wrap after 2**21 iterations, which could only meet the same t again
+                dw = self.noise.normal(t, tag=attempt % 2 ** 21).to(x.dtype) * ps((t_next - t).abs().sqrt(), x)
             else:
                 w_next = self.noise.value(t_next).to(x.dtype)
                 dw = w_next - carry["w"]

@@ -3,7 +3,9 @@ r"""Linear multistep in sigma (k-diffusion's ``sample_lms``): Adams–Bashforth 
 The derivative :math:`d_k = (\tilde x_k - \hat x_0(x_k))/\tilde\sigma_k` is kept for the last ``order`` points;
 the step is :math:`\tilde x' = \tilde x + \sum_j c_j d_{-j}` with :math:`c_j = \int_{\tilde\sigma}^{\tilde\sigma'}
 \ell_j(s)\,ds`, :math:`\ell_j` the Lagrange basis on the kept noise levels, integrated exactly by
-4-point Gauss–Legendre (the basis has degree at most 3).  One evaluation a step; order 4 once warmed up.
+4-point Gauss–Legendre (the basis has degree at most 3).  One evaluation a step; fourth-order steps once warmed up,
+but the Euler first step's :math:`O(h^2)` local error makes the global order 2 as :math:`h \to 0` (measured 2.3–3.5
+at 16–128 steps, approaching 2).
 """
 
 import torch
@@ -36,7 +38,8 @@ class LMS(Stepper):
     name = "lms"
     description = "linear multistep (Adams–Bashforth) in sigma, order 4 (k-diffusion's sample_lms)"
     kind = "ode"
-    order = 4.0
+    order = 2.0      # fourth-order steps after an Euler start: global order 2 as h -> 0
+    notes = "order-4 steps after a first-order start"
     frame = "sigma"
     needs = "x0"
     history = 3

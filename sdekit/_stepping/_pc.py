@@ -14,8 +14,9 @@ exact transition of the forward SDE over the step; DDPM's :math:`\beta_i` for VP
   ``"annealed_langevin"`` with :math:`\epsilon = 2a^2(r\sigma(t))^2`; ``"none"``.
 
 The Langevin norms are per sample by default (``norm="sample"``); score_sde averages them over the
-batch (``norm="batch"``), which couples the samples.  The predictor's normals are the step's keyed
-Brownian increments; the corrector's come from the keyed source at ``(t, step)``.
+batch (``norm="batch"``), which couples the samples.  The Euler–Maruyama predictor's normals are the step's
+keyed Brownian increments (a finer grid refines the path); the other predictors' are fresh keyed normals of
+the step, and the corrector's come from the keyed source at ``(t, step)``.
 """
 
 import torch
@@ -75,7 +76,7 @@ class PredictorCorrector(Stepper):
         if self.predictor == "none":
             return x
         f = self.frame
-        z = self.brownian_normal(t, t_next, x)
+        z = self.brownian_normal(t, t_next, x) if self.predictor == "euler_maruyama" else self.fresh_normal(t, t_next, x)
         if self.predictor == "euler_maruyama":
             tx = t.to(x.dtype)
             dt = t_next - t

@@ -14,7 +14,9 @@ class Stepper:
 
     - ``name``, ``description`` (one line naming the paper and algorithm);
     - ``kind``: ``"ode"`` (deterministic: probability-flow ODE) or ``"sde"`` (stochastic: reverse SDE);
-    - ``order``: its order of convergence (ODE order, or weak order for stochastic samplers; ``None`` unknown);
+    - ``order``: its order of convergence with its default options, as measured asymptotically (ODE order, or
+      weak order for stochastic samplers; ``None`` unknown); ``notes``: what else a user choosing it must know
+      (the option that reaches a higher order, a ``steps=`` that counts evaluations);
     - ``frame``: ``"t"``, ``"sigma"`` or ``"logsnr"``; ``needs``: ``"drift"``, ``"score"``, ``"x0"`` or ``"eps"``;
     - ``history``: model outputs kept between steps (multistep); ``error_estimate``: whether it has one;
     - ``schedule``: the default grid for ``steps=``;
@@ -32,6 +34,7 @@ class Stepper:
     description = ""
     kind = "ode"
     order: Optional[float] = None
+    notes = ""
     frame = "t"
     needs = "score"
     history = 0
@@ -63,8 +66,17 @@ class Stepper:
         raise NotImplementedError
 
     # -- helpers for subclasses ---------------------------------------------------------------
+    def fresh_normal(self, t, t_next, x):
+        r"""The standard normal of a step whose noise is new at each step (ancestral steps, EDM's churn): one fresh
+        keyed draw (:meth:`KeyedBrownian.step_normal`), or with a path built ``refine=True`` the step's increment of
+        the path, normalised (:meth:`brownian_normal`), so that a finer grid refines the same path."""
+        if self.noise.refine:
+            return self.brownian_normal(t, t_next, x)
+        return self.noise.step_normal(t).to(x.dtype)
+
     def brownian_normal(self, t, t_next, x):
-        r"""The standard normal :math:`(W(t') - W(t))/\sqrt{|t' - t|}` of this step, from the keyed path."""
+        r"""The standard normal :math:`(W(t') - W(t))/\sqrt{|t' - t|}` of this step, from the keyed path: for
+        samplers that discretise the path itself (SDE-DPM-Solver++, Euler–Maruyama), so that a finer grid refines it."""
         dw = self.noise.increment(t, t_next).to(x.dtype)
         return dw * (1 / torch.sqrt((t_next - t).abs())).to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
 

@@ -138,9 +138,9 @@ def torchsde_noise(problem, process, x, seed: int, steps: int):
 
 
 def keyed_noise(problem, x, seed: int):
-    """The row's keyed Brownian path (one per sample, the same whatever the grid)."""
+    """The row's keyed Brownian path (one per sample, the same whatever the grid; ancestral steps read it too)."""
     lo, hi = sorted((problem.t_start, problem.t_end))
-    return KeyedBrownian(lo, hi, tuple(x.shape), seed=int(seed), dtype=x.dtype, device=x.device)
+    return KeyedBrownian(lo, hi, tuple(x.shape), seed=int(seed), dtype=x.dtype, device=x.device, refine=True)
 
 
 def family(spec: MethodSpec) -> str:
