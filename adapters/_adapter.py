@@ -1,7 +1,9 @@
 r"""The adapter: a trained network, its parameterisation and its time convention, as a ``score_fn(x, t)``."""
 
+import itertools
 import math
 import numbers
+import re
 
 import torch
 
@@ -30,7 +32,8 @@ def _batch_times(t, x):
 
 
 def network_output(out, x, name="the network"):
-    """``out`` unwrapped (a diffusers output's ``.sample``, a tuple's first entry) and checked against ``x``."""
+    """``out`` unwrapped (a diffusers output's ``.sample``, a tuple's first entry) and checked against ``x``:
+    a real floating tensor, on x's device, shaped like x."""
     if not isinstance(out, torch.Tensor):
         if hasattr(out, "sample") and isinstance(out.sample, torch.Tensor):
             out = out.sample
@@ -38,11 +41,79 @@ def network_output(out, x, name="the network"):
             out = out[0]
         else:
             raise ScoreFunctionError(f"{name} returned {type(out).__name__}; it must return a tensor shaped like x")
+    if not out.is_floating_point():
+        raise ScoreFunctionError(f"{name} returned a {out.dtype} tensor; it must return real floating-point "
+                                 f"values (an integer or boolean output is not a prediction and would be cast "
+                                 f"silently): check the network's last operation (an argmax, a comparison, a cast)")
+    if out.device != x.device:
+        if out.device.type == "meta":
+            raise ShapeError(f"{name} returned a tensor on the 'meta' device (no values) for x on {x.device}: its "
+                             f"weights were never loaded; load them (module.to_empty(device=...) then "
+                             f"load_state_dict, or load_state_dict(state, assign=True)) before sampling")
+        raise ShapeError(f"{name} returned a tensor on {out.device} for x on {x.device}; keep the network and the "
+                         f"state on one device (network.to(x.device)) and return the output there")
     if out.shape != x.shape:
         raise ScoreFunctionError(f"{name} returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}; "
                                  f"it must predict one value per input entry (a learned-variance output has "
                                  f"twice the channels: wrap the network to return the first half)")
     return out
+
+
+#: RuntimeError messages of torch about tensors on different devices or of different dtypes.
+_DEVICE_WORDS = re.compile(r"device|meta tensor", re.IGNORECASE)
+_DTYPE_WORDS = re.compile(r"dtype|scalar type|Input type .* and weight type", re.IGNORECASE)
+
+
+def _module_of(fn):
+    """The ``torch.nn.Module`` behind ``fn`` (itself, a diffusers wrapper's ``unet``, a bound method's owner)."""
+    for candidate in (fn, getattr(fn, "unet", None), getattr(fn, "__self__", None)):
+        if isinstance(candidate, torch.nn.Module):
+            return candidate
+    return None
+
+
+def placement_problem(fn, x, err, name="the network"):
+    """The one-line reason why ``fn`` failed on ``x`` with ``err`` if it is a device or dtype mismatch between
+    its weights and the state (weights on 'meta', on another device, or in another dtype), else ``None``."""
+    message = str(err)
+    module = _module_of(fn)
+    devices, dtypes = set(), set()
+    if module is not None:
+        for tensor in itertools.chain(module.parameters(), module.buffers()):
+            devices.add(str(tensor.device))
+            if tensor.is_floating_point():
+                dtypes.add(tensor.dtype)
+    here = str(x.device)
+    first = " ".join(message.split())[:160]
+    if "meta" in devices or (module is None and "meta" in message):
+        return (f"{name} has its weights on the 'meta' device (an empty module: no values were loaded) and x is "
+                f"on {here}; load the weights before sampling (module.to_empty(device='{here}') then "
+                f"load_state_dict, or load_state_dict(state, assign=True))")
+    if devices and devices != {here} and _DEVICE_WORDS.search(message):
+        there = ", ".join(sorted(devices))
+        return (f"{name} has its weights on {there} but x is on {here}; put them on one device: "
+                f"network.to('{here}'), or start the solve from x.to('{sorted(devices)[0]}')")
+    if module is None and _DEVICE_WORDS.search(message) and "device" in message.lower():
+        return (f"{name} failed on x on {here} with a device mismatch ({first}); put the network's weights and "
+                f"the state on one device")
+    if dtypes and x.dtype not in dtypes and _DTYPE_WORDS.search(message):
+        have = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
+        want = str(x.dtype).replace("torch.", "")
+        return (f"{name} has {have} weights but x is {want} ({first}); cast one to the other: "
+                f"network.to(torch.{want}), or solve with x in the network's dtype")
+    return None
+
+
+def call_network(fn, x, *args, name="the network", **kwargs):
+    """``fn(*args, **kwargs)``, with a device or dtype mismatch between ``fn``'s weights and ``x`` reported as
+    one line (:class:`sdekit.ShapeError`) instead of torch's traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except (RuntimeError, NotImplementedError) as err:
+        problem = placement_problem(fn, x, err, name)
+        if problem is None:
+            raise
+        raise ShapeError(problem) from None
 
 
 class Adapter:
@@ -121,8 +192,8 @@ class Adapter:
         tau = self.time.to_network(tb.to(torch.float64))
         tau = tau.to(x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32)
         kwargs = self.inputs if not inputs else inputs
-        out = network_output(self.network(self.prediction.network_state(x, c), tau, **kwargs), x)
-        return out, c
+        raw = call_network(self.network, x, self.prediction.network_state(x, c), tau, **kwargs)
+        return network_output(raw, x), c
 
     def __call__(self, x, t, **inputs):
         """The score :math:`\\nabla_x \\log p_t(x)` at ``(x, t)``."""

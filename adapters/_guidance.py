@@ -16,9 +16,9 @@ import numbers
 
 import torch
 
-from sdekit import ArgumentTypeError, InvalidParameterError, ShapeError
+from sdekit import ArgumentTypeError, InvalidParameterError, ScoreFunctionError, ShapeError
 
-from ._adapter import Adapter, _batch_times, _per_sample
+from ._adapter import Adapter, _batch_times, _per_sample, call_network
 
 __all__ = ["ClassifierGuidance", "ClassifierFreeGuidance", "Imputation", "classifier_guidance",
            "classifier_free_guidance"]
@@ -92,19 +92,36 @@ class ClassifierGuidance(_Guided):
 
     def log_prob_gradient(self, x, t):
         r""":math:`\nabla_x \log p(y \mid x_t = x, t)` per sample."""
+        if torch.is_inference_mode_enabled():
+            raise InvalidParameterError("classifier guidance needs the gradient of log p(y | x) with respect to x, "
+                                        "which torch.inference_mode() turns off: sample under torch.no_grad() "
+                                        "instead (guidance enables the gradient it needs itself)")
         keep = torch.is_grad_enabled()
         with torch.enable_grad():
-            xi = x if keep and x.requires_grad else x.detach().requires_grad_(True)
-            logits = self.classifier(xi, t)
+            if keep and x.requires_grad:
+                xi = x
+            else:           # an inference tensor (made under inference_mode) cannot require grad: copy it
+                xi = (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
+            logits = call_network(self.classifier, x, xi, t, name="the classifier")
             if not (isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[0] == x.shape[0]):
                 got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
                 raise ShapeError(f"the classifier returned {got} for a batch of {x.shape[0]}; it must return "
                                  f"logits of shape ({x.shape[0]}, number of classes)")
+            if not logits.is_floating_point():
+                raise ShapeError(f"the classifier returned {logits.dtype} logits; it must return real "
+                                 f"floating-point logits (or log-probabilities), differentiable in x")
             label = torch.as_tensor(self.label, device=x.device).long().expand(x.shape[0])
             if bool(((label < 0) | (label >= logits.shape[1])).any()):
                 raise InvalidParameterError(f"label must lie in 0..{logits.shape[1] - 1}, the classifier's classes")
             logp = torch.log_softmax(logits, dim=1).gather(1, label[:, None]).sum()
-            (grad,) = torch.autograd.grad(logp, xi, create_graph=keep)
+            grad = None
+            if logp.requires_grad:
+                (grad,) = torch.autograd.grad(logp, xi, create_graph=keep, allow_unused=True)
+            if grad is None:
+                raise ScoreFunctionError(
+                    "the classifier's logits have no autograd graph back to x (it runs under torch.no_grad() or "
+                    "inference_mode, or detaches x, e.g. .detach(), .numpy(), .item()); guidance needs the gradient "
+                    "of log p(y | x) with respect to x: remove that from the classifier's forward")
         return grad.to(x.dtype)
 
     def __call__(self, x, t):

@@ -9,14 +9,27 @@ A step is accepted when the error is at most 1; the next step is
 import torch
 
 from ._errors import MethodArgumentError
+from ._evaluator import finite_rows
 
 SAFETY, FAC_MIN, FAC_MAX = 0.9, 0.2, 5.0
 
 
 def error_ratio(y1: torch.Tensor, y2: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
-    """The scaled RMS difference of two estimates (a 0-dim tensor; no host sync)."""
+    """The scaled RMS difference of two estimates of shape ``(batch, ...)`` (a 0-dim tensor; no host sync).
+
+    A sample whose estimates are not finite (it went non-finite: the evaluator records it and the solve
+    reports it as failed) is left out, so that it does not stop the others; with every sample non-finite the
+    ratio is NaN.  With every sample finite it is the RMS over all entries, as before.
+    """
     scale = atol + rtol * torch.maximum(y1.abs(), y2.abs())
-    return ((y1 - y2) / scale).pow(2).mean().sqrt()
+    r2 = ((y1 - y2) / scale).pow(2)
+    whole = r2.mean()
+    if r2.dim() == 0:
+        return whole.sqrt()
+    ok = finite_rows(y1) & finite_rows(y2)
+    rows = r2.reshape(r2.shape[0], -1).mean(1)
+    part = torch.where(ok, rows, 0.0).sum() / ok.sum()   # 0 / 0 = NaN when no sample is finite
+    return torch.where(ok.all(), whole, part).sqrt()
 
 
 def next_step(h: float, err: float, order: float, accepted: bool) -> float:

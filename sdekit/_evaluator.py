@@ -169,6 +169,35 @@ class Evaluator:
         self._first = torch.where(keep, self._first, torch.where(x_ok, key | _SCORE, key | _STATE))
         self._time = torch.where(keep, self._time, t.to(self._time.dtype))
 
+    def failed_rows(self, rows: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """Which samples have a record so far, a boolean tensor on the device (no host sync), or ``None`` before any.
+
+        ``rows``: indices into the full batch (a loop that hands the function a subset): the answer for those
+        rows, in their order; ``None``: for the whole batch the record has.
+        """
+        if self._first is None:
+            return None
+        failed = self._first != 0
+        return failed if rows is None else failed.index_select(0, rows.to(failed.device))
+
+    def mark_non_finite(self, bad: torch.Tensor, t) -> None:
+        """Record the samples ``bad`` (a boolean tensor over the batch of the latest call) as having gone
+        non-finite at that call, for a failure the function's output did not show: a value computed from it
+        (the divergence of a likelihood's flow, say).  Samples already recorded keep their first record; no sync.
+        """
+        if self.calls == 0:
+            return
+        t = batch_times(t, bad, dtype=torch.float64)
+        if self.rows is not None:                 # a subset of the batch: scatter into the full batch's rows
+            bad = torch.zeros(self.batch, dtype=torch.bool, device=bad.device).index_copy(0, self.rows, bad)
+            t = torch.zeros(self.batch, dtype=t.dtype, device=t.device).index_copy(0, self.rows, t)
+        if self._first is None or self._first.shape != bad.shape or self._first.device != bad.device:
+            self._first = torch.zeros(bad.shape, dtype=torch.int64, device=bad.device)
+            self._time = torch.zeros(bad.shape, dtype=t.dtype, device=bad.device)
+        new = bad & (self._first == 0)
+        self._first = torch.where(new, (self.calls << 2) | _SCORE, self._first)
+        self._time = torch.where(new, t.to(self._time.dtype), self._time)
+
     def _wrong_output(self, out, x) -> str:
         where = f"at evaluation {self.calls}" + ("" if self.step is None else f" (step {self.step})")
         if not isinstance(out, torch.Tensor):

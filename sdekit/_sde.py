@@ -132,37 +132,80 @@ class LinearSDE(SDE):
         return self.diffusion_coef(t)
 
     def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
-        r""":math:`\log \alpha(t)`, the log mean coefficient of :math:`x_t \mid x_0`."""
+        r""":math:`\log \alpha(t)`, the log mean coefficient of :math:`x_t \mid x_0`, in closed form.
+
+        A subclass with a closed form defines it (with :meth:`sigma`); without one, :meth:`log_alpha_sigma`
+        integrates the moment ODEs from :meth:`drift_coef` and :meth:`diffusion_coef` instead.
+        """
         raise NotImplementedError(
             f"{type(self).__name__} has no closed-form log_alpha(t); "
-            "sdekit.validation.LinearMoments integrates it from the moment ODEs"
+            "sde.log_alpha_sigma(t) integrates it from drift_coef and diffusion_coef"
         )
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
-        r""":math:`\sigma(t)`, the standard deviation of :math:`x_t \mid x_0`."""
+        r""":math:`\sigma(t)`, the standard deviation of :math:`x_t \mid x_0`, in closed form (see :meth:`log_alpha`)."""
         raise NotImplementedError(
             f"{type(self).__name__} has no closed-form sigma(t); "
-            "sdekit.validation.LinearMoments integrates it from the moment ODEs"
+            "sde.log_alpha_sigma(t) integrates it from drift_coef and diffusion_coef"
         )
 
+    def _has_closed_form(self) -> bool:
+        """Whether the class defines both :meth:`log_alpha` and :meth:`sigma` itself."""
+        cls = type(self)
+        return cls.log_alpha is not LinearSDE.log_alpha and cls.sigma is not LinearSDE.sigma
+
+    def _numerical(self) -> "_NumericalMoments":
+        """The moment tables of this SDE, built on first use and rebuilt when its coefficients change."""
+        moments = self.__dict__.get("_sdekit_moments")
+        if moments is None or not moments.matches(self):
+            moments = _NumericalMoments(self)
+            self.__dict__["_sdekit_moments"] = moments
+        return moments
+
+    def log_alpha_sigma(self, t: torch.Tensor):
+        r"""``(log_alpha, sigma)`` at the times ``t``: what every sampler and grid of a linear SDE needs.
+
+        The closed forms :meth:`log_alpha` and :meth:`sigma` when the subclass defines them; otherwise the
+        moment ODEs :math:`(\log\alpha)' = f`, :math:`(\sigma^2)' = 2f\sigma^2 + g^2` (from
+        :meth:`drift_coef`, :meth:`diffusion_coef` and :attr:`initial_sigma`) solved by Gauss–Legendre
+        quadrature in float64 (:class:`_NumericalMoments`: relative error about 1e-13 for smooth
+        coefficients; one-line error when the coefficients are missing, not finite, or too rough to reach 1e-8).
+        The result has ``t``'s shape, dtype and device.
+        """
+        if self._has_closed_form():
+            try:
+                return self.log_alpha(t), self.sigma(t)
+            except NotImplementedError:
+                pass
+        return self._numerical().log_alpha_sigma(self, t)
+
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
-        r""":math:`\alpha(t) = \exp \log\alpha(t)`."""
+        r""":math:`\alpha(t) = \exp \log\alpha(t)` (closed form)."""
         return torch.exp(self.log_alpha(t))
 
     def log_snr(self, t: torch.Tensor) -> torch.Tensor:
-        r"""Log signal-to-noise ratio :math:`\lambda(t) = \log\alpha(t) - \log\sigma(t)`."""
-        return self.log_alpha(t) - torch.log(self.sigma(t))
+        r"""Log signal-to-noise ratio :math:`\lambda(t) = \log\alpha(t) - \log\sigma(t)`: from the closed forms, or
+        without them :math:`-\tfrac12\log(\sigma_0^2 + \int_0^t g^2/\alpha^2)` from the moment ODEs."""
+        if self._has_closed_form():
+            try:
+                return self.log_alpha(t) - torch.log(self.sigma(t))
+            except NotImplementedError:
+                pass
+        return self._numerical().log_snr(self, t)
 
     def t_of_log_snr(self, lam) -> torch.Tensor:
         r"""The time :math:`t \in [0, T]` at which :math:`\lambda(t) = ` ``lam``: the inverse of :meth:`log_snr`.
 
-        Elementwise; the result has ``lam``'s shape, dtype and device, computed in float64.  This general
-        version bisects :math:`[0, T]` in float64 down to adjacent floats (vectorised over ``lam``), for any
-        :math:`\lambda` monotone in :math:`t` with closed-form :meth:`log_alpha` and :meth:`sigma`;
-        ``lam`` must lie between :math:`\lambda(T)` and :math:`\lambda(0)`.  :class:`VPSDE`,
-        :class:`SubVPSDE` and :class:`VESDE` override it with closed forms.
+        Elementwise; the result has ``lam``'s shape, dtype and device, computed in float64.  With closed-form
+        :meth:`log_alpha` and :meth:`sigma` this general version bisects :math:`[0, T]` in float64 down to
+        adjacent floats (vectorised over ``lam``), for any :math:`\lambda` monotone in :math:`t`; without them it
+        solves :math:`\int_0^t g^2/\alpha^2 = e^{-2\lambda} - \sigma_0^2` by safeguarded Newton steps on the
+        moment tables.  ``lam`` must lie between :math:`\lambda(T)` and :math:`\lambda(0)`.
+        :class:`VPSDE`, :class:`SubVPSDE` and :class:`VESDE` override it with closed forms.
         """
         lam64, like = _float64(lam, "lam")
+        if not self._has_closed_form():
+            return _like(self._numerical().t_of_log_snr(self, lam64), like)
         T = torch.tensor(self.T, dtype=torch.float64)
         ends = torch.stack([torch.zeros((), dtype=torch.float64), T])
         lam_0, lam_T = (float(v) for v in self.log_snr(ends))
@@ -174,11 +217,7 @@ class LinearSDE(SDE):
             )
         decreasing = lam_0 > lam_T
         low, high = min(lam_0, lam_T), max(lam_0, lam_T)
-        if lam64.numel() and (float(lam64.min()) < low or float(lam64.max()) > high):
-            raise InvalidParameterError(
-                f"log-SNR values must lie in [{low:.6g}, {high:.6g}] (lambda over [0, T={self.T}]), "
-                f"got [{float(lam64.min()):.6g}, {float(lam64.max()):.6g}]"
-            )
+        _check_log_snr_range(lam64, low, high, self.T)
         lo, hi = torch.zeros_like(lam64), torch.full_like(lam64, self.T)
         for _ in range(1100):   # float64 spans [0, T] in at most ~1075 halvings
             mid = 0.5 * (lo + hi)

@@ -15,9 +15,13 @@ Sample ``i`` of a run with seed ``s`` is a function of ``(s, i)`` alone:
 The indices ``0 .. n - 1`` are cut into fixed shards of ``shard_size`` (the last one shorter); the shards
 not yet on disk are dealt to the ranks in turn (the ``j``-th unfinished one to rank ``j mod world``).  A
 shard is solved in batches of ``batch`` samples and written, as soon as it finishes, to
-``<out>.shards/shard-<k>.pt`` (a temporary file renamed into place, so a file that exists is whole).  A
-restarted run reads ``<out>.shards/run.json``, refuses shards of a run with other settings, skips the
-finished shards and solves the rest; then rank 0 gathers the shards in index order into ``out``.
+``<out>.shards/shard-<k>.pt`` (a temporary file renamed into place, so a file that exists is whole), with
+the sha256 of its samples and counts.  A restarted run reads ``<out>.shards/run.json``, refuses shards of a
+run with other settings, skips the finished shards whose checksum holds, solves the rest (a shard changed on
+disk among them, said on stderr); then rank 0 gathers the shards in index order into ``out``, checking each
+checksum again.  Rank 0 holds an exclusive lock on the folder from its claim to the end (``fcntl.flock``), so
+a second run given the same ``--out`` while one is under way is refused in one line instead of writing the
+same shards twice or deleting them under the first.
 
 What stays the same across runs is spelled out in docs/distributed.md: bit for bit for any world size,
 rank order, restart and (for batch-invariant scores) batch size, on one kind of device and dtype.
@@ -28,7 +32,9 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -37,6 +43,11 @@ import torch
 from ._errors import InvalidParameterError, MethodArgumentError
 from ._keyed import COUNTER_BITS, KeyedBrownian, keyed_bits, keyed_normal
 from ._study._results import atomic_write
+
+try:
+    import fcntl
+except ImportError:                   # Windows: no advisory locks; one run a folder at a time
+    fcntl = None
 
 __all__ = ["INITIAL_COUNTER", "keyed_initial", "batch_coupling", "Shard", "shards", "ShardStore", "sample_shard",
            "save_samples", "DistContext", "dist_context"]
@@ -48,6 +59,8 @@ INITIAL_COUNTER = 2 ** COUNTER_BITS - 1
 GENERATOR_COUNTER = 2 ** COUNTER_BITS - 2
 #: Format of the shard files and of run.json.
 FORMAT = 1
+#: The name of the lock file of a folder whose filesystem cannot lock a directory (NFS).
+LOCK_FILE = "run.lock"
 
 
 # -- keyed initial states ---------------------------------------------------------------------------------
@@ -125,6 +138,21 @@ def shards(n: int, shard_size: int) -> List[Shard]:
     return [Shard(k, k * shard_size, min(n, (k + 1) * shard_size)) for k in range(-(-n // shard_size))]
 
 
+def shard_checksum(rec: dict) -> str:
+    """The sha256 of a shard record: its fields but ``x`` and the checksum (JSON, keys sorted), then the dtype,
+    shape and bytes of ``x``."""
+    x = rec["x"].detach().cpu().contiguous()
+    meta = {k: v for k, v in rec.items() if k not in ("x", "sha256")}
+    head = json.dumps(dict(meta, x_dtype=str(x.dtype), x_shape=list(x.shape)), sort_keys=True, default=repr)
+    h = hashlib.sha256(head.encode("utf-8"))
+    h.update(x.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def _note(text: str) -> None:
+    print(f"sdekit: warning: {text}", file=sys.stderr, flush=True)
+
+
 def run_hash(identity: dict) -> str:
     """A short digest of the settings that fix the samples."""
     text = json.dumps(identity, sort_keys=True, default=repr)
@@ -136,13 +164,16 @@ class ShardStore:
 
     ``identity`` is every setting that changes the samples (problem fingerprint, method and options, budget,
     seed, n, shard size, dtype, device type, sdekit's version); a folder made by other settings is refused,
-    so a restart never mixes samples of two runs.
+    so a restart never mixes samples of two runs.  Each shard file carries the sha256 of its samples
+    (:func:`shard_checksum`): a file whose checksum fails is solved again, never gathered.  :meth:`claim` locks
+    the folder for this process until :meth:`remove` (or the end of the process): a second run on it is refused.
     """
 
     def __init__(self, folder: str, identity: dict):
         self.folder = os.fspath(folder)
         self.identity = dict(identity, format=FORMAT)
         self.key = run_hash(self.identity)
+        self._unlock = None
 
     @property
     def manifest(self) -> str:
@@ -152,12 +183,68 @@ class ShardStore:
         return os.path.join(self.folder, f"shard-{k:06d}.pt")
 
     def claim(self) -> None:
-        """Create the folder and its run.json (or check that the one there is this run's)."""
+        """Lock the folder for this process (:meth:`lock`), then create its run.json (or check that the one
+        there is this run's)."""
         os.makedirs(self.folder, exist_ok=True)
+        self.lock()
         if self.held():
             return
         text = json.dumps(dict(key=self.key, settings=self.identity), indent=1, sort_keys=True, default=repr)
         atomic_write(self.manifest, lambda fh: fh.write(text.encode()))
+
+    def lock(self) -> None:
+        """Create the folder and hold an exclusive lock on it until :meth:`remove`, :meth:`unlock` or the end of
+        the process (a kill included); another process's run on the folder is refused in one line.
+
+        The lock is ``fcntl.flock`` on the folder itself, or, on a filesystem that cannot lock a directory (NFS),
+        on ``run.lock`` inside it; without either (Windows, a filesystem with no locks) the folder is not locked.
+        """
+        if self._unlock is not None or fcntl is None:
+            return
+        for _ in range(100):
+            os.makedirs(self.folder, exist_ok=True)
+            fd, path = self._lock_at(self.folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            if fd is None and path is not None:            # no lock on a directory here: a lock file
+                fd, path = self._lock_at(os.path.join(self.folder, LOCK_FILE), os.O_RDWR | os.O_CREAT)
+            if fd is None:
+                if path is None:
+                    continue                               # removed as we opened it: again
+                return                                     # no locks on this filesystem
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._unlock = weakref.finalize(self, os.close, fd)
+                return
+            os.close(fd)                                   # removed (a run that finished) and made again: again
+        raise InvalidParameterError(f"cannot lock {self.folder}: it is removed and made again without end; give "
+                                    f"another --out")
+
+    def _lock_at(self, path: str, flags: int):
+        """``(fd, path)`` locked; ``(None, path)`` where this filesystem cannot lock it; ``(None, None)`` when it
+        vanished.  Another process holding it: the one-line refusal."""
+        try:
+            fd = os.open(path, flags, 0o666)
+        except FileNotFoundError:
+            return None, None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd, path
+        except BlockingIOError:
+            os.close(fd)
+            raise InvalidParameterError(
+                f"another sdekit sample is writing {self.folder} now (the same --out); wait for it to finish (it "
+                f"writes the same file), or give another --out") from None
+        except OSError:
+            os.close(fd)
+            return None, path
+
+    def unlock(self) -> None:
+        """Release the folder's lock (it is released too when this store is collected or the process ends)."""
+        if self._unlock is not None:
+            self._unlock()
+            self._unlock = None
 
     def held(self) -> bool:
         """Whether the folder holds a run's shards (a run.json and shard files beside it), refused by
@@ -189,56 +276,81 @@ class ShardStore:
             f"or delete {self.folder} to start over")
 
     def load(self, shard: Shard) -> Optional[dict]:
-        """The finished shard's record (``x``, ``nfe``, ...), or ``None`` when it is not there or unreadable."""
+        """The finished shard's record (``x``, ``nfe``, ...), or ``None`` when it is not there, unreadable or
+        its checksum fails (said on stderr; the next run solves it again)."""
         path = self.path(shard.k)
         if not os.path.exists(path):
             return None
         try:
             rec = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:               # a damaged file (a disk full, an edit): solve that shard again
+        except Exception as err:        # a damaged file (a disk full, an edit): solve that shard again
+            _note(f"{path} cannot be read ({type(err).__name__}); run the same command to solve shard {shard.k} "
+                  f"again")
             return None
-        return self._checked(path, shard, rec)
+        why = self._damage(path, shard, rec)
+        if why:
+            _note(f"{path} {why}; run the same command to solve shard {shard.k} again")
+            return None
+        return rec
 
     def peek(self, shard: Shard) -> bool:
-        """Whether the shard is finished, checked without reading its samples (memory-mapped); a damaged file
-        is deleted, so the shard is solved again."""
+        """Whether the shard is finished and whole: read memory-mapped and its checksum checked; a damaged file
+        (unreadable, or a checksum that fails) is deleted, said on stderr, so the shard is solved again."""
         path = self.path(shard.k)
         if not os.path.exists(path):
             return False
         try:
             rec = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:
+            why = self._damage(path, shard, rec)
+        except InvalidParameterError:
+            raise
+        except Exception as err:
+            why = f"cannot be read ({type(err).__name__})"
+        if why:
+            _note(f"{path} {why}: solving shard {shard.k} (samples {shard.start}..{shard.stop - 1}) again")
+            rec = None                  # the memory map's file is closed before it is removed
             os.remove(path)
             return False
-        self._checked(path, shard, rec)
         return True
 
-    def _checked(self, path: str, shard: Shard, rec) -> dict:
-        if not isinstance(rec, dict) or rec.get("run") != self.key:
+    def _damage(self, path: str, shard: Shard, rec) -> Optional[str]:
+        """What is wrong with a shard record read from disk (``None``: nothing); a whole record of another run
+        or of other samples is refused."""
+        if not isinstance(rec, dict) or not isinstance(rec.get("x"), torch.Tensor):
+            return "does not hold a shard record"
+        if "sha256" not in rec:
+            return "has no checksum (written by an older sdekit)"
+        if rec["sha256"] != shard_checksum(rec):
+            return "fails its checksum (the file was changed on disk)"
+        if rec.get("run") != self.key:
             raise InvalidParameterError(f"{path} belongs to another run; delete it (or the folder {self.folder}) "
                                         "to solve that shard again")
-        x = rec.get("x")
-        if (rec.get("start"), rec.get("stop")) != (shard.start, shard.stop) or not isinstance(x, torch.Tensor) \
-                or x.shape[:1] != (shard.size,):
+        if (rec.get("start"), rec.get("stop")) != (shard.start, shard.stop) or rec["x"].shape[:1] != (shard.size,):
             raise InvalidParameterError(f"{path} does not hold samples {shard.start}..{shard.stop - 1}; delete it "
                                         "to solve that shard again")
-        return rec
+        return None
 
     def save(self, shard: Shard, x: torch.Tensor, **info) -> None:
-        """Write the shard atomically: a temporary file in the same folder, fsynced, renamed into place."""
+        """Write the shard with its checksum atomically: a temporary file in the same folder, fsynced, renamed
+        into place."""
         rec = dict(run=self.key, k=shard.k, start=shard.start, stop=shard.stop, x=x.detach().cpu().contiguous(),
                    **info)
+        rec["sha256"] = shard_checksum(rec)
         atomic_write(self.path(shard.k), lambda fh: torch.save(rec, fh))
 
     def remove(self) -> None:
-        """Delete the shard files and run.json, then the folder if nothing else is in it."""
-        for name in os.listdir(self.folder):
-            if name == "run.json" or name.startswith("shard-"):
-                os.remove(os.path.join(self.folder, name))
+        """Delete the shard files, run.json and the lock file, then the folder if nothing else is in it; then
+        release the lock."""
         try:
-            os.rmdir(self.folder)
-        except OSError:
-            pass
+            for name in os.listdir(self.folder):
+                if name in ("run.json", LOCK_FILE) or name.startswith("shard-"):
+                    os.remove(os.path.join(self.folder, name))
+            try:
+                os.rmdir(self.folder)
+            except OSError:
+                pass
+        finally:
+            self.unlock()
 
 
 # -- solving a shard ------------------------------------------------------------------------------------------
@@ -310,15 +422,36 @@ class DistContext:
 
 def dist_context(device: str, environ=None) -> DistContext:
     """Under torchrun (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK`` set): join the process group, NCCL for CUDA
-    devices and gloo otherwise; ``"cuda"`` becomes ``cuda:<LOCAL_RANK>``.  Elsewhere one process, rank 0."""
+    devices and gloo otherwise; ``"cuda"`` becomes ``cuda:<LOCAL_RANK>``.  Elsewhere one process, rank 0.
+
+    Variables of a process group that are set in part (``WORLD_SIZE`` > 1 without ``RANK``, ``MASTER_ADDR`` or
+    ``MASTER_PORT``) are refused in one line that names the missing one, before any rendezvous."""
     env = os.environ if environ is None else environ
-    if "WORLD_SIZE" not in env or "RANK" not in env:
+    if "WORLD_SIZE" not in env and "RANK" not in env:
         return DistContext(device=device)
     try:
-        world, rank, local = int(env["WORLD_SIZE"]), int(env["RANK"]), int(env.get("LOCAL_RANK", 0))
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank, local = int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0"))
     except ValueError:
         raise InvalidParameterError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (torchrun sets them); "
                                     "launch with torchrun or unset them") from None
+    if world > 1:
+        missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not str(env.get(v, "")).strip()]
+        if missing:
+            raise InvalidParameterError(
+                f"WORLD_SIZE={world} is set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: "
+                f"launch with torchrun (it sets them all), set {', '.join(missing)}, or unset WORLD_SIZE and RANK "
+                f"to run on one process")
+        if not 0 <= rank < world:
+            raise InvalidParameterError(f"RANK={rank} is not in 0..{world - 1} (WORLD_SIZE={world}); launch with "
+                                        "torchrun or fix RANK")
+        try:
+            port = int(env["MASTER_PORT"])
+        except ValueError:
+            port = -1
+        if not 0 < port < 65536:
+            raise InvalidParameterError(f"MASTER_PORT={env['MASTER_PORT']!r} is not a port number (1..65535); "
+                                        "launch with torchrun or fix MASTER_PORT")
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
         device = f"cuda:{local}"

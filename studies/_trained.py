@@ -13,6 +13,7 @@ r"""A small score network trained with :func:`sdekit.losses.score_matching_loss`
 
 import json
 import math
+import numbers
 import os
 import time
 from typing import Callable
@@ -21,10 +22,12 @@ import torch
 
 from sdekit import InvalidParameterError, ShapeError, StudyProblem, SubVPSDE, VESDE, VPSDE
 from sdekit.adapters import Adapter, load_checkpoint
+from sdekit.adapters._loading import corrupt_checkpoint
 from sdekit.losses import nll_bound, score_matching_loss
 
 __all__ = ["ScoreMLP", "TrainResult", "train_score_model", "save_model", "load_model", "trained_problem",
-           "MODEL_FORMAT", "sde_spec", "sde_from_spec", "load_points"]
+           "MODEL_FORMAT", "sde_spec", "sde_from_spec", "load_points", "check_points", "check_seed",
+           "derived_seed"]
 
 #: The ``format`` entry of a saved model's metadata.
 MODEL_FORMAT = "sdekit.score_mlp/1"
@@ -90,9 +93,10 @@ def sde_from_spec(spec: dict):
 
 
 # -- data -------------------------------------------------------------------------------------------------------
-def load_points(path: str) -> torch.Tensor:
+def load_points(path: str, dtype=torch.float32) -> torch.Tensor:
     """Points ``(n, *event_shape)`` from a ``.npz`` (array ``x``, or its only array) or a ``.pt`` file (a tensor,
-    or a dict with ``x``), read without pickles; float64, finite, at least 2 points."""
+    or a dict with ``x``), read without pickles; float64, finite, at least 2 points, and within the range of
+    ``dtype``, the precision the network trains in (float32 by default)."""
     if not isinstance(path, str) or not path.endswith((".npz", ".pt")):
         raise InvalidParameterError(f"data must be a .npz or .pt file of points (n, d), got {path!r}")
     if not os.path.isfile(path):
@@ -106,8 +110,10 @@ def load_points(path: str) -> torch.Tensor:
                 if key is None:
                     raise InvalidParameterError(f"{path} holds arrays {keys}; name the points 'x'")
                 x = torch.as_tensor(f[key])
-        except (ValueError, OSError) as err:
-            raise InvalidParameterError(f"cannot read {path} as .npz ({' '.join(str(err).split())})") from None
+        except (ValueError, OSError, EOFError, KeyError) as err:
+            raise InvalidParameterError(f"cannot read {path} as .npz ({type(err).__name__}: "
+                                        f"{' '.join(str(err).split())[:160]}); it may be truncated or corrupted: "
+                                        f"save it again with numpy.savez") from None
     else:
         obj = load_checkpoint(path)
         x = obj.get("x") if isinstance(obj, dict) else obj
@@ -118,9 +124,43 @@ def load_points(path: str) -> torch.Tensor:
         raise ShapeError(f"data in {path} must be real points of shape (n, d) with n >= 2, got shape "
                          f"{tuple(x.shape)} and dtype {x.dtype}")
     x = x.to(torch.float64)
-    if not bool(torch.isfinite(x).all()):
-        raise InvalidParameterError(f"data in {path} has non-finite entries; remove them")
+    check_points(x, f"data in {path}", dtype)
     return x
+
+
+def check_points(x, what="the data", dtype=torch.float32):
+    """Refuse points with inf or NaN, or with values beyond the range of ``dtype`` (they would become inf when the
+    network trains in it): a one-line :class:`sdekit.InvalidParameterError` that says which and where."""
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = (~finite).reshape(x.shape[0], -1).any(1)
+        first = int(bad.nonzero()[0, 0])
+        value = float(x[first].reshape(-1)[~finite[first].reshape(-1)][0])
+        raise InvalidParameterError(f"{what} has non-finite entries ({value} in {int(bad.sum())} of {x.shape[0]} "
+                                    f"points, the first at index {first}); remove or repair those points")
+    limit = torch.finfo(dtype).max if dtype.is_floating_point else math.inf
+    top = float(x.abs().max()) if x.numel() else 0.0
+    if top > limit:
+        raise InvalidParameterError(f"{what} has values up to {top:.3g}, beyond {str(dtype)[6:]}'s range "
+                                    f"(±{limit:.3g}) that the network trains in, where they become inf; rescale the "
+                                    f"data (standardise each coordinate to about unit scale)")
+
+
+#: Seeds are 64-bit: torch.Generator.manual_seed takes 0 .. 2**64 - 1.
+SEED_LIMIT = 2 ** 64
+
+
+def check_seed(seed) -> int:
+    """``seed`` as an int, refused unless it is an integer in ``0 .. 2**64 - 1`` (a 64-bit generator seed)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
+        raise InvalidParameterError(f"seed must be an integer in 0 .. 2**64 - 1 = {SEED_LIMIT - 1} (a 64-bit "
+                                    f"generator seed), got {seed!r}")
+    return int(seed)
+
+
+def derived_seed(seed: int, k: int) -> int:
+    """The ``k``-th seed derived from ``seed`` (``seed + k``), wrapped into the 64-bit range."""
+    return (int(seed) + k) % SEED_LIMIT
 
 
 # -- training ---------------------------------------------------------------------------------------------------
@@ -151,6 +191,7 @@ def train_score_model(sample_data: Callable, sde, event_shape=(2,), *, predictio
     for name, v in dict(steps=steps, batch=batch, log_every=log_every).items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise InvalidParameterError(f"{name} must be a positive integer, got {v!r}")
+    seed = check_seed(seed)
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)) or not (0 <= ema < 1):
         raise InvalidParameterError(f"need lr > 0 and 0 <= ema < 1, got lr={lr!r}, ema={ema!r}")
     torch.manual_seed(seed)
@@ -170,11 +211,20 @@ def train_score_model(sample_data: Callable, sde, event_shape=(2,), *, predictio
     losses, running, start = [], 0.0, time.perf_counter()
     try:
         for k in range(steps):
-            x0 = sample_data(batch, gen).to(device=device, dtype=dtype)
+            raw = sample_data(batch, gen)
+            if not isinstance(raw, torch.Tensor):
+                raise ShapeError(f"the data sampler returned {type(raw).__name__}; it must return a tensor of "
+                                 f"points (n, *event_shape)")
+            x0 = raw.to(device=device, dtype=dtype)
             if x0.shape[1:] != tuple(event_shape):
                 raise ShapeError(f"the data sampler returned points of shape {tuple(x0.shape[1:])}, "
                                  f"the model expects {tuple(event_shape)}")
-            loss = score_matching_loss(sde, model, x0, weighting=weighting, t_sampler=t_sampler, generator=gen)
+            try:
+                loss = score_matching_loss(sde, model, x0, weighting=weighting, t_sampler=t_sampler, generator=gen)
+            except InvalidParameterError:
+                if raw.is_floating_point():          # say why the batch is not finite: inf/NaN, or beyond dtype
+                    check_points(raw.detach(), "the data sampler's batch", dtype)
+                raise
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -221,12 +271,15 @@ def save_model(path: str, model: Adapter, **info) -> str:
 
 def load_model(path: str, dtype=None, device="cpu"):
     """``(adapter, metadata)`` from a file :func:`save_model` wrote; ``metadata['info']`` is a dict."""
-    from safetensors import safe_open
-    state = load_checkpoint(path)           # refuses a missing file; reads tensors only
+    from safetensors import SafetensorError, safe_open
     if not str(path).endswith(".safetensors"):
         raise InvalidParameterError(f"{path} is not a .safetensors model written by sdekit train")
-    with safe_open(path, framework="pt") as f:
-        meta = dict(f.metadata() or {})
+    state = load_checkpoint(path)           # refuses a missing, truncated or garbled file; reads tensors only
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except SafetensorError as err:          # pragma: no cover - load_checkpoint has read the same header
+        raise corrupt_checkpoint(path, err) from None
     if meta.get("format") != MODEL_FORMAT:
         raise InvalidParameterError(f"{path} is not an sdekit score model (metadata format "
                                     f"{meta.get('format')!r}, expected {MODEL_FORMAT!r}); train one with sdekit train")

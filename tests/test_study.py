@@ -121,13 +121,15 @@ def test_torchsde_rows_read_the_reference_path():
 
 
 def test_native_rows_use_the_keyed_path_of_their_seed():
-    """A native SDE row's samples are those of solve(seed=seed): the keyed path does not depend on the grid."""
+    """A native SDE row's samples are those of a solve on the keyed path of its seed built ``refine=True`` (the
+    ancestral steps read the path, which does not depend on the grid, so the pathwise errors converge)."""
     problem = MixtureProblem()
     table = study(problem, ["sde:euler_ancestral"], [6], samples=50, seeds=[3], reference=dict(steps=16))
     x0 = problem.initial(50, torch.Generator().manual_seed(3))
-    direct = problem.sde_process().solve(x0, method="euler_ancestral", steps=6, seed=3).x
+    path = keyed_noise(problem, x0, 3)
+    assert isinstance(path, sdekit.KeyedBrownian) and path.refine and path.seed == 3
+    direct = problem.sde_process().solve(x0, method="euler_ancestral", steps=6, noise=path).x
     assert torch.equal(table.samples["sde:sdekit.euler_ancestral"], direct)
-    assert isinstance(keyed_noise(problem, x0, 3), sdekit.KeyedBrownian)
 
 
 def test_distributional_measures_have_floors_and_verdicts():

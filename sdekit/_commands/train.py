@@ -29,7 +29,7 @@ def add_parser(sub):
     p.add_argument("--lr", type=float, default=2e-3, help="Adam's learning rate, decayed to 0 (default 2e-3)")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="0 .. 2**64 - 1 (default 0)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default 1 on the CPU)")
     p.add_argument("--out", default="model.safetensors", help="the model file (default model.safetensors)")
@@ -53,8 +53,11 @@ def _check(args):
     for name in ("steps", "batch", "width", "depth"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1")
-    if args.seed < 0 or not args.lr > 0:
-        raise UsageError("need --seed >= 0 and --lr > 0")
+    if not 0 <= args.seed < 2 ** 64:
+        raise UsageError(f"--seed must be an integer in 0 .. 2**64 - 1 = {2 ** 64 - 1} (a 64-bit generator seed), "
+                         f"got {args.seed}")
+    if not 0 < args.lr < float("inf"):
+        raise UsageError(f"--lr must be a positive finite number, got {args.lr}")
     if not args.out.endswith(".safetensors"):
         raise UsageError(f"--out must end in .safetensors, got {args.out!r}")
     _device(args.device)
@@ -62,7 +65,8 @@ def _check(args):
 
 def run(args) -> int:
     from sdekit.studies import SDES, MixtureProblem
-    from sdekit.studies._trained import evaluate_bound, load_model, load_points, save_model, train_score_model
+    from sdekit.studies._trained import (derived_seed, evaluate_bound, load_model, load_points, save_model,
+                                         train_score_model)
     from sdekit.losses import score_matching_loss
     _check(args)
     sde = SDES[args.sde]()
@@ -71,7 +75,7 @@ def run(args) -> int:
     torch.set_num_threads(threads)
     try:
         if args.data:
-            points = load_points(args.data)
+            points = load_points(args.data, torch.float32)     # the network trains in float32
             perm = torch.randperm(points.shape[0], generator=torch.Generator().manual_seed(args.seed))
             held = max(1, points.shape[0] // 10)
             test, train = points[perm[:held]], points[perm[held:]]
@@ -87,7 +91,7 @@ def run(args) -> int:
             def sample(n, gen):
                 return mixture.sample(n, t=0.0, generator=gen, device=gen.device)
             data_name, shape, exact = "mixture-2d", (2,), mixture
-            test = mixture.sample(4000, t=0.0, generator=torch.Generator().manual_seed(args.seed + 1))
+            test = mixture.sample(4000, t=0.0, generator=torch.Generator().manual_seed(derived_seed(args.seed, 1)))
         _say(args.quiet, f"training a score MLP ({args.depth} x {args.width}, predicts {args.prediction}) on "
                          f"{data_name} under {sde!r}: {args.steps} steps of {args.batch}, weighting "
                          f"{args.weighting}, t {args.t_sampler}; threads {threads} ({why})")
@@ -103,11 +107,11 @@ def run(args) -> int:
                     nll_bound=bound.mean, nll_bound_se=bound.mean_se, **result.settings)
         line = f"held-out likelihood bound {bound.mean:.4f} ± {1.96 * bound.mean_se:.2g} nats"
         if exact is not None:
-            xe = exact.sample(test.shape[0], t=sde.eps, generator=torch.Generator().manual_seed(args.seed + 2))
+            xe = exact.sample(test.shape[0], t=sde.eps, generator=torch.Generator().manual_seed(derived_seed(args.seed, 2)))
             ent = -exact.log_prob(xe, sde.eps)
             h, h_se = float(ent.mean()), float(ent.std()) / ent.numel() ** 0.5
             floor = score_matching_loss(sde, exact.score, test, weighting=args.weighting, t_sampler=args.t_sampler,
-                                        reduce="none", generator=torch.Generator().manual_seed(args.seed + 3))
+                                        reduce="none", generator=torch.Generator().manual_seed(derived_seed(args.seed, 3)))
             f, f_se = float(floor.mean()), float(floor.std()) / floor.numel() ** 0.5
             info.update(entropy=h, entropy_se=h_se, loss_floor=f, loss_floor_se=f_se)
             line += (f" (the data's entropy H(p_eps) is {h:.4f} ± {1.96 * h_se:.2g}); the exact score's loss is "

@@ -13,7 +13,7 @@ import torchdiffeq
 
 from .._errors import ArgumentTypeError, MethodArgumentError, SolveError
 from .._evaluator import finite_rows
-from .._solution import Result, Solution
+from .._solution import STATUS, PerSample, Result, Solution
 
 __all__ = ["adjoint_solve"]
 
@@ -76,12 +76,31 @@ def adjoint_solve(aug, y0, m, t_start, t_end, rtol, atol, adjoint_params, throw,
         y, result, detail = y0, Result.DT_TOO_SMALL, f"torchdiffeq stopped: {err}"
     if y0.is_cuda:
         torch.cuda.synchronize(y0.device)
+    # the flow freezes a sample whose field went non-finite (so that the others finish) and the evaluator
+    # records it: those samples failed although their rows stayed finite
     failed = ~finite_rows(y.detach())
-    if result is Result.SUCCESS and bool(failed.any()):
-        result, detail = Result.NON_FINITE, f"samples {failed.nonzero().flatten().tolist()[:8]} went non-finite"
-    sol = Solution(x=y, t=t_end if result is Result.SUCCESS else t_start, nfe=bound.evaluator.nfe, method=m.name,
+    record = bound.evaluator.first_non_finite()
+    if record is not None:
+        failed = failed | record.failed.to(failed.device)
+    reached = result is Result.SUCCESS
+    if reached and bool(failed.any()):
+        rows = failed.nonzero().flatten().tolist()
+        shown = ", ".join(str(r) for r in rows[:8]) + (", ..." if len(rows) > 8 else "")
+        cause = "" if record is None else (f": {bound.evaluator.name} or its divergence went non-finite first at "
+                                           f"t={record.time:.6g} (evaluation {record.evaluation})")
+        result = Result.NON_FINITE
+        detail = f"samples [{shown}] ({len(rows)} of {len(failed)}) went non-finite{cause}, the others reached T"
+    n, dev = y.shape[0], y.device
+    # each sample's status: SUCCESS where the solve reached T, else the solve's code; NON_FINITE where it failed
+    status = torch.full((n,), 0 if reached else STATUS.index(result), dtype=torch.int8, device=dev)
+    status = torch.where(failed.to(dev), STATUS.index(Result.NON_FINITE), status).to(torch.int8)
+    per_sample = PerSample(nfe=torch.full((n,), bound.evaluator.nfe, dtype=torch.int64, device=dev), status=status,
+                           t=torch.full((n,), float(t_end if reached else t_start), dtype=torch.float64, device=dev),
+                           steps=torch.full((n,), func.accepted, dtype=torch.int64, device=dev),
+                           rejected=torch.full((n,), func.rejected, dtype=torch.int64, device=dev))
+    sol = Solution(x=y, t=t_end if reached else t_start, nfe=bound.evaluator.nfe, method=m.name,
                    backend="torchdiffeq", wall_time=time.perf_counter() - start, result=result, detail=detail,
-                   failed=failed, steps=func.accepted, rejected=func.rejected)
+                   failed=failed, steps=func.accepted, rejected=func.rejected, per_sample=per_sample)
     if throw and result is not Result.SUCCESS:
         raise SolveError(f"{m.name} (adjoint) did not finish: {detail}; {result.message}", sol)
     return sol

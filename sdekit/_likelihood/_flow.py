@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 import torch
 
 from .._errors import ScoreFunctionError, ShapeError
+from .._evaluator import finite_rows
 from .._process import ProbabilityFlowODE
 from ._divergence import divergence
 
@@ -125,4 +126,10 @@ class AugmentedFlow(ProbabilityFlowODE):
             v, div = v.detach(), div.detach()
         if self.weight != 1.0:
             div = div * self.weight
-        return torch.cat([v.reshape(batch, self.dim), div.T.to(v.dtype)], 1)
+        out = torch.cat([v.reshape(batch, self.dim), div.T.to(v.dtype)], 1)
+        # A sample whose field went non-finite (the score, or only its divergence) is recorded as failed and
+        # frozen: its derivative is 0, so a solver that refuses a non-finite state (torchdiffeq, scipy, the
+        # adjoint) integrates the other samples to the end; log_likelihood gives the failed ones NaN.
+        ok = finite_rows(out)
+        self.evaluator.mark_non_finite(~ok, t)
+        return torch.where(ok[:, None], out, torch.zeros((), dtype=out.dtype, device=out.device))

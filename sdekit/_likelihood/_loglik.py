@@ -19,6 +19,7 @@ import torch
 from .._errors import ArgumentTypeError, InvalidParameterError, MethodArgumentError, ShapeError
 from .._methods import lookup, methods
 from .._process import ProbabilityFlowODE
+from .._solution import Result
 from .._solve import DEFAULT_ATOL, DEFAULT_RTOL, solve
 from ._adjoint import adjoint_solve
 from ._divergence import draw_probes, resolve_divergence
@@ -180,11 +181,29 @@ def log_likelihood(flow: ProbabilityFlowODE, x: torch.Tensor, method: str = "dop
     flow.evaluator.nfe += sol.nfe
     z, delta = aug.split(sol.x)
     prior = _prior_logp(sde, z)
+    lost = _not_integrated(sol)
+    if lost is not None:   # throw=False after a failure: what was not integrated to T is NaN, never a number
+        z = torch.where(lost.view((-1,) + (1,) * (z.dim() - 1)), math.nan, z)
+        delta = torch.where(lost, math.nan, delta)
+        prior = torch.where(lost, math.nan, prior)
     k = delta.shape[0]
     delta_mean = delta.mean(0)
     stderr = delta.std(0) / math.sqrt(k) if k > 1 else None
     return Likelihood(log_likelihood=prior + delta_mean, prior_logp=prior, delta_logp=delta_mean, stderr=stderr,
                       z=z, dim=dim, divergence=kind, probes=k, solution=sol)
+
+
+def _not_integrated(sol):
+    """The samples that did not reach ``T`` with finite values, a boolean ``(batch,)`` tensor, or ``None`` if none:
+    each sample's status where the backend gives one, and the samples it flags as failed."""
+    lost = sol.failed
+    status = None if sol.per_sample is None else sol.per_sample.status
+    if status is not None:
+        status = status.to(sol.x.device) != 0        # 0: it reached t_end (sdekit._solution.STATUS)
+        lost = status if lost is None else lost.to(sol.x.device) | status
+    elif sol.result is not Result.SUCCESS:
+        lost = torch.ones(sol.x.shape[0], dtype=torch.bool, device=sol.x.device)
+    return lost
 
 
 def _prior_logp(sde, z):

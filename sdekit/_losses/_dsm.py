@@ -60,11 +60,23 @@ def _model_residual(sde, model, x_t, t, noise, sigma64):
             raise ScoreFunctionError(f"the model returned {got} for x of shape {tuple(x_t.shape)}; a score model "
                                      f"must return a tensor shaped like x (or wrap the network in "
                                      f"sdekit.adapters.Adapter with its prediction)")
+        if not out.is_floating_point():
+            raise ScoreFunctionError(f"the model returned a {out.dtype} tensor; a score model must return real "
+                                     f"floating-point values (an integer or boolean output would be cast silently)")
+        if out.device != x_t.device:
+            raise ShapeError(f"the model returned a tensor on {out.device} for x on {x_t.device}; keep the model "
+                             f"and the data on one device")
         residual = out + noise / per_sample(sigma64.to(x_t.dtype), x_t)
         scale = None
     sq = residual.pow(2).sum(dim=tuple(range(1, x_t.dim())))      # x0 has event dimensions: check_data
     if not bool(torch.isfinite(sq).all()):
         bad = (~torch.isfinite(sq)).nonzero()[0, 0]
+        if bool(torch.isfinite(out[bad]).all()):        # finite output, infinite squared error: the data's scale
+            big = float(torch.maximum(out[bad].detach().abs().max(), x_t[bad].abs().max()))
+            raise InvalidParameterError(
+                f"the squared error of the loss overflows {str(x_t.dtype)[6:]} at t = {float(t[bad]):.6g}: the state and the "
+                f"model's output reach {big:.3g}; rescale the data (standardise it to about unit scale) or train "
+                f"in float64")
         raise ScoreFunctionError(f"the model returned non-finite values at t = {float(t[bad]):.6g}; check the "
                                  f"network (and eps: scores grow like 1/sigma(t) near t = 0)")
     return sq if scale is None else scale * sq

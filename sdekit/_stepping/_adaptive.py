@@ -42,13 +42,14 @@ import torch
 
 from .._errors import InvalidParameterError, MethodArgumentError
 from .._methods._base import Outcome
+from .._evaluator import finite_rows
 from .._solution import STATUS, Result
 from ._loop import _noise, denoise_and_frame
 
 SYNC_EVERY = 2
 _RUNNING = -1
-_SUCCESS, _MAX_STEPS, _DT_TOO_SMALL = (STATUS.index(r) for r in (Result.SUCCESS, Result.MAX_STEPS,
-                                                                    Result.DT_TOO_SMALL))
+_SUCCESS, _MAX_STEPS, _NON_FINITE, _DT_TOO_SMALL = (STATUS.index(r) for r in (
+    Result.SUCCESS, Result.MAX_STEPS, Result.NON_FINITE, Result.DT_TOO_SMALL))
 _LAST = 1.01          # a step within 1% of the distance left goes all the way (no sliver steps)
 _ATTEMPTS = 4         # the most attempts a sample makes: this many times max_steps
 
@@ -148,9 +149,13 @@ class _Loop:
         else:
             h = st.initial_step(a["x"], a["t"], pb.t_end, carry)
         h = h.detach().to(torch.float64)
-        a["h"] = h.min().expand_as(h).clone() if self.shared else h
+        # a sample whose first evaluations (the carry, the initial step's) went non-finite stops here
+        bad = self._failed(~torch.isfinite(h))
+        a["status"] = torch.where(bad, _NON_FINITE, a["status"]).to(torch.int8)
+        h = torch.where(bad, 1.0, h)
+        a["h"] = torch.where(bad, math.inf, h).min().expand_as(h).clone() if self.shared else h
         a["prev"] = torch.ones(self.n, **self.f64)
-        self._count(a, before, a["status"] == _RUNNING)
+        self._count(a, before, torch.ones_like(bad))
         iteration = 0
         a, carry, next_read = self._read(a, carry)
         while next_read:
@@ -178,12 +183,17 @@ class _Loop:
         before = self.evaluator.nfe
         x_new, err, carry_new = st.attempt(x, t, t_next, carry, iteration)
         self._count(a, before, running)
+        # a sample with a non-finite evaluation in this attempt (a stage, one only in the error estimate, its
+        # state) stops here, with its last accepted state, counts and time; the others go on
+        bad = running & self._failed(None)
+        ok = running & ~bad
         err = err.detach().to(torch.float64)     # step sizes are not differentiated (as diffrax's controllers)
         if self.shared:
-            live = running.to(torch.float64)
-            err = torch.sqrt((torch.where(running, err, 0.0) ** 2).sum() / live.sum().clamp_min(1)).expand_as(err)
-        accepted = running & (err <= 1)
-        rejected = running & ~accepted
+            live = ok.to(torch.float64)
+            err = torch.sqrt((torch.where(ok, err, 0.0) ** 2).sum() / live.sum().clamp_min(1)).expand_as(err)
+        # a state that overflowed is not accepted (its error ratio can read 0 against an infinite scale)
+        accepted = ok & (err <= 1) & finite_rows(x_new)
+        rejected = ok & ~accepted
         keep = accepted.view((-1,) + (1,) * (x.dim() - 1))
         a["x"] = torch.where(keep, x_new, x)
         carry = {k: torch.where(accepted.view((-1,) + (1,) * (v.dim() - 1)), carry_new[k], v)
@@ -193,7 +203,7 @@ class _Loop:
         proposed = self.controller.propose(h_try, err, a["prev"], accepted)
         # a step cut short to land on a target (a save_at time) does not shrink the next one
         proposed = torch.where(accepted & last, torch.maximum(proposed, h), proposed)
-        a["h"] = torch.where(running, proposed, h)
+        a["h"] = torch.where(ok, proposed, h)
         a["prev"] = torch.where(accepted & ~(last & (h_try < h)), err, a["prev"])   # a cut step's error: not kept
         a["steps"] = a["steps"] + accepted
         a["rejected"] = a["rejected"] + rejected
@@ -203,13 +213,21 @@ class _Loop:
             self.path.index_put_((slot, self.rows), a["x"])
         reached = hit & (j == self.last_target)
         a["j"] = torch.where(hit, (j + 1).clamp_max(self.last_target), j)
-        status = a["status"]
+        status = torch.where(bad, _NON_FINITE, a["status"])
         status = torch.where(reached, _SUCCESS, status)
         tiny = rejected & ((t_next - t).abs() <= self.floor)
         status = torch.where(tiny & (status == _RUNNING), _DT_TOO_SMALL, status)
         out_of_steps = (a["steps"] >= self.max_steps) | (a["steps"] + a["rejected"] >= _ATTEMPTS * self.max_steps)
         a["status"] = torch.where(out_of_steps & (status == _RUNNING), _MAX_STEPS, status).to(torch.int8)
         return carry
+
+    def _failed(self, also):
+        """The active samples that went non-finite: those the evaluator recorded (any of their evaluations so
+        far: an output, a state handed to the model, a time) and ``also`` (a mask or ``None``); no host sync."""
+        got = self.evaluator.failed_rows(self.rows)
+        if got is None:
+            got = torch.zeros(self.rows.shape, dtype=torch.bool, device=self.rows.device)
+        return got if also is None else got | also
 
     def _count(self, a, before, running):
         cost = self.evaluator.nfe - before        # host integers: no sync
@@ -232,7 +250,9 @@ class _Loop:
         keep = host[:-1].nonzero().flatten()
         if keep.numel() == 0:
             return a, carry, 0
-        next_read = int(min(self.k, max(1.0, math.ceil(min(float(host[-1]), 1e9) / _LAST))))
+        estimate = float(host[-1])
+        plan = math.ceil(min(estimate, 1e9) / _LAST) if math.isfinite(estimate) else self.k   # NaN: read at k
+        next_read = int(min(self.k, max(1, plan)))
         if keep.numel() < self.rows.numel():
             keep = keep.to(self.rows.device)
             a = {k: v[keep] for k, v in a.items()}
@@ -253,7 +273,8 @@ class _Loop:
         status = out["status"].cpu()
         t = out["t"].cpu()
         result, detail = Result.SUCCESS, ""
-        for code, words in ((_MAX_STEPS, f"max_steps={pb.max_steps} accepted steps"),
+        for code, words in ((_NON_FINITE, "a non-finite value (their rows of x are NaN)"),
+                            (_MAX_STEPS, f"max_steps={pb.max_steps} accepted steps"),
                             (_DT_TOO_SMALL, f"a step below dt_min={self.floor:.3g}")):
             rows = (status == code).nonzero().flatten().tolist()
             if rows and result is Result.SUCCESS:
@@ -264,7 +285,13 @@ class _Loop:
                                                        f"{words}, at t in [{float(t[rows].min()):.6g}, "
                                                        f"{float(t[rows].max()):.6g}]")
         # the time of x: t_end when every sample got there, else the time of the sample furthest from t_end
-        t_reached = float(t[(t - pb.t_end).abs().argmax()])
+        # (among those that did not go non-finite, whose rows are NaN, unless none did)
+        usable = status != _NON_FINITE
+        t_usable = t[usable] if bool(usable.any()) else t
+        t_reached = float(t_usable[(t_usable - pb.t_end).abs().argmax()])
+        # a sample that went non-finite carries NaN, not its last state, which would look like a result
+        lost = (out["status"] == _NON_FINITE).view((-1,) + (1,) * (out["x"].dim() - 1))
+        x = torch.where(lost, math.nan, out["x"])
         path = [] if self.path is None else list(self.path[:self.n_saves].unbind(0))
         per_sample = {k: out[k] for k in ("nfe", "steps", "rejected", "t")}
         per_sample["status"] = out["status"].clamp_min(0)
@@ -273,5 +300,5 @@ class _Loop:
                  "row_evaluations": self.row_evaluations, "syncs": self.syncs, "sync_every": self.k,
                  "iterations": iterations, "steps_total": int(out["steps"].sum()),
                  "rejected_total": int(out["rejected"].sum())}
-        return Outcome(out["x"], t_reached, path, steps=int(out["steps"].max()), rejected=int(out["rejected"].max()),
+        return Outcome(x, t_reached, path, steps=int(out["steps"].max()), rejected=int(out["rejected"].max()),
                        result=result, detail=detail, per_sample=per_sample, stats=stats)

@@ -10,9 +10,11 @@ before, so every torchsde row builds its own ``sdekit.brownian_motion`` from the
 its configuration alone: in any order, in any process, resumed or not, it gives the same numbers.
 
 **Results that survive.** Each finished row is appended to the JSON-lines results file (``_results``),
-flushed and fsynced before the next starts.  Every row carries the hash of the configuration that produced it
-(problem fingerprint, sample count, dtype, device type, reference, method, budget, seed, sdekit's
-version); a re-run skips the rows whose hash is there and ignores any other (stale) row.
+flushed and fsynced before the next starts, with a checksum of its payload, under a lock that lets several
+studies share one file.  Every row carries the hash of the configuration that produced it (problem
+fingerprint, sample count, dtype, device type, reference, method, budget, seed, sdekit's version); a re-run
+skips the rows whose hash is there and ignores any other (stale) row.  A row of the plan that is damaged (its
+checksum fails, it is not UTF-8, it lacks a field of :data:`REQUIRED`) is skipped with a warning and run again.
 """
 
 import json
@@ -280,6 +282,12 @@ def run_row(problem, row: Row, ctx: SeedContext, settings: Settings, test_functi
 
 
 # -- running --------------------------------------------------------------------------------
+#: The fields every row of :func:`run_row` has and a study reads back: a row of the plan in the results file
+#: without one of them is damaged (an edit, a foreign writer), skipped with a warning and run again.
+REQUIRED = ("key", "label", "method", "backend", "process", "budget", "budget_kind", "budget_value", "seed",
+            "samples", "nfe", "steps", "result", "measures", "verdict")
+
+
 def run_rows(problem, rows: List[Row], settings: Settings, test_functions, results=None, executor=None,
              progress=None, keep_samples=True):
     """Run the rows not already in ``results`` on ``executor`` (default: serially, here); returns (records in
@@ -288,8 +296,8 @@ def run_rows(problem, rows: List[Row], settings: Settings, test_functions, resul
     row, whichever executor ran the rows and in whatever order they finished."""
     from ._executors import SerialExecutor
     executor = SerialExecutor() if executor is None else executor
-    done = read_results(results)
     keys = {r.key for r in rows}
+    done = read_results(results, required=REQUIRED, keys=keys)
     stale = sum(1 for k in done if k not in keys)
     pending = [r for r in rows if r.key not in done]
     records = {r.key: done[r.key] for r in rows if r.key in done}
