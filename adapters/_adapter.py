@@ -85,7 +85,7 @@ def placement_problem(fn, x, err, name="the network"):
                 dtypes.add(tensor.dtype)
     here = str(x.device)
     first = " ".join(message.split())[:160]
-    if "meta" in devices or (module is None and "meta" in message):
+    if ("meta" in devices or module is None and "meta" in message) and _DEVICE_WORDS.search(message):
         return (f"{name} has its weights on the 'meta' device (an empty module: no values were loaded) and x is "
                 f"on {here}; load the weights before sampling (module.to_empty(device='{here}') then "
                 f"load_state_dict, or load_state_dict(state, assign=True))")
@@ -189,11 +189,15 @@ class Adapter:
         """``(network output, coefficients)`` at ``(x, t)``; ``inputs`` replace the stored ones for this call."""
         tb = _batch_times(t, x)
         c = self.coefficients(x, tb)
-        tau = self.time.to_network(tb.to(torch.float64))
+        tau = self._network_time(tb.to(torch.float64))
         tau = tau.to(x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32)
         kwargs = self.inputs if not inputs else inputs
         raw = call_network(self.network, x, self.prediction.network_state(x, c), tau, **kwargs)
         return network_output(raw, x), c
+
+    def _network_time(self, t64):
+        """The network's time input at float64 times ``(batch,)``."""
+        return self.time.to_network(t64)
 
     def __call__(self, x, t, **inputs):
         """The score :math:`\\nabla_x \\log p_t(x)` at ``(x, t)``."""

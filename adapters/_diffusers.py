@@ -7,7 +7,14 @@ integer timestep (``quantise=True``), so on a diffusers grid it sees exactly wha
 :math:`\bar\alpha = 1` (DDIM's ``set_alpha_to_one``, DPM-Solver's ``final_sigmas_type="zero"``) is the
 data prediction at the last timestep, which sdekit takes with ``options={"denoise": True}``
 (:attr:`DiffusersAdapter.final_denoise`).
+
+diffusers' sampling loop is reproduced only by :meth:`DiffusersAdapter.solve_arguments`
+(``solve(x_T, **adapter.solve_arguments(scheduler))``); a solve on sdekit's own grid (``steps=``) is the
+continuous-time probability flow of the same table, not diffusers' discrete loop, and the adapter warns once
+when the network is evaluated between the scheduler's timesteps.
 """
+
+import warnings
 
 import torch
 
@@ -57,12 +64,54 @@ class _UNet:
         return out
 
 
+#: How far (in timesteps) an evaluation may sit from an integer timestep and still count as on the scheduler's
+#: grid: float32 times of the table's own timesteps are within N * 2**-24 of them.
+OFF_GRID = 1e-2
+
+
 class DiffusersAdapter(Adapter):
     """An :class:`~sdekit.adapters.Adapter` for a diffusers UNet, with the scheduler's timestep clock.
+
+    **diffusers' discrete-time loop is reproduced only through** :meth:`solve_arguments`::
+
+        scheduler.set_timesteps(50)
+        x = sdekit.probability_flow(adapter.sde, adapter).solve(x_T, **adapter.solve_arguments(scheduler)).x
+
+    A plain ``solve(x_T, method="ddim", steps=10)`` is sdekit's solve of the continuous probability flow of
+    the table :math:`\\bar\\alpha_n`: its times fall between diffusers' integer timesteps (the UNet sees the
+    nearest one) and it has no final step to :math:`\\bar\\alpha = 1`, so it is not diffusers' sampler (on a
+    DDIM config the two differ by more than the sample itself).  Any sdekit method on diffusers' timesteps:
+    ``grid=adapter.grid(scheduler.timesteps), options=dict(denoise=adapter.final_denoise)``.  The first time
+    the network is evaluated between the table's timesteps, the adapter says so once (a ``UserWarning``).
 
     ``final_denoise`` is true when the scheduler's last step goes to :math:`\\bar\\alpha = 1`: solve with
     ``options={"denoise": adapter.final_denoise}`` to take it.  ``config`` is the scheduler's config.
     """
+
+    def _network_time(self, t64):
+        warned = self.__dict__.setdefault("_off_grid_warned", [False])     # shared by with_inputs() views
+        if warned[0] or self.time.name != "index":
+            return self.time.to_network(t64)
+        tau, off = self.time.network_index(t64)
+        if off > OFF_GRID:
+            warned[0] = True
+            raw = self.sde.index(t64)
+            k = int((raw - torch.round(raw)).abs().argmax())
+            seen = f"sees timestep {int(tau[k])}" if self.time.quantise else "sees that fractional timestep"
+            warnings.warn(
+                f"this diffusers adapter is evaluated at t = {float(t64[k]):.6g}, timestep {float(raw[k]):.6g}, "
+                f"between its scheduler's integer timesteps (the UNet {seen}): this solve is not diffusers' "
+                f"discrete-time loop.  To reproduce the scheduler, call scheduler.set_timesteps(steps) and solve "
+                f"with sdekit.probability_flow(adapter.sde, adapter).solve(x_T, **adapter.solve_arguments("
+                f"scheduler)); for any sdekit method on diffusers' timesteps pass "
+                f"grid=adapter.grid(scheduler.timesteps).  (Said once per adapter.)", UserWarning, stacklevel=3)
+        return tau
+
+    def __repr__(self):
+        return (f"DiffusersAdapter(prediction={self.prediction.name!r}, time={self.time!r}, sde={self.sde!r}, "
+                f"final_denoise={getattr(self, 'final_denoise', None)}; diffusers' discrete-time loop is reproduced "
+                f"only by probability_flow(adapter.sde, adapter).solve(x_T, **adapter.solve_arguments(scheduler)) "
+                f"after scheduler.set_timesteps(steps))")
 
     def grid(self, timesteps) -> torch.Tensor:
         """sdekit times (float64, decreasing) for a diffusers timestep sequence (a tensor, list or scheduler).
@@ -155,6 +204,15 @@ def from_diffusers(unet, scheduler, quantise: bool = True, inputs=None) -> Diffu
 
     sdekit does not clip or threshold :math:`\\hat x_0` (``clip_sample``, ``thresholding``): configure the
     scheduler without them to compare with diffusers.
+
+    **diffusers' discrete timesteps are reproduced only through** :meth:`DiffusersAdapter.solve_arguments`::
+
+        scheduler.set_timesteps(50)
+        x = sdekit.probability_flow(adapter.sde, adapter).solve(x_T, **adapter.solve_arguments(scheduler)).x
+
+    ``solve(x_T, method="ddim", steps=10)`` solves the continuous flow of the same table on sdekit's own grid:
+    between diffusers' timesteps and without its final step, so far from diffusers' DDIM (the adapter warns
+    once when that happens).
     """
     config = _config(scheduler)
     prediction = config.get("prediction_type", "epsilon")

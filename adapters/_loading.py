@@ -93,7 +93,8 @@ def load_weights(module: torch.nn.Module, path, strict: bool = True, key=None) -
     try:
         module.load_state_dict(state, strict=strict)
     except RuntimeError as err:
-        raise InvalidParameterError(f"{path} does not fit the {type(module).__name__}: "
-                                    f"{' '.join(str(err).split())[:300]}; build the module with the checkpoint's "
-                                    f"architecture (or pass strict=False to skip missing and unexpected keys)") from None
+        detail = " ".join(str(err).split())[:300]
+        raise InvalidParameterError(f"{path} does not fit the {type(module).__name__}: {detail}; build the module "
+                                    f"with the checkpoint's architecture (or pass strict=False to skip missing and "
+                                    f"unexpected keys)") from None
     return module

@@ -58,16 +58,7 @@ class TimeConvention:
         elif name == "scaled":
             tau = self.scale * t64
         elif name == "index":
-            tau = self.sde.index(t64)
-            if self.quantise:
-                tau = torch.round(tau)
-            lo = 0 if self.quantise else -1
-            # one host sync per network call (reading the range), the price of refusing a time off the table
-            if tau.numel() and (float(tau.min()) < lo or float(tau.max()) > self.sde.n - 1 + 1e-9):
-                raise InvalidParameterError(
-                    f"time t in [{float(t64.min()):.6g}, {float(t64.max()):.6g}] maps to timesteps "
-                    f"[{float(tau.min()):.6g}, {float(tau.max()):.6g}], outside the table 0..{self.sde.n - 1}; "
-                    f"keep t in [{self.sde.eps:.6g}, 1] (eps = 1/N is the first trained timestep)")
+            tau = self.network_index(t64)[0]
         elif name == "sigma":
             tau = torch.exp(self._log_sigma(t64))
         elif name == "log_sigma":
@@ -75,6 +66,25 @@ class TimeConvention:
         else:
             tau = 0.25 * self._log_sigma(t64)
         return tau.to(t.dtype)
+
+    def network_index(self, t64: torch.Tensor):
+        """``(tau, off)`` for the ``"index"`` convention: the timesteps of float64 times ``t64`` (rounded when
+        quantised, float64), and ``off``, the largest distance of an unrounded timestep from an integer (0 on the
+        table's own timesteps).  Times off the table are refused."""
+        raw = self.sde.index(t64)
+        tau = torch.round(raw) if self.quantise else raw
+        lo = 0 if self.quantise else -1
+        if not tau.numel():
+            return tau, 0.0
+        # one host read per network call (the range and the distance to the grid together), the price of
+        # refusing a time off the table
+        low, high, off = torch.stack([tau.min(), tau.max(), (raw - torch.round(raw)).abs().max()]).tolist()
+        if low < lo or high > self.sde.n - 1 + 1e-9:
+            raise InvalidParameterError(
+                f"time t in [{float(t64.min()):.6g}, {float(t64.max()):.6g}] maps to timesteps "
+                f"[{low:.6g}, {high:.6g}], outside the table 0..{self.sde.n - 1}; "
+                f"keep t in [{self.sde.eps:.6g}, 1] (eps = 1/N is the first trained timestep)")
+        return tau, off
 
     def from_network(self, tau: torch.Tensor) -> torch.Tensor:
         """The sdekit time of network time inputs ``tau``: the inverse of :meth:`to_network` (on the table's

@@ -2,7 +2,8 @@ r"""Step-size control shared by every adaptive loop that sdekit runs itself, and
 
 The error of a step is the RMS over all entries of :math:`(y_1 - y_2)/(\text{atol} + \text{rtol}\max(|y_1|, |y_2|))`,
 where :math:`y_1, y_2` are two estimates of the same step (one full step against two half steps).
-A step is accepted when the error is at most 1; the next step is
+A sample whose estimates are not finite is left out of the RMS (it failed; the evaluator records it and the solve
+reports it), so that it does not stop the batch.  A step is accepted when the error is at most 1; the next step is
 :math:`h\,\min(\text{fac}_{max}, \max(\text{fac}_{min}, 0.9\,\text{err}^{-1/(p+1)}))` for a method of order :math:`p`.
 """
 

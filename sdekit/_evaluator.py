@@ -6,7 +6,10 @@ the host without a synchronisation), counts the evaluations (NFE), and keeps, pe
 first evaluation at which something went non-finite: the function's output, the state handed to
 it, or the time a method asked for.  The record is a few tensors of shape ``(batch,)`` updated on
 the device and read once, at the end of a solve, and a host list with one entry per solver step (the call
-at which the step began); it does not grow with the number of calls.
+at which the step began); it does not grow with the number of calls.  A loop reads the record of its running
+samples on the device (:meth:`Evaluator.failed_rows`) to stop a sample that went non-finite, and a caller that
+computes more from the output (a likelihood's divergence) adds its own non-finite rows
+(:meth:`Evaluator.mark_non_finite`).
 """
 
 import bisect
@@ -226,3 +229,15 @@ class Evaluator:
         cause = _TIME if math.isnan(time) else int((first[at] & 3).max())
         return NonFiniteRecord(k, step, time, samples, CAUSES[cause],
                                failed.to(self._first.device))
+
+
+def freeze_failed(evaluator, out: torch.Tensor) -> torch.Tensor:
+    """``out`` (a drift, shape ``(batch, ...)``) with the rows of failed samples set to zero: those non-finite now
+    or already in ``evaluator``'s record.  A solver that steps the whole batch at once then integrates the other
+    samples to the end while the failed ones stand still, flagged by the record (no host sync)."""
+    bad = ~finite_rows(out)
+    failed = evaluator.failed_rows()
+    if failed is not None and failed.shape == bad.shape:
+        bad = bad | failed.to(bad.device)
+    return torch.where(bad.view((-1,) + (1,) * (out.dim() - 1)), torch.zeros((), dtype=out.dtype, device=out.device),
+                       out)

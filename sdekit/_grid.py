@@ -49,7 +49,8 @@ def log_snr_grid(sde, steps: int, t_start: Optional[float] = None, t_end: Option
 
     **Arguments**
 
-    - ``sde``: a :class:`sdekit.LinearSDE` with closed-form ``log_alpha`` and ``sigma``.
+    - ``sde``: any :class:`sdekit.LinearSDE` (closed-form ``log_alpha`` and ``sigma``, or the moments of its
+      ``drift_coef`` and ``diffusion_coef`` solved numerically: ``sde.log_alpha_sigma``).
     - ``steps``: the number of steps, a positive integer.
     - ``t_start``, ``t_end``: default ``sde.T`` and ``sde.eps``; either direction, both in ``[0, T]``
       where :math:`\sigma > 0` (so not ``t = 0``).
@@ -78,7 +79,8 @@ def karras_grid(sde, steps: int, rho: float = 7.0, t_start: Optional[float] = No
 
     **Arguments**
 
-    - ``sde``: a :class:`sdekit.LinearSDE` with closed-form ``log_alpha`` and ``sigma``.
+    - ``sde``: any :class:`sdekit.LinearSDE` (closed-form ``log_alpha`` and ``sigma``, or the moments of its
+      ``drift_coef`` and ``diffusion_coef`` solved numerically: ``sde.log_alpha_sigma``).
     - ``steps``: the number of steps, a positive integer.
     - ``rho``: :math:`\rho > 0` (default 7); larger concentrates steps at low noise.
     - ``t_start``, ``t_end``: default ``sde.T`` and ``sde.eps``; either direction, both in ``[0, T]``
@@ -174,9 +176,9 @@ def _schedule_span(sde, t_start, t_end, name):
         raise InvalidParameterError(f"t_start and t_end are both {t_start}; a grid needs two distinct times")
     try:
         lam = sde.log_snr(torch.tensor([t_start, t_end], dtype=torch.float64))
-    except NotImplementedError:
-        raise InvalidParameterError(f"{name} needs closed-form log_alpha(t) and sigma(t); "
-                                    f"{type(sde).__name__} does not define them") from None
+    except NotImplementedError:   # a subclass's own log_snr that gives up
+        raise InvalidParameterError(f"{name} needs the log-SNR of {type(sde).__name__}: define closed-form "
+                                    f"log_alpha(t) and sigma(t), or drift_coef(t) and diffusion_coef(t)") from None
     lam_start, lam_end = float(lam[0]), float(lam[1])
     for what, t, v in (("t_start", t_start, lam_start), ("t_end", t_end, lam_end)):
         if not math.isfinite(v):

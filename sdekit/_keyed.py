@@ -70,10 +70,10 @@ def keyed_words(seed: int, index: torch.Tensor, stream: torch.Tensor, blocks: in
 def _normals(seed: int, index: torch.Tensor, stream: torch.Tensor, size: int, dtype) -> torch.Tensor:
     r"""Standard normals ``(rows, size)`` for rows keyed by ``(index, stream)`` (int64, broadcast together).
 
-    float32: each word gives a 24-bit uniform, :math:`u = (\lfloor w / 2^8\rfloor + 1) / 2^{24}` for radii
-    (in :math:`(0, 1]`) and :math:`\lfloor w / 2^8\rfloor / 2^{24}` for angles; a block of four words gives
-    four normals.  float64: two words give a 53-bit uniform, :math:`(\lfloor w_0/2^5\rfloor 2^{26} +
-    \lfloor w_1/2^6\rfloor)/2^{53}`; a block gives two normals.  Box–Muller :math:`r = \sqrt{-2\ln u_1}`,
+    float32: each word gives a 24-bit uniform, its top 24 bits :math:`u = (\lfloor w_0 / 2^8\rfloor + 1) / 2^{24}`
+    for radii (in :math:`(0, 1]`; words 0 and 2) and its low 24 bits :math:`(w_1 \bmod 2^{24}) / 2^{24}` for
+    angles (words 1 and 3); a block of four words gives four normals.  float64: two words give a 53-bit
+    uniform, :math:`(\lfloor w_0/2^5\rfloor 2^{26} + \lfloor w_1/2^6\rfloor)/2^{53}`; a block gives two normals.  Box–Muller :math:`r = \sqrt{-2\ln u_1}`,
     :math:`z = (r\cos 2\pi u_2, r\sin 2\pi u_2)`; columns are all cosines of a lane, then all its sines.
     """
     wide = dtype == torch.float64
@@ -85,7 +85,7 @@ def _normals(seed: int, index: torch.Tensor, stream: torch.Tensor, size: int, dt
         pairs = ((_u53(w0, w1), _u53(w2, w3)),)
         scale = 2.0 ** -53
     else:
-        pairs = ((_u24(w0), _u24(w1)), (_u24(w2), _u24(w3)))
+        pairs = ((w0 >> 8, w1 & 0xFFFFFF), (w2 >> 8, w3 & 0xFFFFFF))    # words 0 and 2 have no bits above 31
         scale = 2.0 ** -24
     z = torch.empty((w0.shape[0], 2 * len(pairs) * blocks), dtype=dtype, device=w0.device)
     for k, (m1, m2) in enumerate(pairs):
@@ -96,14 +96,10 @@ def _normals(seed: int, index: torch.Tensor, stream: torch.Tensor, size: int, dt
     return z[:, :size]
 
 
-def _u24(w: torch.Tensor) -> torch.Tensor:
-    """The top 24 bits of a word (an integer in [0, 2**24))."""
-    return (w >> 8) & 0xFFFFFF
-
-
 def _u53(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
-    """53 bits from two words: the top 27 of ``hi`` and the top 26 of ``lo`` (an integer in [0, 2**53))."""
-    return (((hi >> 5) & 0x7FFFFFF) << 26) | ((lo >> 6) & 0x3FFFFFF)
+    """53 bits from two words: the top 27 of ``hi`` (an exact word: no bits above 31) and the top 26 of ``lo``'s
+    low 32 bits (an integer in [0, 2**53))."""
+    return ((hi >> 5) << 26) | ((lo >> 6) & 0x3FFFFFF)
 
 
 def _check_index(index, rows=None):

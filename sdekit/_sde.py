@@ -109,8 +109,10 @@ class LinearSDE(SDE):
     Its transition law from time 0 is :math:`N(\alpha(t) x_0, \sigma(t)^2 I)` with
     :math:`\log\alpha(t) = \int_0^t f`, :math:`\sigma(t)^2 = \alpha(t)^2 \int_0^t g^2/\alpha^2`.
     Subclasses supply :meth:`drift_coef` and :meth:`diffusion_coef`; those with a closed form
-    also supply :meth:`log_alpha` and :meth:`sigma` (``sdekit.validation`` integrates the
-    moment ODEs for the others).  The prior is :math:`N(0, \text{prior\_std}^2 I)`.
+    also supply :meth:`log_alpha` and :meth:`sigma`.  The samplers, grids and frames read the moments through
+    :meth:`log_alpha_sigma`, :meth:`log_snr` and :meth:`t_of_log_snr`, which use the closed forms when they
+    exist and otherwise solve the moment ODEs numerically (:class:`_NumericalMoments`), so they serve any
+    linear SDE.  The prior is :math:`N(0, \text{prior\_std}^2 I)`.
     """
 
     prior_std = 1.0
@@ -245,6 +247,246 @@ class LinearSDE(SDE):
         n = z[0].numel()
         sq = z.reshape(z.shape[0], -1).pow(2).sum(1)
         return -0.5 * n * math.log(2 * math.pi * self.prior_std ** 2) - 0.5 * sq / self.prior_std ** 2
+
+
+def _check_log_snr_range(lam64, low, high, T, slack=0.0):
+    """Refuse log-SNR values outside ``[low, high]``, each end widened by ``slack`` times its size (at least 1)."""
+    low -= slack * max(1.0, abs(low)) if math.isfinite(low) else 0.0
+    high += slack * max(1.0, abs(high)) if math.isfinite(high) else 0.0
+    if lam64.numel() and (float(lam64.min()) < low or float(lam64.max()) > high):
+        raise InvalidParameterError(
+            f"log-SNR values must lie in [{low:.6g}, {high:.6g}] (lambda over [0, T={T}]), "
+            f"got [{float(lam64.min()):.6g}, {float(lam64.max()):.6g}]"
+        )
+
+
+_EPS64 = torch.finfo(torch.float64).eps
+
+
+class _NumericalMoments:
+    r"""The transition moments of a :class:`LinearSDE` without closed forms, from its coefficients alone.
+
+    With :math:`A(t) = \log\alpha(t) = \int_0^t f` and :math:`V(t) = \int_0^t g^2 e^{-2A}` (the VE-frame variance
+    added since 0), the moment ODEs give :math:`\sigma(t)^2 = e^{2A}(\sigma_0^2 + V)` and
+    :math:`\lambda(t) = -\tfrac12\log(\sigma_0^2 + V)`, :math:`\sigma_0` the SDE's ``initial_sigma``.
+
+    :math:`[0, T]` is cut into panels: ``P`` equal ones, the first of them graded towards 0 (edges at
+    :math:`h 2^{-j}`, :math:`j \le 44`), so that :math:`V` keeps its relative precision as :math:`t \to 0`.  On each
+    panel :math:`f` and then :math:`q = g^2 e^{-2(A - A_k)}` are sampled at 12 Gauss–Legendre nodes and held as
+    their Legendre series, whose integrals from the panel's start are exact: :math:`A` and :math:`V` at any time
+    are a table value plus a short series, with no call of the coefficients.  ``P`` doubles from 64 until two
+    tables agree to 1e-11 at every edge of the finer one (in :math:`A`, and in :math:`2\lambda`), at most
+    :data:`MAX_PANELS`; about 1e-13 relative for smooth coefficients.  Computed in float64 on the CPU; a query on
+    another device costs one copy to the host and back.  The tables are rebuilt when ``T``, ``initial_sigma`` or
+    the coefficients at seven probe times change.
+    """
+
+    NODES = 12
+    GRADED = 44
+    START_PANELS = 64
+    MAX_PANELS = 1 << 15
+    AGREE = 1e-11     # two successive tables agreeing this well: accept the finer one
+    ROUGH = 1e-8      # still disagreeing this much at MAX_PANELS: refuse (coefficients too rough)
+
+    def __init__(self, sde):
+        import numpy as np
+        self.T = float(sde.T)
+        self.s0 = float(sde.initial_sigma) ** 2
+        x, w = np.polynomial.legendre.leggauss(self.NODES)
+        n = np.arange(self.NODES)
+        legendre = np.polynomial.legendre.legvander(x, self.NODES - 1)           # (node, n): P_n(x_j)
+        self.nodes = torch.from_numpy(x)
+        self.inverse_odd = 1.0 / torch.arange(3, 2 * self.NODES, 2, dtype=torch.float64)        # 1/(2n + 1), n >= 1
+        self.transform = torch.from_numpy(((2 * n + 1) / 2)[:, None] * (legendre * w[:, None]).T)   # values -> series
+        self.probe_t = torch.linspace(0.0, self.T, 7, dtype=torch.float64)
+        self.probe = self._coefficients(sde, self.probe_t)
+        panels = self.START_PANELS
+        table = self._table(sde, panels)
+        while True:
+            finer = self._table(sde, 2 * panels)
+            gap = self._gap(table, finer)
+            table, panels = finer, 2 * panels
+            if gap <= self.AGREE:
+                break
+            if 2 * panels > self.MAX_PANELS:
+                if gap > self.ROUGH:
+                    raise InvalidParameterError(
+                        f"the moments of {type(sde).__name__} do not converge (tables of {panels // 2} and {panels} "
+                        f"panels differ by {gap:.2g}): drift_coef/diffusion_coef are too rough on [0, T]; define "
+                        f"closed-form log_alpha(t) and sigma(t)")
+                break
+        self.edges, self.A, self.V, self.f_series, self.q_series = table
+        self.panels = panels
+
+    def matches(self, sde) -> bool:
+        """Whether the tables still describe ``sde`` (same T, initial sigma and coefficients at the probe times)."""
+        if float(sde.T) != self.T or float(sde.initial_sigma) ** 2 != self.s0:
+            return False
+        f, g2 = self._coefficients(sde, self.probe_t)
+        return torch.equal(f, self.probe[0]) and torch.equal(g2, self.probe[1])
+
+    # -- building ------------------------------------------------------------------------------
+    @staticmethod
+    def _coefficients(sde, t):
+        """``(f, g^2)`` at the 1-D float64 CPU times ``t``, checked."""
+        name = type(sde).__name__
+        try:
+            f, g = sde.drift_coef(t), sde.diffusion_coef(t)
+        except NotImplementedError:
+            raise InvalidParameterError(
+                f"{name} defines neither closed-form log_alpha(t) and sigma(t) nor drift_coef(t) and "
+                f"diffusion_coef(t); define one of the two pairs") from None
+        out = []
+        for what, v in (("drift_coef", f), ("diffusion_coef", g)):
+            v = torch.as_tensor(v).detach().to(device="cpu", dtype=torch.float64)
+            if v.shape != t.shape:
+                try:
+                    v = v.expand(t.shape)
+                except RuntimeError:
+                    raise InvalidParameterError(f"{name}.{what}(t) must return a number or a tensor shaped like t "
+                                                f"{tuple(t.shape)}, got shape {tuple(v.shape)}") from None
+            if not bool(torch.isfinite(v).all()):
+                bad = float(t[~torch.isfinite(v)][0])
+                raise InvalidParameterError(f"{name}.{what}(t) is not finite at t={bad:.6g}; the moments integrate "
+                                            f"it over [0, T], so define it (finite) there")
+            out.append(v)
+        return out[0], out[1] * out[1]
+
+    def _edges(self, panels):
+        h = self.T / panels
+        graded = h * 2.0 ** -torch.arange(self.GRADED, 0, -1, dtype=torch.float64)     # h 2^-44 ... h/2
+        uniform = torch.linspace(0.0, self.T, panels + 1, dtype=torch.float64)[1:]
+        uniform[-1] = self.T
+        return torch.cat([torch.zeros(1, dtype=torch.float64), graded, uniform])
+
+    def _table(self, sde, panels):
+        edges = self._edges(panels)
+        a, width = edges[:-1], edges[1:] - edges[:-1]
+        at = a[:, None] + 0.5 * width[:, None] * (self.nodes + 1)                        # (panels, J)
+        f, g2 = self._coefficients(sde, at.reshape(-1))
+        f_series = f.view(at.shape) @ self.transform.T                                    # (panels, J)
+        dA_nodes = 0.5 * width[:, None] * self._integrals(self.nodes.expand(at.shape), f_series[:, None, :])
+        q_series = (g2.view(at.shape) * torch.exp(-2 * dA_nodes)) @ self.transform.T
+        zero = torch.zeros(1, dtype=torch.float64)
+        A = torch.cat([zero, torch.cumsum(width * f_series[:, 0], 0)])                   # int P_0 over [-1, 1] = 2
+        V = torch.cat([zero, torch.cumsum(torch.exp(-2 * A[:-1]) * width * q_series[:, 0], 0)])
+        if not bool(torch.isfinite(A).all() and torch.isfinite(V).all()):
+            raise InvalidParameterError(f"the moments of {type(sde).__name__} overflow on [0, T] "
+                                        f"(log alpha(T) = {float(A[-1]):.4g}); check drift_coef and diffusion_coef")
+        return edges, A, V, f_series, q_series
+
+    def _gap(self, coarse, fine):
+        """The largest difference of two tables at the finer one's edges: in A, and relative in s0 + V."""
+        t = fine[0]
+        A0, V0 = self._evaluate(coarse, t)
+        A1, V1 = fine[1], fine[2]
+        scale = self.s0 + V1
+        pos = scale > 0
+        dV = float(((V0 - V1).abs()[pos] / scale[pos]).max()) if bool(pos.any()) else 0.0
+        return max(float((A0 - A1).abs().max()), dV)
+
+    # -- the series --------------------------------------------------------------------------------
+    def _legendre(self, x):
+        """``P_0 .. P_J`` at ``x`` (any shape), stacked on a last axis (the three-term recurrence)."""
+        p = torch.empty(x.shape + (self.NODES + 1,), dtype=torch.float64)
+        p[..., 0] = 1.0
+        p[..., 1] = x
+        for n in range(1, self.NODES):
+            p[..., n + 1] = ((2 * n + 1) / (n + 1)) * x * p[..., n] - (n / (n + 1)) * p[..., n - 1]
+        return p
+
+    def _integrals_of(self, x, p):
+        r""":math:`\int_{-1}^x P_n` for ``n < J`` from ``p`` = :meth:`_legendre` at ``x``: :math:`x + 1` for
+        :math:`n = 0`, :math:`(P_{n+1} - P_{n-1})/(2n + 1)` after."""
+        ints = torch.empty(p.shape[:-1] + (self.NODES,), dtype=torch.float64)
+        ints[..., 0] = x + 1
+        ints[..., 1:] = (p[..., 2:] - p[..., :-2]) * self.inverse_odd
+        return ints
+
+    def _integrals(self, x, series):
+        r""":math:`\int_{-1}^x` of the Legendre series ``series`` (``(..., J)``) at ``x`` (``(...)``)."""
+        return (self._integrals_of(x, self._legendre(x)) * series).sum(-1)
+
+    def _evaluate(self, table, u, derivative=False):
+        """``(A, V)`` (and ``V'`` with ``derivative``) at the 1-D float64 CPU times ``u`` in [0, T]."""
+        edges, A, V, f_series, q_series = table
+        k = (torch.searchsorted(edges, u, right=True) - 1).clamp(0, edges.numel() - 2)
+        a, half = edges[k], 0.5 * (edges[k + 1] - edges[k])
+        x = ((u - a) / half - 1).clamp(-1.0, 1.0)
+        p = self._legendre(x)
+        ints = self._integrals_of(x, p)
+        scale = torch.exp(-2 * A[k])
+        A_u = A[k] + half * (ints * f_series[k]).sum(-1)
+        V_u = V[k] + scale * half * (ints * q_series[k]).sum(-1)
+        if not derivative:
+            return A_u, V_u
+        return A_u, V_u, scale * (p[..., :-1] * q_series[k]).sum(-1)
+
+    # -- queries -----------------------------------------------------------------------------
+    @property
+    def _tables(self):
+        return self.edges, self.A, self.V, self.f_series, self.q_series
+
+    def _distinct(self, sde, t, fn):
+        """``fn`` applied to the distinct values of the times ``t`` (any shape, dtype, device); results shaped like t."""
+        flat = t.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+        slack = 1e-12 * self.T
+        if flat.numel() and (float(flat.min()) < -slack or float(flat.max()) > self.T + slack):
+            raise InvalidParameterError(f"{type(sde).__name__}: times must lie in [0, T={self.T}] for its moments, "
+                                        f"got [{float(flat.min()):.6g}, {float(flat.max()):.6g}]")
+        values, inverse = torch.unique(flat.clamp(0.0, self.T), return_inverse=True)
+        dtype = t.dtype if t.is_floating_point() else torch.float64
+        return [r[inverse].reshape(t.shape).to(dtype=dtype, device=t.device) for r in fn(values)]
+
+    def log_alpha_sigma(self, sde, t):
+        t = t if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=torch.float64)
+
+        def fn(u):
+            A, V = self._evaluate(self._tables, u)
+            return A, torch.exp(A) * torch.sqrt(self.s0 + V)
+        return tuple(self._distinct(sde, t, fn))
+
+    def log_snr(self, sde, t):
+        t = t if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=torch.float64)
+        return self._distinct(sde, t, lambda u: [-0.5 * torch.log(self.s0 + self._evaluate(self._tables, u)[1])])[0]
+
+    def t_of_log_snr(self, sde, lam64):
+        """Float64 times, shaped like ``lam64``, at which the log-SNR is ``lam64``."""
+        flat = lam64.reshape(-1)
+        high = math.inf if self.s0 == 0 else -0.5 * math.log(self.s0)
+        low = -0.5 * math.log(self.s0 + float(self.V[-1]))
+        _check_log_snr_range(flat, low, high, self.T, slack=1e-12)   # another route to lambda rounds its ends apart
+        values, inverse = torch.unique(flat, return_inverse=True)
+        return self._invert(values)[inverse].reshape(lam64.shape)
+
+    def _invert(self, lam):
+        r"""Solve :math:`V(t) = e^{-2\lambda} - \sigma_0^2` per value: the bracketing panel from the table, then Newton
+        steps (:math:`V' = g^2 e^{-2A}`) kept inside the bracket by bisection."""
+        if lam.numel() == 0:
+            return lam.clone()
+        target = (torch.exp(-2 * lam) - self.s0).clamp(0.0, float(self.V[-1]))
+        last = self.edges.numel() - 2
+        k = (torch.searchsorted(self.V, target, right=True) - 1).clamp(0, last)
+        lo, hi = self.edges[k], self.edges[k + 1]
+        v_lo, v_hi = self.V[k], self.V[k + 1]
+        frac = torch.where(v_hi > v_lo, (target - v_lo) / (v_hi - v_lo), torch.zeros_like(target))
+        t = lo + frac.clamp(0, 1) * (hi - lo)
+        done = torch.zeros_like(t, dtype=torch.bool)
+        for _ in range(100):   # Newton: a few steps; bisection alone would need at most ~60 here
+            _, V, dV = self._evaluate(self._tables, t, derivative=True)
+            resid = V - target
+            lo = torch.where(resid < 0, t, lo)
+            hi = torch.where(resid > 0, t, hi)
+            step = resid / dV
+            # converged: the Newton step is below a few ulps of t, or no float lies strictly inside the bracket
+            mid = 0.5 * (lo + hi)
+            done = done | (resid == 0) | (step.abs() <= 4 * _EPS64 * t.abs()) | (mid <= lo) | (mid >= hi)
+            if bool(done.all()):
+                break
+            t_new = t - step
+            outside = ~((t_new > lo) & (t_new < hi)) | ~torch.isfinite(t_new)
+            t = torch.where(done, t, torch.where(outside, mid, t_new))
+        return t
 
 
 def _check_beta(beta_min, beta_max):

@@ -8,7 +8,10 @@ hands a :class:`~sdekit._methods.Problem` to the method, and turns what comes ba
 
 import math
 import numbers
+import os
+import sys
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Optional, Sequence, Union
 
@@ -20,6 +23,7 @@ from ._errors import (ArgumentTypeError, InvalidParameterError, MethodArgumentEr
 from ._evaluator import finite_rows
 from ._grid import as_grid, merge_times, schedule_grid, step_grid
 from ._methods import Problem, lookup
+from ._methods._base import Outcome, unknown_options_message
 from ._process import Process
 from ._solution import STATUS, PerSample, Result, Solution
 
@@ -29,6 +33,10 @@ DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-5
 DEFAULT_MAX_STEPS_ADAPTIVE = 100_000
 MAX_GRID_STEPS = 10 ** 7   # a fixed grid is built in memory (and each step evaluates the score): refuse more
+#: A state of fewer numbers than this, solved on the CPU with several torch threads, gets a one-time hint to use one
+#: thread (the threshold at which ``sdekit sample`` and the validation demo choose one thread themselves).
+SMALL_STATE = 1 << 16
+_THREADS_HINT_SHOWN = False
 _DEFAULT_METHOD = {"sde": "euler", "ode": "dopri5"}
 
 
@@ -96,6 +104,7 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
     dt_min = None if dt_min is None else _real("dt_min", dt_min, nonnegative=True)
     _check_arguments(x, max_steps=max_steps, options=options, throw=throw, grad=grad, seed=seed,
                      generator=generator, noise=noise)
+    _check_option_names(m, options)
     if grid is not None:
         if t_start is not None or t_end is not None:
             raise InvalidParameterError("a grid fixes t_start and t_end (its first and last times); "
@@ -129,6 +138,7 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
         raise MethodArgumentError(f"{m.name} (scipy) computes in numpy and cannot keep the autograd graph; "
                                   "use a torchdiffeq method (dopri5, rk4), or pass x.detach() and grad=False")
 
+    _hint_threads(x)
     bound = process.replace(event_shape=tuple(x.shape[1:]), sde_type=m.sde_type or process.sde_type,
                             t_min=min(t_start, t_end), t_max=max(t_start, t_end))
     evaluator = bound.evaluator
@@ -150,9 +160,14 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
             raise
         if evaluator.user_error is None:
             record = evaluator.first_non_finite()
-            if record is not None:
-                raise SolveError(f"{m.name} failed: {_non_finite_message(record, evaluator.name)}") from err
-            raise
+            if record is None:
+                raise
+            message = f"{m.name} failed: {_non_finite_message(record, evaluator.name)}"
+            if throw:
+                raise SolveError(message) from err
+            # throw=False: the backend gave up on the whole batch; no sample reached t_end, say so per sample
+            outcome = Outcome(x.detach().clone(), float(t_start), [], steps=0, rejected=0, result=Result.NON_FINITE,
+                              detail=message)
     finally:
         process.evaluator.nfe += evaluator.nfe
     if evaluator.user_error is not None:
@@ -163,6 +178,35 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
         torch.cuda.synchronize(x.device)
     wall = time.perf_counter() - start
     return _solution(m, outcome, x, saves, evaluator, wall, throw)
+
+
+def _hint_threads(x):
+    """Warn once per process when a small state (under :data:`SMALL_STATE` numbers) is solved on the CPU with more
+    than one torch thread: the README's example ran 16x slower so (240.7 s against 14.7 s on two busy cores).
+
+    sdekit never changes torch's thread count; this only tells the user who has not set it.  Silence it with
+    ``torch.set_num_threads(1)`` (or ``OMP_NUM_THREADS=1``), or with ``warnings.filterwarnings`` on its message.
+    """
+    global _THREADS_HINT_SHOWN
+    if _THREADS_HINT_SHOWN or x.device.type != "cpu" or x.numel() >= SMALL_STATE:
+        return
+    threads = torch.get_num_threads()
+    if threads <= 1:
+        return
+    _THREADS_HINT_SHOWN = True
+    warnings.warn(f"sdekit: solving a small state ({x.numel()} numbers) on the CPU with {threads} torch threads, which "
+                  f"is often many times slower than one (16x on the README's example): call torch.set_num_threads(1) "
+                  f"before solving small states on the CPU (this is said once per process)", UserWarning,
+                  stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning raised in the calling function at the first frame outside sdekit."""
+    here = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _solution(m, outcome, x, saves, evaluator, wall, throw) -> Solution:
@@ -340,6 +384,17 @@ def _check_arguments(x, *, max_steps, options, throw, grad, seed, generator, noi
     if shape is not None and tuple(shape) != expected:
         raise ShapeError(f"noise has shape {tuple(shape)} but this state needs {expected} (batch, flattened "
                          f"event); build it with sdekit.brownian_motion(t0, t1, {expected})")
+
+
+def _check_option_names(m, options):
+    """Refuse option names the method does not take, before anything runs: a close match for a misspelt one, and
+    every option it takes (sdekit's loop options ``denoise``, ``hook``, ``sync_every`` included)."""
+    if not options or m.options is None:
+        return
+    unknown = sorted((k for k in options if k not in m.options), key=str)
+    if unknown:
+        who = m.name if m.backend == "sdekit" else f"{m.name} ({m.backend})"
+        raise MethodArgumentError(unknown_options_message(who, unknown, m.options))
 
 
 def _resolve_stepping(m, steps, dt, grid, rtol, atol) -> bool:

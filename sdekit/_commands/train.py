@@ -107,11 +107,13 @@ def run(args) -> int:
                     nll_bound=bound.mean, nll_bound_se=bound.mean_se, **result.settings)
         line = f"held-out likelihood bound {bound.mean:.4f} ± {1.96 * bound.mean_se:.2g} nats"
         if exact is not None:
-            xe = exact.sample(test.shape[0], t=sde.eps, generator=torch.Generator().manual_seed(derived_seed(args.seed, 2)))
+            xe = exact.sample(test.shape[0], t=sde.eps,
+                              generator=torch.Generator().manual_seed(derived_seed(args.seed, 2)))
             ent = -exact.log_prob(xe, sde.eps)
             h, h_se = float(ent.mean()), float(ent.std()) / ent.numel() ** 0.5
             floor = score_matching_loss(sde, exact.score, test, weighting=args.weighting, t_sampler=args.t_sampler,
-                                        reduce="none", generator=torch.Generator().manual_seed(derived_seed(args.seed, 3)))
+                                        reduce="none",
+                                        generator=torch.Generator().manual_seed(derived_seed(args.seed, 3)))
             f, f_se = float(floor.mean()), float(floor.std()) / floor.numel() ** 0.5
             info.update(entropy=h, entropy_se=h_se, loss_floor=f, loss_floor_se=f_se)
             line += (f" (the data's entropy H(p_eps) is {h:.4f} ± {1.96 * h_se:.2g}); the exact score's loss is "

@@ -36,6 +36,7 @@ class _Differentiable:
         self.__name__ = getattr(score_fn, "__name__", type(score_fn).__name__)
         if hasattr(score_fn, "nfe_per_call"):
             self.nfe_per_call = score_fn.nfe_per_call
+        self.bad = None   # the rows of the last call whose output was not finite (set to zeros), or None
 
     def __call__(self, x, t):
         out = self.score_fn(x, t)
@@ -43,6 +44,14 @@ class _Differentiable:
             raise ScoreFunctionError(
                 "score_fn returned a tensor that autograd cannot trace back to x (torch.no_grad() or .detach() "
                 "inside it?); the log-density needs the score's divergence: let autograd see the score")
+        if isinstance(out, torch.Tensor) and out.shape == x.shape and out.dtype == x.dtype and out.dim() > 0:
+            # a non-finite row is set to 0 here, before it enters the field: then no product of the field's
+            # graph multiplies a NaN (the adjoint's backward pass differentiates the field in t); the flow
+            # records the row as failed and freezes it
+            ok = finite_rows(out.detach())
+            self.bad = ~ok
+            out = torch.where(ok.view((-1,) + (1,) * (out.dim() - 1)), out, torch.zeros((), dtype=out.dtype,
+                                                                                       device=out.device))
         return out
 
 
@@ -120,6 +129,7 @@ class AugmentedFlow(ProbabilityFlowODE):
         with torch.enable_grad():
             if not (keep and x.requires_grad):
                 x = x.detach().requires_grad_(True)
+            self.fn.bad = None
             v = super()._natural_drift(t, x)
             div = divergence(v, x, probes, create_graph=keep)
         if not keep:
@@ -130,6 +140,8 @@ class AugmentedFlow(ProbabilityFlowODE):
         # A sample whose field went non-finite (the score, or only its divergence) is recorded as failed and
         # frozen: its derivative is 0, so a solver that refuses a non-finite state (torchdiffeq, scipy, the
         # adjoint) integrates the other samples to the end; log_likelihood gives the failed ones NaN.
-        ok = finite_rows(out)
-        self.evaluator.mark_non_finite(~ok, t)
-        return torch.where(ok[:, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+        bad = ~finite_rows(out)
+        if self.fn.bad is not None:
+            bad = bad | self.fn.bad.to(bad.device)
+        self.evaluator.mark_non_finite(bad, t)
+        return torch.where(bad[:, None], torch.zeros((), dtype=out.dtype, device=out.device), out)

@@ -7,7 +7,9 @@ r"""``log_likelihood``: per-sample log-densities through the probability-flow OD
 
 with :math:`\pi` the SDE's prior (Song et al. 2021, appendix D.2; Chen et al. 2018; Grathwohl et al. 2019).
 The augmented ODE (:class:`AugmentedFlow`) is integrated by :func:`sdekit.solve` from ``eps`` to ``T``,
-so NFE counting, non-finite checks, result codes and the device and dtype of the input come with it.
+so NFE counting, non-finite checks, result codes and the device and dtype of the input come with it.  With
+``throw=False`` a sample that did not reach ``T`` (it went non-finite, or hit ``max_steps``) has NaN in every
+per-sample field of the result, never a number computed from where it stopped.
 """
 
 import math
@@ -140,7 +142,8 @@ def log_likelihood(flow: ProbabilityFlowODE, x: torch.Tensor, method: str = "dop
     - ``grad``: keep the autograd graph (differentiate through the solver's steps); ``adjoint``: compute
       gradients with torchdiffeq's adjoint method instead (memory independent of the steps), with respect to
       ``adjoint_params`` (default ``score_fn.parameters()`` when the score is a ``torch.nn.Module``).
-    - ``throw``: raise :class:`sdekit.SolveError` when the solve fails (default), else return what was reached.
+    - ``throw``: raise :class:`sdekit.SolveError` when the solve fails (default), else return what was reached:
+      the samples that did not reach ``T`` then have NaN log-likelihoods (``solution.per_sample.status`` says why).
     - ``error_norm``: ``"sample"`` (default): the tolerance holds for each sample's state and for its
       log-density apart (torchdiffeq's ``norm`` option; a weighted log-density column for other adaptive
       methods); ``"rms"``: torchdiffeq's RMS over the whole batch, as score_sde does.
@@ -194,8 +197,8 @@ def log_likelihood(flow: ProbabilityFlowODE, x: torch.Tensor, method: str = "dop
 
 
 def _not_integrated(sol):
-    """The samples that did not reach ``T`` with finite values, a boolean ``(batch,)`` tensor, or ``None`` if none:
-    each sample's status where the backend gives one, and the samples it flags as failed."""
+    """The samples that did not reach ``T`` with finite values, a boolean ``(batch,)`` tensor (``None`` when the
+    solution says nothing of them): each sample's status where the backend gives one, and those it flags failed."""
     lost = sol.failed
     status = None if sol.per_sample is None else sol.per_sample.status
     if status is not None:

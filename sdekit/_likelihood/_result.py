@@ -20,7 +20,9 @@ class Likelihood:
 
     **Fields**
 
-    - ``log_likelihood``: :math:`\log p(x)` in nats, shape ``(batch,)``.
+    - ``log_likelihood``: :math:`\log p(x)` in nats, shape ``(batch,)``; NaN for a sample that was not
+      integrated to ``T`` (it went non-finite or stopped early; ``throw=False``), as are its ``prior_logp``,
+      ``delta_logp``, ``stderr`` and ``z``.
     - ``prior_logp``: :math:`\log\pi(z)`; ``delta_logp``: :math:`\Delta`; both ``(batch,)``.
     - ``stderr``: with ``probes >= 2``, the standard error of the Hutchinson estimate of each sample
       (the spread of the probes' integrals over :math:`\sqrt{k}`), shape ``(batch,)``; ``None`` otherwise.

@@ -74,9 +74,9 @@ def _model_residual(sde, model, x_t, t, noise, sigma64):
         if bool(torch.isfinite(out[bad]).all()):        # finite output, infinite squared error: the data's scale
             big = float(torch.maximum(out[bad].detach().abs().max(), x_t[bad].abs().max()))
             raise InvalidParameterError(
-                f"the squared error of the loss overflows {str(x_t.dtype)[6:]} at t = {float(t[bad]):.6g}: the state and the "
-                f"model's output reach {big:.3g}; rescale the data (standardise it to about unit scale) or train "
-                f"in float64")
+                f"the squared error of the loss overflows {str(x_t.dtype)[6:]} at t = {float(t[bad]):.6g}: the "
+                f"state and the model's output reach {big:.3g}; rescale the data (standardise it to about unit "
+                f"scale) or train in float64")
         raise ScoreFunctionError(f"the model returned non-finite values at t = {float(t[bad]):.6g}; check the "
                                  f"network (and eps: scores grow like 1/sigma(t) near t = 0)")
     return sq if scale is None else scale * sq

@@ -46,13 +46,14 @@ def interval(sde, eps):
 
 
 def coefficients(sde, t64):
-    r"""``(log_alpha, sigma)`` of :math:`x_t \mid x_0` at float64 times; a one-line error for an SDE without them."""
-    try:
-        log_alpha, sigma = sde.log_alpha(t64), sde.sigma(t64)
-    except NotImplementedError:
+    r"""``(log_alpha, sigma)`` of :math:`x_t \mid x_0` at float64 times: the closed forms, or the numerical moments of
+    any ``LinearSDE`` (:meth:`sdekit.LinearSDE.log_alpha_sigma`); a one-line error for an SDE that is not linear."""
+    moments = getattr(sde, "log_alpha_sigma", None)
+    if moments is None:
         raise InvalidParameterError(
-            f"{type(sde).__name__} has no closed-form log_alpha(t) and sigma(t); define them (for instance from "
-            f"sdekit.validation.LinearMoments(sde), which integrates the moment ODEs)") from None
+            f"{type(sde).__name__} is not a LinearSDE: denoising score matching needs the Gaussian transition "
+            f"x_t = alpha(t) x_0 + sigma(t) z; subclass sdekit.LinearSDE (drift_coef, diffusion_coef)")
+    log_alpha, sigma = moments(t64)
     return log_alpha.to(torch.float64), sigma.to(torch.float64)
 
 

@@ -3,7 +3,7 @@
 from typing import Dict, List
 
 from .._errors import UnknownMethodError
-from ._base import Method, Outcome, Problem
+from ._base import Method, Outcome, Problem, did_you_mean
 
 REGISTRY: Dict[str, Method] = {}
 
@@ -20,7 +20,8 @@ def lookup(name: str, kind: str) -> Method:
     Names are matched without regard to case (``"Euler"``, ``"DOPRI5"``, ``"rk45"``, ``"TorchSDE.euler"``).
     A short name shared by two backends (``euler``, ``midpoint``) resolves to the one of the process's
     own kind: torchsde's for a reverse SDE, torchdiffeq's for a probability-flow ODE; among methods of
-    the same kind, the first registered.
+    the same kind, the first registered.  An unknown name is refused with the closest names first
+    (``"dpm++2m"``: did you mean ``'dpmpp_2m'``?) and every valid name after them.
     """
     if not isinstance(name, str):
         raise UnknownMethodError(f"method must be a string, got {type(name).__name__}; valid: {_names()}")
@@ -28,13 +29,21 @@ def lookup(name: str, kind: str) -> Method:
     found = ([m for m in REGISTRY.values() if m.qualified_name.lower() == key]
              or [m for m in REGISTRY.values() if m.name.lower() == key])
     if not found:
-        raise UnknownMethodError(f"unknown method {name!r}; valid methods: {_names()}")
+        raise UnknownMethodError(f"unknown method {name!r}{_suggest(name)}; valid methods: {_names()}")
     same_kind = [m for m in found if m.kind == kind]
     return (same_kind or found)[0]
 
 
 def _names() -> str:
     return ", ".join(sorted({m.name for m in REGISTRY.values()} | set(REGISTRY), key=str.lower))
+
+
+def _suggest(name: str) -> str:
+    """`` (did you mean 'dpmpp_2m'?)`` for a misspelt name: its closest short names (qualified ones when ``name``
+    names a backend), matched as spelt and with punctuation removed (``"dpm++2m"``)."""
+    qualified = "." in name
+    names = sorted(REGISTRY) if qualified else sorted({m.name for m in REGISTRY.values()}, key=str.lower)
+    return did_you_mean(name, names)
 
 
 class MethodTable(list):

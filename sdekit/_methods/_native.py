@@ -27,7 +27,7 @@ def _register():
             description=cls.description, frame=cls.frame, needs=cls.needs, history=cls.history,
             error_estimate=cls.error_estimate, schedule=cls.schedule,
             grid_steps=cls.grid_steps, notes=cls.notes,
-            options=tuple(sorted(cls.defaults)) + ("denoise", "hook"),
+            options=tuple(sorted(cls.defaults)) + cls.loop_options,
             processes=("ode",) if not stochastic else ("sde", "ode") if ode_order is not None else ("sde",)))
 
     for cls in ADAPTIVE_STEPPERS:
@@ -37,7 +37,7 @@ def _register():
             weak_order=cls.order if stochastic else None, order_additive=getattr(cls, "order_additive", None),
             stepping="adaptive", integrate=functools.partial(_integrate_adaptive, cls),
             sde_type="ito" if stochastic else None, description=cls.description, frame=cls.frame, needs=cls.needs,
-            error_estimate=True, options=tuple(sorted(cls.defaults)) + ("denoise", "sync_every"),
+            error_estimate=True, options=tuple(sorted(cls.defaults)) + cls.loop_options,
             default_rtol=cls.default_rtol, default_atol=cls.default_atol, notes=cls.notes,
             processes=("sde", "ode") if stochastic else ("ode",)))
 

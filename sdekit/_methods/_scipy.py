@@ -21,6 +21,7 @@ import torch
 
 from .._controller import check_options
 from .._errors import MethodArgumentError
+from .._evaluator import freeze_failed
 from .._solution import Result
 from ._base import Method, Outcome, Problem
 
@@ -64,7 +65,8 @@ def integrate(method: Method, pb: Problem) -> Outcome:
         x = torch.from_numpy(y).to(device=device, dtype=dtype).view(shape)
         tt = torch.full((n,), t, dtype=dtype, device=device)
         with torch.no_grad():
-            return drift(tt, x).reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
+            out = freeze_failed(pb.process.evaluator, drift(tt, x))
+            return out.reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
 
     extra = dict(pb.options)
     if method.name == "Radau":
@@ -75,7 +77,12 @@ def integrate(method: Method, pb: Problem) -> Outcome:
     if pb.dt0 is not None:
         extra["first_step"] = min(pb.dt0, abs(pb.t_end - pb.t_start))  # scipy refuses one past the end
     y0 = x0.detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
-    solver = _SOLVERS[method.name](fun, pb.t_start, y0, pb.t_end, rtol=pb.rtol, atol=pb.atol, **extra)
+    try:
+        solver = _SOLVERS[method.name](fun, pb.t_start, y0, pb.t_end, rtol=pb.rtol, atol=pb.atol, **extra)
+    except _NonFiniteTime:
+        return Outcome(x0, float(pb.t_start), [], steps=0, result=Result.DT_TOO_SMALL,
+                       detail=f"scipy {method.name} asked for the drift at a time that is not finite while choosing "
+                              f"its first step; give dt= (the first step)")
 
     direction = 1.0 if pb.t_end > pb.t_start else -1.0
     pending = [] if pb.save_at is None else pb.save_at.tolist()

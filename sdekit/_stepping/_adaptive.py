@@ -18,6 +18,13 @@ two reads a finished sample takes zero-length steps whose result is discarded (a
 counted in ``Solution.stats["row_evaluations"]``, never in its own NFE).  A larger ``k`` saves host reads; a
 smaller one wastes fewer evaluations on finished samples.
 
+**Non-finite values.** After every attempt the loop reads the evaluator's per-sample record on the device
+(no sync): a sample with a NaN or inf at any of its evaluations so far (an output, a state or a time handed to
+the model; the first evaluation and the initial step's included) stops with status ``NON_FINITE``, its last
+accepted state, time and counts (the failing attempt's evaluations counted), and drops out at the next read; the
+others go on unchanged.  A state that overflowed without a non-finite evaluation is not accepted (the step is
+retried smaller).  ``Solution.t`` is then the time of the other samples.
+
 **Samples dropping out.** Everything per sample (state, times, step sizes, the stepper's carry, the keyed
 Brownian path) is indexed by the rows still running, and the evaluator is told their indices in the full
 batch, so its record of non-finite values names the right samples.  Because the noise is keyed by the
@@ -41,8 +48,8 @@ import math
 import torch
 
 from .._errors import InvalidParameterError, MethodArgumentError
-from .._methods._base import Outcome
 from .._evaluator import finite_rows
+from .._methods._base import Outcome
 from .._solution import STATUS, Result
 from ._loop import _noise, denoise_and_frame
 
@@ -273,7 +280,7 @@ class _Loop:
         status = out["status"].cpu()
         t = out["t"].cpu()
         result, detail = Result.SUCCESS, ""
-        for code, words in ((_NON_FINITE, "a non-finite value (their rows of x are NaN)"),
+        for code, words in ((_NON_FINITE, "a non-finite value (x keeps their last finite state)"),
                             (_MAX_STEPS, f"max_steps={pb.max_steps} accepted steps"),
                             (_DT_TOO_SMALL, f"a step below dt_min={self.floor:.3g}")):
             rows = (status == code).nonzero().flatten().tolist()
@@ -285,13 +292,10 @@ class _Loop:
                                                        f"{words}, at t in [{float(t[rows].min()):.6g}, "
                                                        f"{float(t[rows].max()):.6g}]")
         # the time of x: t_end when every sample got there, else the time of the sample furthest from t_end
-        # (among those that did not go non-finite, whose rows are NaN, unless none did)
+        # among the samples that did not go non-finite (theirs stopped early), unless none did
         usable = status != _NON_FINITE
         t_usable = t[usable] if bool(usable.any()) else t
         t_reached = float(t_usable[(t_usable - pb.t_end).abs().argmax()])
-        # a sample that went non-finite carries NaN, not its last state, which would look like a result
-        lost = (out["status"] == _NON_FINITE).view((-1,) + (1,) * (out["x"].dim() - 1))
-        x = torch.where(lost, math.nan, out["x"])
         path = [] if self.path is None else list(self.path[:self.n_saves].unbind(0))
         per_sample = {k: out[k] for k in ("nfe", "steps", "rejected", "t")}
         per_sample["status"] = out["status"].clamp_min(0)
@@ -300,5 +304,5 @@ class _Loop:
                  "row_evaluations": self.row_evaluations, "syncs": self.syncs, "sync_every": self.k,
                  "iterations": iterations, "steps_total": int(out["steps"].sum()),
                  "rejected_total": int(out["rejected"].sum())}
-        return Outcome(x, t_reached, path, steps=int(out["steps"].max()), rejected=int(out["rejected"].max()),
+        return Outcome(out["x"], t_reached, path, steps=int(out["steps"].max()), rejected=int(out["rejected"].max()),
                        result=result, detail=detail, per_sample=per_sample, stats=stats)

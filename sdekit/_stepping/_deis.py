@@ -24,7 +24,7 @@ import torch
 
 from ._dpmpp_multistep import step_order
 from ._frame import ps
-from ._stepper import Stepper, check_number
+from ._stepper import Stepper, check_bool, check_number
 
 _SERIES_BELOW = 0.5
 _SERIES_TERMS = 17      # |h| < 1/2: the next term is below 1e-18 of the first
@@ -64,7 +64,7 @@ class DEIS(Stepper):
 
     def setup(self, order, lower_order_final):
         self.p = check_number("order", order, 1, 3, integer=True)
-        self.lower_order_final = bool(lower_order_final)
+        self.lower_order_final = check_bool("lower_order_final", lower_order_final)
         self.past = []   # (log rho, noise prediction), newest first
 
     def step(self, x, t, t_next, i, n):

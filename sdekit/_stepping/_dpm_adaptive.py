@@ -44,9 +44,7 @@ class DPMSolverAdaptive(AdaptiveStepper):
     defaults = {"order": 3, "theta": 0.9, "h_init": 0.05, "fac_max": math.inf}
 
     def setup(self, order, theta, h_init, fac_max):
-        if order not in (2, 3) or isinstance(order, bool):
-            raise InvalidParameterError(f"option order must be 2 (DPM-Solver-12) or 3 (DPM-Solver-23), got {order!r}")
-        self.solver_order = order
+        self.solver_order = int(check_number("order", order, 2, 3, integer=True))   # 2: DPM-Solver-12, 3: -23
         self.theta = check_number("theta", theta, 1e-3, 1.0)
         self.h_init = check_number("h_init", h_init, 1e-9, 100.0)
         self.fac_max = check_number("fac_max", fac_max, 1.0)

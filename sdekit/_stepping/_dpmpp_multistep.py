@@ -26,9 +26,8 @@ integrate one order better).
 
 import torch
 
-from .._errors import InvalidParameterError
 from ._frame import ps
-from ._stepper import Stepper
+from ._stepper import Stepper, check_bool, check_choice
 
 LOWER_ORDER_BELOW = 10
 
@@ -49,10 +48,8 @@ class _DPMSolverPPMultistep(Stepper):
     defaults = {"lower_order_final": True, "warmup": "multistep"}
 
     def setup(self, lower_order_final, warmup):
-        if warmup not in ("multistep", "singlestep"):
-            raise InvalidParameterError(f"option warmup must be 'multistep' or 'singlestep', got {warmup!r}")
-        self.lower_order_final = bool(lower_order_final)
-        self.warmup = warmup
+        self.warmup = check_choice("warmup", warmup, ("multistep", "singlestep"))
+        self.lower_order_final = check_bool("lower_order_final", lower_order_final)
         self.past = []   # (log-SNR, data prediction), newest last
 
     def step(self, x, t, t_next, i, n):

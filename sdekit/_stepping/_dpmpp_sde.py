@@ -15,9 +15,8 @@ so the two draws of ``dpmpp_sde`` are correlated as the path makes them.
 
 import torch
 
-from .._errors import InvalidParameterError
 from ._frame import ps
-from ._stepper import Stepper, check_number
+from ._stepper import Stepper, check_choice, check_number
 
 
 def ancestral_split(s, s1, eta):
@@ -40,9 +39,7 @@ class DPMSolverPP2MSDE(Stepper):
     def setup(self, eta, s_noise, solver_type):
         self.eta = check_number("eta", eta, 0.0, 1.0)
         self.s_noise = check_number("s_noise", s_noise, 0.0, 10.0)
-        if solver_type not in ("midpoint", "heun"):
-            raise InvalidParameterError(f"option solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
-        self.solver_type = solver_type
+        self.solver_type = check_choice("solver_type", solver_type, ("midpoint", "heun"))
         self.last = None   # (h, data prediction) of the previous step
 
     def step(self, x, t, t_next, i, n):

@@ -1,5 +1,9 @@
 r"""The frames a stepper steps in, and the model's predictions in each, for any :class:`sdekit.LinearSDE`.
 
+:math:`\alpha` and :math:`\sigma` come from ``sde.log_alpha_sigma``: the SDE's closed forms, or without them its
+moment ODEs solved numerically from ``drift_coef`` and ``diffusion_coef``; the log-SNR's inverse is
+``sde.t_of_log_snr`` either way.
+
 With :math:`x_t = \alpha(t) x_0 + \sigma(t)\varepsilon` and the score :math:`s \approx \nabla\log p_t`:
 
 - data prediction :math:`\hat x_0 = (x + \sigma^2 s)/\alpha`, noise prediction :math:`\hat\varepsilon = -\sigma s`;
@@ -51,7 +55,8 @@ class Frame:
         there, gets the coefficients without recomputing them.
         """
         batch = x.shape[0]
-        alpha, sigma = torch.exp(self.sde.log_alpha(times)), self.sde.sigma(times)
+        log_alpha, sigma = self.sde.log_alpha_sigma(times)
+        alpha = torch.exp(log_alpha)
         lam = torch.log(alpha / sigma)
         shape = (times.numel(),) + (1,) * x.dim()
         model = [c.to(x.dtype).view(shape) for c in (sigma * sigma, 1 / alpha, sigma)]
@@ -71,7 +76,8 @@ class Frame:
         known = self._remembered(t)
         if known is not None:
             return known[1], known[2]
-        return torch.exp(self.sde.log_alpha(t)), self.sde.sigma(t)
+        log_alpha, sigma = self.sde.log_alpha_sigma(t)
+        return torch.exp(log_alpha), sigma
 
     def _lam(self, t, alpha, sigma):
         known = self._remembered(t)

@@ -24,6 +24,7 @@ from .._keyed import KeyedBrownian
 from .._methods._base import Outcome
 from .._solution import Result
 from ._frame import Frame
+from ._stepper import check_bool
 
 _ENTROPY_HIGH = 2 ** 62
 
@@ -53,9 +54,7 @@ def run(stepper_class, method, pb):
 def denoise_and_frame(options: dict, stepper_class, method, proc):
     """Take the ``denoise`` option out of ``options`` (checked), and the :class:`Frame` the stepper or the final
     denoising step needs (``None`` for a stepper of the drift alone that does not denoise)."""
-    denoise = options.pop("denoise", False)
-    if not isinstance(denoise, bool):
-        raise InvalidParameterError(f"option denoise must be True or False, got {denoise!r}")
+    denoise = check_bool("denoise", options.pop("denoise", False))
     return denoise, Frame(proc, method.name) if stepper_class.needs != "drift" or denoise else None
 
 

@@ -21,9 +21,8 @@ the step, and the corrector's come from the keyed source at ``(t, step)``.
 
 import torch
 
-from .._errors import InvalidParameterError
 from ._frame import ps
-from ._stepper import Stepper, check_number
+from ._stepper import Stepper, check_choice, check_number
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral", "none")
 CORRECTORS = ("langevin", "annealed_langevin", "none")
@@ -41,13 +40,9 @@ class PredictorCorrector(Stepper):
                 "norm": "sample"}
 
     def setup(self, predictor, corrector, snr, n_steps, norm):
-        if predictor not in PREDICTORS:
-            raise InvalidParameterError(f"unknown predictor {predictor!r}; choose one of {', '.join(PREDICTORS)}")
-        if corrector not in CORRECTORS:
-            raise InvalidParameterError(f"unknown corrector {corrector!r}; choose one of {', '.join(CORRECTORS)}")
-        if norm not in ("sample", "batch"):
-            raise InvalidParameterError(f"option norm must be 'sample' or 'batch', got {norm!r}")
-        self.predictor, self.corrector, self.norm = predictor, corrector, norm
+        self.predictor = check_choice("predictor", predictor, PREDICTORS)
+        self.corrector = check_choice("corrector", corrector, CORRECTORS)
+        self.norm = check_choice("norm", norm, ("sample", "batch"))
         self.snr = check_number("snr", snr, 0.0)
         self.n_steps = check_number("n_steps", n_steps, 0, 1000, integer=True)
 

@@ -36,8 +36,7 @@ class Restart(EDMHeun):
         self.at = None   # the index of the grid point where the restarts happen
 
     def plan(self, grid):
-        sde = self.frame.sde
-        levels = (sde.sigma(grid) / torch.exp(sde.log_alpha(grid))).tolist()
+        levels = self.frame.sigma_ve(grid).tolist()   # sigma / alpha, closed-form or numerical moments
         self.top, self.t_top = max(levels), float(grid[levels.index(max(levels))])   # the walk's highest level
         below = [k for k in range(1, len(levels)) if levels[k] <= self.sigma_min and levels[k] < levels[k - 1]]
         ok = below and self.restarts > 0 and levels[below[0]] < min(self.sigma_max, self.top)

@@ -1,10 +1,13 @@
 """What a stepper is: a small object that advances the state over one step, declaring what it is."""
 
+import numbers
 from typing import Callable, Dict, Optional
 
+import numpy as np
 import torch
 
 from .._errors import InvalidParameterError, MethodArgumentError
+from .._methods._base import close_names, unknown_options_message
 
 
 class Stepper:
@@ -43,12 +46,14 @@ class Stepper:
     grid_steps: Optional[Callable[[int], int]] = None
     defaults: Dict[str, object] = {}
 
+    #: the options the loop takes out before the stepper sees the rest (:func:`sdekit._stepping.run`)
+    loop_options = ("denoise", "hook")
+
     def __init__(self, frame, noise, options: dict, steps: Optional[int] = None):
-        unknown = sorted(set(options) - set(self.defaults))
+        unknown = sorted(set(options) - set(self.defaults), key=str)
         if unknown:
-            takes = ", ".join(sorted(self.defaults)) or "none"
-            raise MethodArgumentError(f"{self.name} does not take option(s) {', '.join(map(repr, unknown))}; "
-                                      f"it takes: {takes}")
+            raise MethodArgumentError(unknown_options_message(
+                self.name, unknown, tuple(sorted(self.defaults)) + self.loop_options))
         self.frame = frame
         self.noise = noise
         self.steps = steps
@@ -82,12 +87,39 @@ class Stepper:
 
 
 def check_number(name: str, value, low: float = 0.0, high: float = float("inf"), integer: bool = False):
-    """``value`` as a float (or int) in ``[low, high]``, or an :class:`InvalidParameterError`."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and (not integer or isinstance(value, int))
-    if not ok or not (low <= value <= high):
+    """``value`` as a float (or int) in ``[low, high]``, or an :class:`InvalidParameterError`.
+
+    A real number (a Python or NumPy number, or a 0-dim real tensor), never a bool or a string ("0.5" is
+    refused, not parsed); with ``integer`` an integral one (``4``, ``np.int64(4)``; not ``4.0``).
+    """
+    number = value
+    if isinstance(number, torch.Tensor) and number.dim() == 0 and not number.is_complex() \
+            and number.dtype != torch.bool:
+        number = number.item()
+    ok = not isinstance(number, bool) and isinstance(number, numbers.Integral if integer else numbers.Real)
+    if not ok or not (low <= number <= high):
         kind = "an integer" if integer else "a number"
-        raise InvalidParameterError(f"option {name} must be {kind} in [{low}, {high}], got {value!r}")
-    return value
+        raise InvalidParameterError(f"option {name} must be {kind} in [{low}, {high}], "
+                                    f"got {type(value).__name__} {value!r:.40}")
+    return int(number) if integer else float(number)
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` if it is ``True`` or ``False`` (or a NumPy bool); anything else (``"no"``, ``0``, ``None``) is an
+    :class:`InvalidParameterError`, never read by its truth value."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise InvalidParameterError(f"option {name} must be True or False, got {type(value).__name__} {value!r:.40}")
+
+
+def check_choice(name: str, value, choices) -> str:
+    """``value`` if it is one of the strings ``choices``, or an :class:`InvalidParameterError` naming them."""
+    if isinstance(value, str) and value in choices:
+        return value
+    hint = close_names(value, choices) if isinstance(value, str) else []
+    said = f" (did you mean {' or '.join(map(repr, hint))}?)" if hint else ""
+    raise InvalidParameterError(f"option {name} must be one of {', '.join(map(repr, choices))}, "
+                                f"got {value!r:.40}{said}")
 
 
 class AdaptiveStepper(Stepper):
@@ -119,6 +151,7 @@ class AdaptiveStepper(Stepper):
     """
 
     error_estimate = True
+    loop_options = ("denoise", "sync_every")   # the adaptive loop's own (it refuses hook)
     error_order = 1.0
     evals = 1
     clock = "t"

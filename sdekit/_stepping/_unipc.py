@@ -16,10 +16,9 @@ the :math:`\rho` solving :math:`R\rho = b` with :math:`R_{jk} = r_k^{j-1}` and
 
 import torch
 
-from .._errors import InvalidParameterError
 from ._dpmpp_multistep import step_order
 from ._frame import ps
-from ._stepper import Stepper, check_number
+from ._stepper import Stepper, check_bool, check_choice, check_number
 
 
 class UniPC(Stepper):
@@ -35,10 +34,8 @@ class UniPC(Stepper):
 
     def setup(self, order, variant, lower_order_final):
         self.p = check_number("order", order, 1, 3, integer=True)
-        if variant not in ("bh1", "bh2"):
-            raise InvalidParameterError(f"option variant must be 'bh1' or 'bh2', got {variant!r}")
-        self.variant = variant
-        self.lower_order_final = bool(lower_order_final)
+        self.variant = check_choice("variant", variant, ("bh1", "bh2"))
+        self.lower_order_final = check_bool("lower_order_final", lower_order_final)
         self.past = []       # (log-SNR, data prediction) of earlier points, newest last
         self.current = None  # the model's prediction at the current point, from the last corrector
 
