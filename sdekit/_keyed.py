@@ -317,10 +317,14 @@ class KeyedBrownian:
         return w
 
     def _position(self, t: torch.Tensor, bits: int) -> torch.Tensor:
-        """``t``'s place on the span in units of ``span / 2**bits`` (int64, per sample)."""
+        """``t``'s place on the span, rounded to the nearest unit of ``span / 2**bits`` (int64, per sample).
+
+        Rounding, not flooring: a grid time on a dyadic point (a uniform grid of 2**k steps) lies mid-way
+        between two rounding edges, so the same grid computed another way (a rounding apart) keeps its keys.
+        """
         u = (t.to(device=self.device, dtype=torch.float64) - self.t0) / (self.t1 - self.t0)
         top = 2 ** bits
-        return (u.clamp(0.0, 1.0) * top).floor().clamp_max(top - 1).to(torch.int64)
+        return (u.clamp(0.0, 1.0) * top).round().clamp_max(top - 1).to(torch.int64)
 
     def normal(self, t: torch.Tensor, tag: int = 0) -> torch.Tensor:
         """Fresh standard normals keyed by the time ``t`` (per sample) and a ``tag`` (``0 <= tag < 2**21``).
