@@ -11,19 +11,8 @@ torchsde, torchdiffeq, scipy or sdekit's own diffusion samplers through one :fun
     sol.x, sol.nfe
 """
 
-from ._brownian import brownian_motion
 from ._errors import (ArgumentTypeError, InvalidParameterError, MethodArgumentError, ScoreFunctionError,
                       SDEKitError, ShapeError, SolveError, UnknownMethodError)
-from ._grid import SCHEDULES, karras_grid, log_snr_grid, quadratic_grid, schedule_grid, step_grid, uniform_grid
-from ._keyed import KeyedBrownian, keyed_normal
-from ._likelihood import AugmentedFlow, BitsPerDim, Likelihood, bits_per_dim, decode, encode, log_likelihood
-from ._methods import Method, methods
-from ._process import ForwardSDE, ProbabilityFlowODE, Process, ReverseSDE, forward, probability_flow, reverse
-from ._sde import SDE, LinearSDE, SubVPSDE, VESDE, VPSDE
-from ._solution import PerSample, Result, Solution
-from ._solve import solve
-from ._study import Budget, Measure, MethodSpec, StudyProblem, StudyTable, study
-from . import losses
 
 __version__ = "0.1.0"
 
@@ -38,3 +27,37 @@ __all__ = [
     "MethodArgumentError", "SolveError",
     "log_likelihood", "bits_per_dim", "encode", "decode", "Likelihood", "BitsPerDim", "AugmentedFlow",
 ]
+
+#: Where each public name lives: imported on first use (PEP 562), so that ``import sdekit`` and ``sdekit --help``
+#: load neither torch nor scipy until something needs them.
+_LAZY = {
+    "brownian_motion": "_brownian",
+    **dict.fromkeys(("SCHEDULES", "karras_grid", "log_snr_grid", "quadratic_grid", "schedule_grid", "step_grid",
+                     "uniform_grid"), "_grid"),
+    **dict.fromkeys(("KeyedBrownian", "keyed_normal"), "_keyed"),
+    **dict.fromkeys(("AugmentedFlow", "BitsPerDim", "Likelihood", "bits_per_dim", "decode", "encode",
+                     "log_likelihood"), "_likelihood"),
+    **dict.fromkeys(("Method", "methods"), "_methods"),
+    **dict.fromkeys(("ForwardSDE", "ProbabilityFlowODE", "Process", "ReverseSDE", "forward", "probability_flow",
+                     "reverse"), "_process"),
+    **dict.fromkeys(("SDE", "LinearSDE", "SubVPSDE", "VESDE", "VPSDE"), "_sde"),
+    **dict.fromkeys(("PerSample", "Result", "Solution"), "_solution"),
+    "solve": "_solve",
+    **dict.fromkeys(("Budget", "Measure", "MethodSpec", "StudyProblem", "StudyTable", "study"), "_study"),
+}
+
+
+def __getattr__(name):
+    import importlib
+    if name == "losses":
+        return importlib.import_module(".losses", __name__)
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'sdekit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{where}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY) | {"losses"})

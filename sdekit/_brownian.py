@@ -18,16 +18,16 @@ from ._errors import ArgumentTypeError, InvalidParameterError
 __all__ = ["brownian_motion"]
 
 _ENTROPY_HIGH = 2 ** 62
-SEED_HIGH = 2 ** 63
+SEED_HIGH = 2 ** 64
 
 
 def check_entropy(seed, generator) -> None:
-    """Refuse a seed that is not an integer in ``[0, 2**63)``, a generator that is not a ``torch.Generator``, or both."""
+    """Refuse a seed that is not an integer in ``[0, 2**64)``, a generator that is not a ``torch.Generator``, or both."""
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ArgumentTypeError(f"seed must be an integer in [0, 2**63), got {type(seed).__name__} {seed!r:.40}")
+            raise ArgumentTypeError(f"seed must be an integer in [0, 2**64), got {type(seed).__name__} {seed!r:.40}")
         if not 0 <= seed < SEED_HIGH:
-            raise InvalidParameterError(f"seed must be an integer in [0, 2**63), got {seed}")
+            raise InvalidParameterError(f"seed must be an integer in [0, 2**64), got {seed}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ArgumentTypeError(f"generator must be a torch.Generator (torch.Generator().manual_seed(n)), "
                                 f"got {type(generator).__module__}.{type(generator).__name__}; or pass seed=")

@@ -69,7 +69,7 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
       refined to contain them.
     - ``noise``: a Brownian motion on the process's torchsde clock (see :func:`sdekit.brownian_motion`)
       of shape ``(batch, prod(event_shape))``, or ``generator`` (a ``torch.Generator``) or ``seed`` (an
-      integer in ``[0, 2**63)``) to build one; with none, torch's global generator seeds it.
+      integer in ``[0, 2**64)``) to build one; with none, torch's global generator seeds it.
     - ``max_steps``: the most accepted steps (default 100 000 when adaptive, none when fixed).
     - ``dt_min``: the smallest step sdekit's own adaptive loop may take.
     - ``throw``: raise :class:`sdekit.SolveError` when the solve does not reach ``t_end`` with finite values

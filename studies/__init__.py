@@ -68,7 +68,7 @@ class MixtureProblem(StudyProblem):
     def prepare(self, n, seed):
         if (n, seed) not in self._floors:
             self._floors[(n, seed)] = monte_carlo_floor(sliced_wasserstein, self._draw, n,
-                                                        repeats=self.floor_repeats, seed=seed + 100)
+                                                        repeats=self.floor_repeats, seed=(seed + 100) % 2 ** 64)
         return self._floors[(n, seed)]
 
     def measures(self, x, exact, seed):

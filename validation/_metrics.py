@@ -201,7 +201,7 @@ def monte_carlo_floor(metric: Callable, sampler: Callable, n: int, repeats: int 
         raise InvalidParameterError(f"need repeats >= 1 and n >= 2, got repeats={repeats}, n={n}")
     values = []
     for r in range(int(repeats)):
-        g = torch.Generator().manual_seed(int(seed) + r)
+        g = torch.Generator().manual_seed((int(seed) + r) % 2 ** 64)
         x = sampler(int(n), g)
         v = metric(x, sampler(int(n), g)) if two_sample else metric(x)
         values.append(float(v.value if isinstance(v, Distance) else v))

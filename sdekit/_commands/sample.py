@@ -9,12 +9,14 @@ finished shard is saved under ``<out>.shards/`` at once, and the same command re
 
 import os
 
-import torch
-
-from ._common import UsageError, _device, _dtype, _problem, _say, _shape, _threads
+from ._common import UsageError, _device, _dtype, _problem, _say, _shape, _threads, check_seed, count
 
 #: Samples per shard file unless ``--shard-size`` says otherwise.
 DEFAULT_SHARD = 1000
+#: Samples of one run at most: rank 0 gathers them into one file, in memory.
+MAX_SAMPLES = 10 ** 8
+#: Fixed steps at most (as :func:`sdekit.solve`'s ``MAX_GRID_STEPS``: each step is kept in memory).
+MAX_STEPS = 10 ** 7
 
 
 def add_parser(sub):
@@ -24,24 +26,27 @@ def add_parser(sub):
                                    "from (seed, i) alone, so the file is the same whatever the number of "
                                    "processes. Finished shards are kept in OUT.shards/; run the same command to "
                                    "resume a killed run.")
-    s.add_argument("--sde", help="vp (default), subvp, ve")
-    s.add_argument("--problem", metavar="MODULE:ATTR")
-    s.add_argument("--score", metavar="MODULE:ATTR")
+    s.add_argument("--sde", help="vp (default), subvp, ve; a --model or --score that carries its SDE uses its own")
+    s.add_argument("--problem", metavar="NAME|MODULE:ATTR",
+                   help="mixture (default), gaussian, exact:NAME, or your StudyProblem (or a function returning one)")
+    s.add_argument("--score", metavar="MODULE:ATTR", help="your score(x, t) (a float32 network is fine)")
+    s.add_argument("--model", metavar="FILE", help="a model saved by sdekit train, sampled under the SDE it was "
+                                                   "trained with")
     s.add_argument("--shape", help="event shape for --score (default 2)")
     s.add_argument("--method", default="sde:euler", help="e.g. euler, sde:ddim, ode:dpmpp_2m (default sde:euler)")
-    s.add_argument("--steps", type=int)
+    s.add_argument("--steps", type=count, help=f"fixed steps, 1 to {MAX_STEPS:.0e}")
     s.add_argument("--tol", type=float, help="adaptive tolerance (rtol = atol); batch-coupled methods need --batch 1")
-    s.add_argument("-n", "--n", "--samples", dest="n", type=int, default=1000,
-                   help="number of samples (default 1000); under torchrun write -n or --samples (torchrun reads "
-                        "--n as one of its own options)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch", type=int, help="samples per solve (default: the shard size); memory, not results")
-    s.add_argument("--shard-size", dest="shard_size", type=int, default=DEFAULT_SHARD,
+    s.add_argument("-n", "--n", "--samples", dest="n", type=count, default=1000,
+                   help=f"number of samples, 1 to {MAX_SAMPLES:.0e} (default 1000); under torchrun write -n or "
+                        "--samples (torchrun reads --n as one of its own options)")
+    s.add_argument("--seed", type=int, default=0, help="in [0, 2**64) (default 0)")
+    s.add_argument("--batch", type=count, help="samples per solve (default: the shard size); memory, not results")
+    s.add_argument("--shard-size", dest="shard_size", type=count, default=DEFAULT_SHARD,
                    help=f"samples per shard file (default {DEFAULT_SHARD}); fixed for a run and its restarts")
     s.add_argument("--keep-shards", dest="keep_shards", action="store_true",
                    help="keep OUT.shards/ after gathering (default: delete it)")
     s.add_argument("--device", default="cpu", help="cpu (default), cuda (under torchrun: cuda:LOCAL_RANK), ...")
-    s.add_argument("--dtype", default="float64")
+    s.add_argument("--dtype", default="float64", help="float64 (default) or float32")
     s.add_argument("--threads", type=int)
     s.add_argument("--out", default="samples.pt", help="file ending in .pt or .npz (default samples.pt)")
     s.add_argument("--quiet", "-q", action="store_true")
@@ -51,25 +56,30 @@ def add_parser(sub):
 def _checked(args):
     if (args.steps is None) == (args.tol is None):
         raise UsageError("give --steps N (fixed steps) or --tol T (adaptive), one of them")
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
+        raise UsageError(f"--steps must be from 1 to {MAX_STEPS:.0e} (each step is kept in memory and calls the "
+                         f"score), got {args.steps}; take fewer steps, or an adaptive method with --tol")
     if args.tol is not None and not args.tol > 0:
         raise UsageError(f"--tol must be positive, got {args.tol}")
     if not args.out.endswith((".pt", ".npz")):
         raise UsageError(f"--out must end in .pt or .npz, got {args.out!r}")
-    if args.n < 1 or not 0 <= args.seed < 2 ** 64:
-        raise UsageError("need --n >= 1 and 0 <= --seed < 2**64")
+    if not 1 <= args.n <= MAX_SAMPLES:
+        raise UsageError(f"-n must be from 1 to {MAX_SAMPLES:.0e} (rank 0 gathers the samples into one file in "
+                         f"memory), got {args.n}; split a larger set into runs of other seeds")
+    check_seed(args.seed)
     if args.shard_size < 1 or (args.batch is not None and args.batch < 1):
         raise UsageError("--shard-size and --batch must be at least 1")
 
 
 def run(args) -> int:
+    import torch
+
     import sdekit
     from .._sharding import ShardStore, batch_coupling, dist_context, sample_shard, save_samples, shards, wait_for
     from .._study import MethodSpec
     _checked(args)
-    problem = _problem(args.sde or "vp", args.problem, args.score, _shape(args.shape or "2"))
-    spec = MethodSpec(args.method)
+    spec = MethodSpec(args.method)          # a misspelt method fails here, with the library's suggestion
+    problem = _problem(args.sde, args.problem, args.score, _shape(args.shape or "2"), model=args.model)
     process = problem.sde_process() if spec.process == "sde" else problem.ode_process()
     if process is None:
         raise UsageError(f"{problem.name} has no probability flow; use an SDE method")

@@ -3,12 +3,14 @@
 import os
 import sys
 
-import torch
+from ._common import SEED_LIMIT, UsageError, _device, _dtype, _problem, _say, _shape, _threads, check_seed, count
 
-from ._common import UsageError, _device, _dtype, _problem, _say, _shape, _threads
+#: Samples per row at most (as ``sdekit.study``'s ``MAX_SAMPLES``: a row holds its samples in memory at once).
+MAX_SAMPLES = 10 ** 7
 
 #: The settings of a study and their defaults; a TOML file's [study] table takes these keys, a flag wins over it.
-DEFAULTS = dict(sde="vp", problem=None, score=None, shape="2", methods=None, budgets=None, samples=2000, seed=0,
+#: ``sde`` None: VP, or the SDE of ``--model`` / of a ``--score`` object that carries one.
+DEFAULTS = dict(sde=None, problem=None, score=None, shape="2", methods=None, budgets=None, samples=2000, seed=0,
                 seeds=1, device="cpu", dtype="float64", threads=None, workers=None, executor=None, scheduler=None,
                 out="sdekit-study", reference={}, quiet=False, model=None)
 STUDY_KEYS = tuple(DEFAULTS)
@@ -24,9 +26,17 @@ def _read_toml(path: str) -> dict:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise UsageError(f"no config file {path!r}; give the path of a study TOML file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder; give the path of a study TOML file") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8, as TOML "
+                         f"requires") from None
     except tomllib.TOMLDecodeError as err:
         raise UsageError(f"bad TOML in {path}: {err}; fix the file (docs/study.md shows one)") from None
     data = data.get("study", data)
+    if not isinstance(data, dict):
+        raise UsageError(f"study in {path} must be a table ([study] with keys such as samples = 2000), got "
+                         f"{data!r:.60}")
     unknown = sorted(set(data) - set(STUDY_KEYS))
     if unknown:
         raise UsageError(f"unknown keys {unknown} in {path}; valid keys: {', '.join(STUDY_KEYS)}")
@@ -44,14 +54,14 @@ def add_parser(sub):
                         "forward SDEs with exact solutions), or your StudyProblem (or a function returning one)")
     p.add_argument("--score", metavar="MODULE:ATTR", help="your score(x, t); the reference is then a fine solve")
     p.add_argument("--model", metavar="FILE", help="a model saved by sdekit train: the study runs on it and, for a "
-                                                   "model of the mixture, on the exact score beside it (its SDE wins "
-                                                   "over --sde)")
+                                                   "model of the mixture, on the exact score beside it, under the SDE "
+                                                   "it was trained with (--sde, if given, must name it)")
     p.add_argument("--shape", help="event shape for --score, comma-separated (default 2)")
     p.add_argument("--methods", help="comma-separated, e.g. 'euler,sde:ddim,ode:dpmpp_2m,dopri5'")
     p.add_argument("--budgets", help="e.g. '8,16,32' (steps), 'nfe=10,20', 'steps=8,16;tol=1e-3,1e-5'")
-    p.add_argument("--samples", type=int, help="samples per row (default 2000)")
-    p.add_argument("--seed", type=int, help="first seed (default 0)")
-    p.add_argument("--seeds", type=int, help="number of seeds, from --seed on (default 1)")
+    p.add_argument("--samples", type=count, help=f"samples per row, 2 to {MAX_SAMPLES:.0e} (default 2000)")
+    p.add_argument("--seed", type=int, help="first seed, in [0, 2**64) (default 0)")
+    p.add_argument("--seeds", type=count, help="number of seeds, from --seed on (default 1)")
     p.add_argument("--device", help="cpu (default), cuda, ...")
     p.add_argument("--dtype", help="float64 (default) or float32")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: 1 for small CPU states)")
@@ -61,8 +71,9 @@ def add_parser(sub):
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="Dask scheduler of --executor dask, e.g. tcp://10.0.0.1:8786 (default: dask's configured "
                         "one, else a LocalCluster here)")
-    p.add_argument("--reference-steps", type=int, dest="reference_steps",
-                   help="steps of the fine SDE reference solves (default 8x the most steps, at least 256)")
+    p.add_argument("--reference-steps", type=count, dest="reference_steps",
+                   help="steps of the fine SDE reference solves, 1 to 1e7 (default 8x the most steps, at least "
+                        "256)")
     p.add_argument("--out", help="output folder (default sdekit-study)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when a row's verdict is not ok")
@@ -78,15 +89,26 @@ def _settings(args) -> dict:
         v = getattr(args, key, None)
         if v is not None and v is not False:
             out[key] = v
-    if getattr(args, "reference_steps", None):
-        out["reference"] = dict(out.get("reference") or {}, steps=args.reference_steps)
+    if not isinstance(out["reference"], dict):
+        raise UsageError(f"reference must be a table such as {{ steps = 1024 }}, got {out['reference']!r}")
+    if getattr(args, "reference_steps", None) is not None:
+        if args.reference_steps < 1:
+            raise UsageError(f"--reference-steps must be at least 1, got {args.reference_steps}")
+        out["reference"] = dict(out["reference"], steps=args.reference_steps)
     for key in ("samples", "seed", "seeds", "workers"):
         if out[key] is None and DEFAULTS[key] is None:
             continue
         if isinstance(out[key], bool) or not isinstance(out[key], int):
             raise UsageError(f"{key} must be an integer, got {out[key]!r}")
-    if out["samples"] < 2 or out["seeds"] < 1 or (out["workers"] or 1) < 1 or out["seed"] < 0:
-        raise UsageError("need samples >= 2, seeds >= 1, workers >= 1 and seed >= 0")
+    if out["samples"] < 2 or out["seeds"] < 1 or (out["workers"] or 1) < 1:
+        raise UsageError("need samples >= 2, seeds >= 1 and workers >= 1")
+    if out["samples"] > MAX_SAMPLES:
+        raise UsageError(f"samples is {out['samples']}, more than the {MAX_SAMPLES:.0e} a row takes (a row holds its "
+                         f"samples, their reference and exact samples in memory); run more seeds for more samples")
+    check_seed(out["seed"], "seed")
+    if out["seed"] + out["seeds"] > SEED_LIMIT:
+        raise UsageError(f"seeds run from seed {out['seed']} to seed + seeds - 1, which must stay below 2**64; "
+                         f"give a smaller seed or fewer seeds")
     if out["threads"] is not None and (isinstance(out["threads"], bool) or not isinstance(out["threads"], int)):
         raise UsageError(f"threads must be an integer, got {out['threads']!r}")
     for key in ("sde", "device", "dtype", "out", "executor", "scheduler"):
@@ -95,8 +117,6 @@ def _settings(args) -> dict:
         if not isinstance(out[key], str):
             raise UsageError(f"{key} must be a string, got {out[key]!r}")
     _device(out["device"])
-    if not isinstance(out["reference"], dict):
-        raise UsageError(f"reference must be a table such as {{ steps = 1024 }}, got {out['reference']!r}")
     return out
 
 
@@ -109,21 +129,27 @@ def run(args) -> int:
 
 def _run_study(args, s: dict):
     """The study of the settings ``s``: its exit status and its :class:`sdekit.StudyTable` (this run's rows)."""
+    import torch
     from .._study import save_report, study
     from sdekit.studies import DEFAULT_BUDGETS, DEFAULT_METHODS
     from .._study._runner import check_budgets
     from .._study._spec import as_method_spec, parse_budgets
+    from .._study._study import check_plan
     quiet = bool(s["quiet"])
-    methods = s["methods"] or DEFAULT_METHODS
+    methods = DEFAULT_METHODS if s["methods"] is None else s["methods"]
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     if not isinstance(methods, list):
         raise UsageError(f"methods must be a list or a comma-separated string, got {methods!r}")
+    if not methods:
+        raise UsageError("methods is empty; name at least one, e.g. methods = [\"sde:euler\", \"ode:dpmpp_2m\"] "
+                         "(leave it out for the default methods)")
     methods = [as_method_spec(m) for m in methods]          # unknown names fail here, before anything runs
-    budgets = parse_budgets(s["budgets"] or DEFAULT_BUDGETS)
+    budgets = parse_budgets(DEFAULT_BUDGETS if s["budgets"] is None else s["budgets"])
     check_budgets(methods, budgets)                          # before any folder is made
     problem = _problem(s["sde"], s["problem"], s["score"], _shape(s["shape"]), model=s["model"],
                        exact=getattr(args, "model_part", None) == "exact")
+    check_plan(problem, methods, budgets, s["reference"])   # steps and reference sizes, before any folder
     x = problem.initial(2, torch.Generator().manual_seed(0))
     numel = s["samples"] * x[0].numel()
     threads, why = _threads(s["threads"], numel, s["device"])

@@ -2,8 +2,6 @@
 
 import os
 
-import torch
-
 from ._common import UsageError, _device, _say, _threads
 
 PREDICTIONS = ("eps", "x0", "v", "score", "edm")
@@ -64,6 +62,8 @@ def _check(args):
 
 
 def run(args) -> int:
+    import torch
+
     from sdekit.studies import SDES, MixtureProblem
     from sdekit.studies._trained import (derived_seed, evaluate_bound, load_model, load_points, save_model,
                                          train_score_model)

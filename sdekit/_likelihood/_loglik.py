@@ -100,8 +100,8 @@ def generator_from(generator, seed) -> Optional[torch.Generator]:
         return generator
     if seed is None:
         return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 63:
-        raise InvalidParameterError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
+        raise InvalidParameterError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     return torch.Generator().manual_seed(int(seed))
 
 

@@ -96,6 +96,9 @@ class StudyProblem:
     - ``noise``: ``"additive"`` or ``"diagonal"``: which strong order of a method to expect (default: additive
       for a reverse SDE of an SDE whose ``g`` ignores ``x``).
     - ``config``: a JSON-able dict describing anything else that changes results (hashed with the rows).
+    - ``score_dtype``: the dtype ``score`` computes in, for a network trained in float32: states and times are
+      cast to it and the score back to the states' dtype (the references and the fingerprint run in float64,
+      the rows in the study's dtype).  Default ``None``: the score takes the states as they come.
     """
 
     exact_solution: Optional[Callable] = None
@@ -110,7 +113,7 @@ class StudyProblem:
                  flow_map: Optional[Callable] = None, exact_samples: Optional[Callable] = None,
                  measures: Optional[Callable] = None, density: Optional[Callable] = None,
                  test_functions: Optional[Dict[str, Callable]] = None, noise: Optional[str] = None,
-                 config: Optional[dict] = None):
+                 config: Optional[dict] = None, score_dtype: Optional[torch.dtype] = None):
         if not isinstance(sde, SDE):
             raise ArgumentTypeError(f"sde must be an sdekit.SDE (VPSDE(), VESDE(), ...), got {type(sde).__name__}")
         if process not in ("reverse", "forward"):
@@ -121,6 +124,11 @@ class StudyProblem:
                             exact_samples=exact_samples, measures=measures, density=density).items():
             if fn is not None and not callable(fn):
                 raise ArgumentTypeError(f"{key} must be callable, got {type(fn).__name__}")
+        if score_dtype is not None and not (isinstance(score_dtype, torch.dtype) and score_dtype.is_floating_point):
+            raise ArgumentTypeError(f"score_dtype must be a floating torch dtype (torch.float32), got {score_dtype!r}")
+        if score_dtype is not None and score is not None:
+            score = CastScore(score, score_dtype)
+        self.score_dtype = score_dtype
         self.sde, self.score, self.name, self.process = sde, score, str(name), process
         self.event_shape = tuple(int(n) for n in event_shape)
         self._initial = initial
@@ -174,12 +182,37 @@ class StudyProblem:
             if self.process == "reverse":
                 parts.append(self.score(x, torch.full((4,), 0.5 * (self.t_start + self.t_end), dtype=torch.float64)))
         text = ";".join(",".join(f"{v:.9g}" for v in p.reshape(-1).tolist()) for p in parts)
-        return dict(name=self.name, sde=repr(self.sde), process=self.process, span=[self.t_start, self.t_end],
-                    config=self.config, digest=hashlib.sha256(text.encode()).hexdigest()[:16])
+        out = dict(name=self.name, sde=repr(self.sde), process=self.process, span=[self.t_start, self.t_end],
+                   config=self.config, digest=hashlib.sha256(text.encode()).hexdigest()[:16])
+        if getattr(self, "score_dtype", None) is not None:       # only then: float64 scores keep their hashes
+            out["score_dtype"] = str(self.score_dtype).replace("torch.", "")
+        return out
 
     def __repr__(self):
         refs = [k for k in ("exact_solution", "flow_map", "exact_samples", "measures") if getattr(self, k) is not None]
         return f"StudyProblem({self.name!r}, {self.sde!r}, {self.process}, references: {', '.join(refs) or 'none'})"
+
+
+class CastScore:
+    """``score`` evaluated in ``dtype`` (a float32 network): states and times are cast to it, its output back to
+    the states' dtype; ``nfe_per_call`` is the score's."""
+
+    def __init__(self, score: Callable, dtype: torch.dtype):
+        self.score, self.dtype = score, dtype
+        self.__name__ = getattr(score, "__name__", type(score).__name__)
+        if hasattr(score, "nfe_per_call"):
+            self.nfe_per_call = score.nfe_per_call
+
+    def __call__(self, x, t):
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != self.dtype:
+            t = t.to(self.dtype)
+        if x.dtype == self.dtype:
+            return self.score(x, t)
+        out = self.score(x.to(self.dtype), t)
+        return out.to(x.dtype) if isinstance(out, torch.Tensor) else out
+
+    def __repr__(self):
+        return f"CastScore({self.score!r}, {self.dtype})"
 
 
 def _square_norm(x: torch.Tensor) -> torch.Tensor:

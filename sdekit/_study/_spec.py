@@ -12,6 +12,7 @@ methods; a method's own ``budgets`` replace the shared ones.
 
 import hashlib
 import json
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
@@ -22,6 +23,7 @@ from .._methods import lookup
 __all__ = ["MethodSpec", "Budget", "parse_budgets", "as_method_spec", "config_hash"]
 
 KINDS = ("steps", "dt", "nfe", "tol")
+_EXAMPLE = {"steps": "16", "dt": "0.05", "nfe": "20", "tol": "1e-4"}
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,9 @@ class Budget:
         if self.kind not in KINDS:
             raise InvalidParameterError(f"a budget is one of {', '.join(KINDS)}, got {self.kind!r}")
         v = self.value
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0:
-            raise InvalidParameterError(f"budget {self.kind} must be a positive number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0 or not math.isfinite(v):
+            raise InvalidParameterError(f"budget {self.kind} must be a positive finite number, got {v!r}; write "
+                                        f"e.g. {self.kind}={_EXAMPLE[self.kind]}")
         if self.kind in ("steps", "nfe"):
             if int(v) != v:
                 raise InvalidParameterError(f"budget {self.kind} must be a whole number, got {v!r}")
@@ -78,9 +81,16 @@ def parse_budgets(spec) -> List[Budget]:
     if isinstance(spec, numbers.Real) and not isinstance(spec, bool):
         return [Budget("steps", spec)]
     if isinstance(spec, dict):
-        return [Budget(k, v) for k, vs in spec.items() for v in (vs if isinstance(vs, (list, tuple)) else [vs])]
-    if isinstance(spec, (list, tuple)):
-        return [b for item in spec for b in parse_budgets(item)]
+        out = [Budget(k, v) for k, vs in spec.items() for v in (vs if isinstance(vs, (list, tuple)) else [vs])]
+    elif isinstance(spec, (list, tuple)):
+        out = [b for item in spec for b in parse_budgets(item)]
+    else:
+        out = None
+    if out is not None:
+        if not out:
+            raise InvalidParameterError(f"no budgets in {spec!r}; give at least one, e.g. [8, 16, 32] or "
+                                        f"{{ steps = [8, 16], tol = [1e-3, 1e-5] }}")
+        return out
     raise ArgumentTypeError(f"budgets must be step counts, Budget objects or strings like 'nfe=10,20', "
                             f"got {type(spec).__name__}")
 
@@ -90,6 +100,9 @@ def _number(text: str, kind: str):
         v = float(text)
     except ValueError:
         raise InvalidParameterError(f"budget {kind}={text!r} is not a number; write e.g. {kind}=10") from None
+    if not math.isfinite(v):
+        raise InvalidParameterError(f"budget {kind}={text} is not a finite number; write e.g. "
+                                    f"{kind}={_EXAMPLE.get(kind, '10')}")
     return int(v) if kind in ("steps", "nfe") and v == int(v) else v
 
 

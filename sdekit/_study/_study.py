@@ -1,18 +1,76 @@
 """``sdekit.study``: a convergence study or a solver comparison in one call."""
 
+import math
 import numbers
 import os
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
 from .._errors import ArgumentTypeError, InvalidParameterError
+from .._solve import MAX_GRID_STEPS
 from ._executors import make_executor
-from ._runner import Settings, plan_rows, run_rows
-from ._spec import as_method_spec, parse_budgets
+from ._runner import DEFAULT_REFERENCE, Settings, check_budgets, family, plan_rows, reference_steps, run_rows
+from ._spec import Budget, MethodSpec, as_method_spec, parse_budgets
 from ._table import StudyTable
 
-__all__ = ["study"]
+__all__ = ["study", "check_plan", "MAX_SAMPLES", "SEED_LIMIT"]
+
+#: A row holds its samples, their reference and exact samples in memory at once: at most this many per row
+#: (more seeds give more samples).
+MAX_SAMPLES = 10 ** 7
+#: Seeds are integers in ``[0, SEED_LIMIT)`` (64 bits).
+SEED_LIMIT = 2 ** 64
+_STEP_KEYS = ("steps", "torchsde_steps", "sdekit_steps")
+
+
+def check_plan(problem, specs: List[MethodSpec], budgets: List[Budget], reference: Optional[dict] = None):
+    """Refuse, before anything runs, a plan that cannot run: a method no budget applies to, a reference setting
+    that is unknown or out of range, a row or a reference solve of more than ``MAX_GRID_STEPS`` (10**7) fixed
+    steps (each is built in memory: a larger one would take minutes and gigabytes before failing).
+    Returns each spec with its budgets."""
+    pairs = check_budgets(specs, budgets)
+    given = dict(reference or {})
+    unknown = set(given) - set(DEFAULT_REFERENCE) - set(_STEP_KEYS)
+    if unknown:
+        raise InvalidParameterError(f"unknown reference settings {sorted(unknown)}; use steps, torchsde_steps, "
+                                    f"sdekit_steps, {', '.join(DEFAULT_REFERENCE)}")
+    for key in _STEP_KEYS:
+        v = given.get(key)
+        if key in given and (isinstance(v, bool) or not isinstance(v, numbers.Integral)
+                             or not 1 <= v <= MAX_GRID_STEPS):
+            raise InvalidParameterError(f"reference {key} must be a whole number from 1 to {MAX_GRID_STEPS:.0e} "
+                                        f"(the steps of the fine reference solves), got {v!r}")
+    tol = given.get("ode_tol")
+    if "ode_tol" in given and (isinstance(tol, bool) or not isinstance(tol, numbers.Real)
+                               or not (math.isfinite(tol) and tol > 0)):
+        raise InvalidParameterError(f"reference ode_tol must be a positive number such as 1e-10, got {tol!r}")
+    for key in ("torchsde", "sdekit", "ode"):
+        if key in given and not isinstance(given[key], str):
+            raise InvalidParameterError(f"reference {key} must be a method name such as "
+                                        f"{DEFAULT_REFERENCE[key]!r}, got {given[key]!r}")
+    span = abs(float(problem.t_start) - float(problem.t_end))
+    for spec, bs in pairs:
+        for b in bs:
+            steps = span / b.value if b.kind == "dt" else b.value if b.kind in ("steps", "nfe") else 0
+            if steps > MAX_GRID_STEPS:
+                raise InvalidParameterError(f"budget {b} of {spec.label} asks for {steps:.4g} steps, more than the "
+                                            f"{MAX_GRID_STEPS:.0e} a fixed-step solve takes (each step is kept in "
+                                            f"memory and calls the score); give fewer steps, a larger dt, or a "
+                                            f"tolerance")
+    most = 2 ** int(math.log2(MAX_GRID_STEPS)) // 8          # the most steps whose default reference fits
+    for fam in ("torchsde", "sdekit"):
+        rows = [(spec, bs) for spec, bs in pairs if spec.process == "sde" and family(spec) == fam]
+        if not rows or given.get(f"{fam}_steps", given.get("steps")) is not None:
+            continue
+        steps = reference_steps(rows, problem, fam)
+        if steps > MAX_GRID_STEPS:
+            raise InvalidParameterError(f"the reference of the {fam} SDE rows would take {steps} steps (8 times a "
+                                        f"row's most, as a power of two), more than the {MAX_GRID_STEPS:.0e} a "
+                                        f"reference solve takes: give SDE rows at most {most} steps, or set the "
+                                        f"reference's steps (reference=dict(steps=N), sdekit study "
+                                        f"--reference-steps N) to N <= {MAX_GRID_STEPS:.0e}")
+    return pairs
 
 
 def study(problem, methods: Sequence, budgets=None, *, samples: int = 1000, seeds: Union[int, Sequence[int]] = 0,
@@ -63,10 +121,15 @@ def study(problem, methods: Sequence, budgets=None, *, samples: int = 1000, seed
         raise InvalidParameterError(f"two methods share a label ({labels}); give each a distinct label=")
     shared = parse_budgets(budgets) if budgets is not None else []
     seeds = [seeds] if isinstance(seeds, numbers.Integral) else list(seeds)
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0 for s in seeds):
-        raise InvalidParameterError(f"seeds must be non-negative integers, got {seeds!r}")
-    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 2:
-        raise InvalidParameterError(f"samples must be an integer >= 2, got {samples!r}")
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 0 <= s < SEED_LIMIT
+                        for s in seeds):
+        raise InvalidParameterError(f"seeds must be integers in [0, 2**64), got {seeds!r:.200}")
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or not 2 <= samples <= MAX_SAMPLES:
+        raise InvalidParameterError(f"samples must be an integer from 2 to {MAX_SAMPLES:.0e} per row (a row holds "
+                                    f"its samples in memory; more seeds give more), got {samples!r}")
+    if reference is not None and not isinstance(reference, dict):
+        raise ArgumentTypeError(f"reference must be a dict such as dict(steps=1024), got {type(reference).__name__}")
+    check_plan(problem, specs, shared, reference)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral)
                                 or workers < 1):
         raise InvalidParameterError(f"workers must be a positive integer, got {workers!r}")
