@@ -230,14 +230,3 @@ class Evaluator:
         return NonFiniteRecord(k, step, time, samples, CAUSES[cause],
                                failed.to(self._first.device))
 
-
-def freeze_failed(evaluator, out: torch.Tensor) -> torch.Tensor:
-    """``out`` (a drift, shape ``(batch, ...)``) with the rows of failed samples set to zero: those non-finite now
-    or already in ``evaluator``'s record.  A solver that steps the whole batch at once then integrates the other
-    samples to the end while the failed ones stand still, flagged by the record (no host sync)."""
-    bad = ~finite_rows(out)
-    failed = evaluator.failed_rows()
-    if failed is not None and failed.shape == bad.shape:
-        bad = bad | failed.to(bad.device)
-    return torch.where(bad.view((-1,) + (1,) * (out.dim() - 1)), torch.zeros((), dtype=out.dtype, device=out.device),
-                       out)

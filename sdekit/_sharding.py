@@ -153,6 +153,20 @@ def _note(text: str) -> None:
     print(f"sdekit: warning: {text}", file=sys.stderr, flush=True)
 
 
+def _lock_holder(st) -> Optional[int]:
+    """The process that holds a lock on the file of ``st`` where the system says (Linux's /proc/locks)."""
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == dev and parts[4].isdigit():
+                    return int(parts[4])
+    except OSError:
+        pass
+    return None
+
+
 def run_hash(identity: dict) -> str:
     """A short digest of the settings that fix the samples."""
     text = json.dumps(identity, sort_keys=True, default=repr)
@@ -232,10 +246,12 @@ class ShardStore:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return fd, path
         except BlockingIOError:
+            holder = _lock_holder(os.fstat(fd))
             os.close(fd)
+            who = f" (process {holder})" if holder else ""
             raise InvalidParameterError(
-                f"another sdekit sample is writing {self.folder} now (the same --out); wait for it to finish (it "
-                f"writes the same file), or give another --out") from None
+                f"another sdekit sample{who} is writing {self.folder} now (the same --out); wait for it to finish "
+                f"or stop it, or give another --out") from None
         except OSError:
             os.close(fd)
             return None, path
@@ -435,7 +451,7 @@ def dist_context(device: str, environ=None) -> DistContext:
     except ValueError:
         raise InvalidParameterError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (torchrun sets them); "
                                     "launch with torchrun or unset them") from None
-    if world > 1:
+    if world > 1 and not _group_ready():
         missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not str(env.get(v, "")).strip()]
         if missing:
             raise InvalidParameterError(
@@ -463,6 +479,12 @@ def dist_context(device: str, environ=None) -> DistContext:
     if not dist.is_initialized():      # ranks wait at the end for the slowest (a resumed run is uneven): long timeout
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(days=7))
     return DistContext(rank, world, device, group=True)
+
+
+def _group_ready() -> bool:
+    """Whether this process already joined a process group (then the caller's rendezvous needs no variables)."""
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized()
 
 
 def wait_for(paths: List[str], timeout: float) -> None:

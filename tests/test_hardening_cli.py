@@ -243,8 +243,6 @@ def test_sample_takes_every_64_bit_seed(tmp_path):
     assert torch.load(out)["seed"] == 2 ** 64 - 1
 
 
-@pytest.mark.xfail(reason="needs sdekit/_study/_runner.py (seed + 2**32 overflows), sdekit/_brownian.py (seeds "
-                          "< 2**63) and the mixture's floor seeds (seed + 100) to wrap modulo 2**64", strict=False)
 def test_study_takes_every_64_bit_seed(tmp_path):
     out = tmp_path / "o"
     assert main(["study", "--seed", str(2 ** 64 - 1), "--methods", "sde:euler,ode:ddim,sde:ddim", "--budgets", "4",

@@ -161,8 +161,8 @@ def test_without_torchrun_one_process(monkeypatch):
         dist_context("cpu", environ=dict(WORLD_SIZE="two", RANK="0"))
 
 
-@pytest.mark.parametrize("bad, text", [(["--n", "0"], "--n >= 1"), (["--seed", str(2 ** 64)], "2**64"),
-                                       (["--batch", "0"], "at least 1"), (["--steps", "0"], "at least 1")])
+@pytest.mark.parametrize("bad, text", [(["--n", "0"], "-n must be from 1"), (["--seed", str(2 ** 64)], "2**64"),
+                                       (["--batch", "0"], "at least 1"), (["--steps", "0"], "--steps must be from 1")])
 def test_bad_options_one_line(bad, text, tmp_path, capsys):
     args = ["sample", "--steps", "4", "--out", str(tmp_path / "x.pt")] + bad
     assert main(args) == 2
@@ -211,8 +211,15 @@ def test_killed_torchrun_resumes_bit_for_bit(tmp_path, monkeypatch):
             assert proc.poll() is None and time.monotonic() < end, "torchrun ended before its first shard"
             time.sleep(0.02)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)          # the whole run: torchrun and both workers
+        workers = _children(proc.pid)                # torchrun starts each worker in a session of its own,
+        os.killpg(proc.pid, signal.SIGKILL)          # so the whole run is torchrun's group and each worker
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait()
+    _wait_unlocked(folder)                           # the killed workers' last threads have exited
     kept = {f: (folder / f).read_bytes() for f in os.listdir(folder) if f.startswith("shard-") and f.endswith(".pt")}
     assert 1 <= len(kept) < 8                        # killed between shards: some done, not all
     resumed = _sample("k.pt", *args, "--keep-shards", n=32)
@@ -220,3 +227,36 @@ def test_killed_torchrun_resumes_bit_for_bit(tmp_path, monkeypatch):
         assert (folder / name).read_bytes() == data
     fresh = _sample(tmp_path / "fresh.pt", *args, n=32)
     assert torch.equal(resumed["x"], fresh["x"]) and resumed["x"].shape == (32, 2)
+
+
+def _children(pid):
+    """The processes whose parent is ``pid`` (Linux's /proc)."""
+    out = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            out.append(int(name))
+    return out
+
+
+def _wait_unlocked(folder, timeout=30.0):
+    """Until no process holds the run's lock on ``folder`` (a killed process releases it as its last thread
+    exits)."""
+    import fcntl
+    end = time.monotonic() + timeout
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                assert time.monotonic() < end, f"{folder} is still locked: a worker of the killed run lives on"
+                time.sleep(0.02)
+    finally:
+        os.close(fd)

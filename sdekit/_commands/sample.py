@@ -91,6 +91,7 @@ def run(args) -> int:
     extra = batch_coupling(spec.info, adaptive, batch)
     budget = dict(steps=args.steps) if args.steps is not None else dict(rtol=args.tol, atol=args.tol)
     ctx = dist_context(args.device)
+    threads_before = torch.get_num_threads()      # restored at the end: main() may run inside a user's process
     try:
         device = _device(ctx.device)
         tag = f"[rank {ctx.rank}/{ctx.world}] " if ctx.world > 1 else ""
@@ -139,5 +140,6 @@ def run(args) -> int:
             say(f"{args.n} samples of {problem.name} by {spec.label} ({nfe} NFE a sample, {calls} score calls, "
                 f"{sum(float(r['wall_time']) for r in recs):.2f} s of solving) -> {args.out}")
     finally:
+        torch.set_num_threads(threads_before)
         ctx.close()
     return 0

@@ -22,7 +22,6 @@ import torchdiffeq
 from torchdiffeq._impl.odeint import SOLVERS
 
 from .._controller import check_options
-from .._evaluator import freeze_failed
 from .._solution import Result
 from ._base import Method, Outcome, Problem
 
@@ -43,7 +42,7 @@ class _Func:
 
     def __call__(self, t, x):
         try:
-            return freeze_failed(self.process.evaluator, self.process.drift(_batch(t, x), x))
+            return self.process.drift(_batch(t, x), x)
         except Exception as err:
             self.error = err
             raise

@@ -1,7 +1,7 @@
 """The results file: JSON lines, one row each, appended, flushed and fsynced as each row finishes.
 
-A row is a flat dict with its configuration hash under ``"key"`` and, since format 1 of the checksums, the
-sha256 of its payload under ``"sha256"`` (the row's JSON with that field left out, keys sorted, compact).
+A row is a flat dict with its configuration hash under ``"key"`` and the sha256 of its payload under
+``"sha256"`` (:func:`row_checksum`: the row's JSON with that field left out, keys sorted, compact).
 
 **Several writers.**  Any number of processes may read, append to and rewrite one results file at once (two
 studies given one output folder).  Every append and every rewrite holds an exclusive advisory lock
@@ -99,13 +99,13 @@ def _lock(fd: int, path: str, exclusive: bool) -> bool:
 
 
 def _read_all(fd: int) -> bytes:
-    chunks, pos = [], 0
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
     while True:
-        chunk = os.pread(fd, 1 << 20, pos)
+        chunk = os.read(fd, 1 << 20)
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
-        pos += len(chunk)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -190,8 +190,8 @@ def read_results(path, required: Iterable[str] = (), keys: Optional[Iterable[str
             _warn(f"line {n} of {path} {why}: skipped, and its row is run again if this study needs it (delete "
                   f"the line to silence this)")
         if len(bad) > _NAMED:
-            _warn(f"{len(bad) - _NAMED} more damaged lines in {path} (lines {', '.join(str(n) for n, _ in bad[_NAMED:_NAMED + 10])}"
-                  f"{', ...' if len(bad) > _NAMED + 10 else ''}) skipped the same way")
+            more = ", ".join(str(n) for n, _ in bad[_NAMED:_NAMED + 10]) + (", ..." if len(bad) > _NAMED + 10 else "")
+            _warn(f"{len(bad) - _NAMED} more damaged lines in {path} (lines {more}) skipped the same way")
     return out
 
 
@@ -213,8 +213,10 @@ def append_row(path, row: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with _locked(path, exclusive=True) as fd:
         size = os.fstat(fd).st_size
-        if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line
+        if size > 0:
+            os.lseek(fd, size - 1, os.SEEK_SET)
+            if os.read(fd, 1) != b"\n":
+                line = b"\n" + line
         _write_all(fd, line)
         os.fsync(fd)
 

@@ -168,7 +168,8 @@ def seed_context(problem, seed: int, settings: Settings, families) -> SeedContex
     x0 = problem.initial(settings.samples, torch.Generator().manual_seed(int(seed)))
     exact = None
     if problem.exact_samples is not None:
-        exact = problem.exact_samples(settings.samples, torch.Generator().manual_seed(int(seed) + 2 ** 32))
+        generator = torch.Generator().manual_seed((int(seed) + 2 ** 32) % 2 ** 64)
+        exact = problem.exact_samples(settings.samples, generator)
         exact = exact.detach().to(torch.float64)
     ctx = SeedContext(int(seed), x0, exact)
     x = x0.to(device=settings.device)
