@@ -21,12 +21,13 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/sdekit study
 
-# The tests' tensors are small: one OpenMP thread is the fast path (tests/conftest.py also sets torch's count).
+# The tests' tensors are small: one OpenMP thread a worker is the fast path (tests/conftest.py also sets torch's
+# count), and two workers (pytest-xdist) use both cores of a small machine.
 test: $(VENV)/.installed
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2
 
 test-all: $(VENV)/.installed
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "slow or not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 -m "slow or not slow"
 
 clean:
 	rm -rf $(VENV)
