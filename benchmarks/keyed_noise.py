@@ -30,6 +30,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 
 import torch
 
@@ -149,6 +150,8 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    # k-diffusion's Brownian tree asks torchsde for times a rounding outside its span: harmless, said each step
+    warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
     ks, note = load_k_diffusion()
     print(f"# sdekit {sdekit.__version__}: keyed noise against k-diffusion {note if ks else '(absent)'}\n")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); command: python {' '.join(sys.argv)}")
