@@ -142,6 +142,9 @@ def keyed_normal(seed: int, index: torch.Tensor, counter: torch.Tensor, size: in
 def keyed_bits(seed: int, index: torch.Tensor, counter: int) -> torch.Tensor:
     """One 63-bit integer per sample (int64 ``(batch,)``), keyed like :func:`keyed_normal`'s draws: a seed for a
     per-sample ``torch.Generator``."""
+    _check_index(index)
+    if not 0 <= counter < 2 ** COUNTER_BITS:
+        raise InvalidParameterError(f"counters must be non-negative and below 2**{COUNTER_BITS}")
     w0, w1, _, _ = keyed_words(_check_seed(seed), index, _stream(_USER, torch.tensor(counter)), 1)
     return (((w0 & 0x7FFFFFFF) << 32) | (w1 & MASK32)).flatten()
 
