@@ -193,3 +193,13 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    """A tiny diffusers UNet2DModel (2 channels, 8 x 8), seeded: the diffusers adapter tests' network."""
+    from diffusers import UNet2DModel
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=8, in_channels=2, out_channels=2, layers_per_block=1, block_out_channels=(8, 16),
+                       norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D")).eval()

@@ -18,14 +18,6 @@ ULPS = 64 * torch.finfo(torch.float32).eps
 
 
 @pytest.fixture(scope="module")
-def unet():
-    torch.manual_seed(0)
-    return UNet2DModel(sample_size=8, in_channels=2, out_channels=2, layers_per_block=1, block_out_channels=(8, 16),
-                       norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D")).eval()
-
-
-@pytest.fixture(scope="module")
 def config():
     return DDPMScheduler(num_train_timesteps=1000, clip_sample=False).config
 

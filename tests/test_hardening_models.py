@@ -328,18 +328,9 @@ def test_train_command_seeds(tmp_path, capsys):
 
 
 # -- the diffusers adapter off its scheduler's grid -----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_unet():
-    from diffusers import UNet2DModel
-    torch.manual_seed(0)
-    return UNet2DModel(sample_size=8, in_channels=2, out_channels=2, layers_per_block=1, block_out_channels=(8, 16),
-                       norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D")).eval()
-
-
-def test_the_diffusers_adapter_says_how_to_reproduce_diffusers(tiny_unet):
+def test_the_diffusers_adapter_says_how_to_reproduce_diffusers(unet):
     from sdekit.adapters import DiffusersAdapter
-    adapter = from_diffusers(tiny_unet, dict(num_train_timesteps=1000))
+    adapter = from_diffusers(unet, dict(num_train_timesteps=1000))
     call = "solve(x_T, **adapter.solve_arguments(scheduler))"
     assert call in repr(adapter) and "only" in repr(adapter)
     assert call in DiffusersAdapter.__doc__ and call in from_diffusers.__doc__
@@ -348,7 +339,7 @@ def test_the_diffusers_adapter_says_how_to_reproduce_diffusers(tiny_unet):
     assert "reproduced only through `solve_arguments(scheduler)`" in doc and call in doc
 
 
-def test_a_solve_off_the_schedulers_grid_warns_once(tiny_unet):
+def test_a_solve_off_the_schedulers_grid_warns_once(unet):
     from diffusers import DDIMScheduler, DDPMScheduler
     config = DDPMScheduler(num_train_timesteps=1000, clip_sample=False).config
     scheduler = DDIMScheduler.from_config(config)
@@ -357,8 +348,8 @@ def test_a_solve_off_the_schedulers_grid_warns_once(tiny_unet):
     x = x_T
     with torch.no_grad():
         for t in scheduler.timesteps:
-            x = scheduler.step(tiny_unet(x, t).sample, t, x).prev_sample
-    adapter = from_diffusers(tiny_unet, config)
+            x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+    adapter = from_diffusers(unet, config)
     flow = sdekit.probability_flow(adapter.sde, adapter)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
@@ -372,7 +363,7 @@ def test_a_solve_off_the_schedulers_grid_warns_once(tiny_unet):
         flow.solve(x_T, method="ddim", steps=10)
         sdekit.probability_flow(adapter.sde, adapter.with_inputs()).solve(x_T, method="ddim", steps=7)
         assert len(seen) == 1                                   # once per adapter, its views included
-        other = from_diffusers(tiny_unet, dict(config), quantise=False)
+        other = from_diffusers(unet, dict(config), quantise=False)
         sdekit.probability_flow(other.sde, other).solve(x_T, method="ddim", steps=10)
         assert len(seen) == 2 and "fractional timestep" in str(seen[1].message)
     assert float((exact - x).abs().max()) <= 1e-5 * float(x.abs().max())
