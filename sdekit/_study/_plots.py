@@ -8,6 +8,8 @@ import math
 import os
 from typing import List
 
+from ._results import atomic_write
+
 __all__ = ["save_plots"]
 
 
@@ -28,7 +30,7 @@ def _save(fig, out, name) -> List[str]:
     paths = []
     for ext in ("png", "svg"):
         path = os.path.join(out, f"{name}.{ext}")
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        atomic_write(path, lambda fh: fig.savefig(fh, format=ext, dpi=120, bbox_inches="tight"))
         paths.append(path)
     return paths
 
