@@ -41,6 +41,7 @@ _TAG_TIME_BITS = 32       #: a tagged normal's time on the span, in units of spa
 _TAG_BITS = 21            #: tags are below 2**21
 _TWO_PI = 2 * math.pi
 _BLOCK = 1 << 21          #: normals drawn at once by a tree query: rows are taken in blocks of at most this many
+_CHUNK = 1 << 22          #: Philox blocks generated at once by a draw
 
 
 def _check_seed(seed) -> int:
@@ -73,13 +74,27 @@ def _normals(seed: int, index: torch.Tensor, stream: torch.Tensor, size: int, dt
     float32: each word gives a 24-bit uniform, its top 24 bits :math:`u = (\lfloor w_0 / 2^8\rfloor + 1) / 2^{24}`
     for radii (in :math:`(0, 1]`; words 0 and 2) and its low 24 bits :math:`(w_1 \bmod 2^{24}) / 2^{24}` for
     angles (words 1 and 3); a block of four words gives four normals.  float64: two words give a 53-bit
-    uniform, :math:`(\lfloor w_0/2^5\rfloor 2^{26} + \lfloor w_1/2^6\rfloor)/2^{53}`; a block gives two normals.  Box–Muller :math:`r = \sqrt{-2\ln u_1}`,
-    :math:`z = (r\cos 2\pi u_2, r\sin 2\pi u_2)`; columns are all cosines of a lane, then all its sines.
+    uniform, :math:`(\lfloor w_0/2^5\rfloor 2^{26} + \lfloor w_1/2^6\rfloor)/2^{53}`; a block gives two normals.
+    Box–Muller :math:`r = \sqrt{-2\ln u_1}`, :math:`z = (r\cos 2\pi u_2, r\sin 2\pi u_2)`; columns are all
+    cosines of a lane, then all its sines.  Large draws go a slice of rows at a time (each row's numbers depend
+    on its key alone), so the generator's integer temporaries stay near :data:`_CHUNK` blocks.
     """
+    index, stream = (v.reshape(-1) for v in torch.broadcast_tensors(index, stream))
     wide = dtype == torch.float64
     dtype = torch.float64 if wide else torch.float32
-    per = 2 if wide else 4
-    blocks = max(1, -(-size // per))
+    blocks = max(1, -(-size // (2 if wide else 4)))
+    rows = max(1, _CHUNK // blocks)
+    if index.numel() <= rows:
+        return _normal_rows(seed, index, stream, size, blocks, dtype)
+    out = torch.empty((index.numel(), size), dtype=dtype, device=index.device)
+    for r in range(0, index.numel(), rows):
+        out[r:r + rows] = _normal_rows(seed, index[r:r + rows], stream[r:r + rows], size, blocks, dtype)
+    return out
+
+
+def _normal_rows(seed, index, stream, size, blocks, dtype):
+    """:func:`_normals` for one slice of rows (``blocks`` Philox blocks a row)."""
+    wide = dtype == torch.float64
     w0, w1, w2, w3 = keyed_words(seed, index, stream, blocks)
     if wide:
         pairs = ((_u53(w0, w1), _u53(w2, w3)),)
@@ -136,7 +151,8 @@ def keyed_normal(seed: int, index: torch.Tensor, counter: torch.Tensor, size: in
         raise InvalidParameterError(f"counters must be non-negative and below 2**{COUNTER_BITS}")
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= (2 ** BLOCK_BITS) * 2:
         raise InvalidParameterError(f"size must be an integer in [1, 2**25], got {size!r}")
-    return _normals(seed, index, _stream(_USER, counter), size, dtype)
+    z = _normals(seed, index, _stream(_USER, counter), size, dtype)
+    return z if dtype in (torch.float32, torch.float64) else z.to(dtype)     # half precisions draw in float32
 
 
 def keyed_bits(seed: int, index: torch.Tensor, counter: int) -> torch.Tensor:

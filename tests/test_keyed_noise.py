@@ -441,3 +441,24 @@ def test_keyed_arguments_out_of_range_raise_sdekit_errors():
         with pytest.raises(sdekit.SDEKitError, match="tag"):
             bm.normal(_full(3, 0.5), tag=tag)
     assert bm.normal(_full(3, 0.5), tag=tags - 1).shape == (3, 1)
+
+
+def test_large_draws_go_in_slices_of_rows_with_the_same_numbers(monkeypatch):
+    """A draw too large for one pass is generated a slice of rows at a time: each row's numbers are its key's."""
+    import sdekit._keyed as keyed
+    idx = torch.arange(3000, dtype=torch.int64)
+    bm = KeyedBrownian(0.0, 1.0, (3000, 7), seed=2, dtype=torch.float64)
+    t = torch.full((3000,), 0.3, dtype=torch.float64)
+    whole = {dt: keyed_normal(1, idx, torch.full_like(idx, 5), 7, dt) for dt in (torch.float32, torch.float64)}
+    step = bm.step_normal(t)
+    monkeypatch.setattr(keyed, "_CHUNK", 16)                  # 4 rows a slice
+    for dt, z in whole.items():
+        assert torch.equal(keyed_normal(1, idx, torch.full_like(idx, 5), 7, dt), z)
+    assert torch.equal(bm.step_normal(t), step)
+
+
+def test_half_precision_draws_come_in_the_dtype_asked_for():
+    idx = torch.arange(10, dtype=torch.int64)
+    z = keyed_normal(0, idx, torch.zeros_like(idx), 4, torch.float16)
+    assert z.dtype == torch.float16
+    assert torch.equal(z, keyed_normal(0, idx, torch.zeros_like(idx), 4, torch.float32).half())
