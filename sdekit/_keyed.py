@@ -126,6 +126,12 @@ def _check_index(index, rows=None):
         raise InvalidParameterError(f"sample indices must be non-negative and below 2**{INDEX_BITS}")
 
 
+def _check_counter(counter: torch.Tensor) -> torch.Tensor:
+    if counter.numel() and bool(((counter < 0) | (counter >= 2 ** COUNTER_BITS)).any()):
+        raise InvalidParameterError(f"counters must be non-negative and below 2**{COUNTER_BITS}")
+    return counter
+
+
 def keyed_normal(seed: int, index: torch.Tensor, counter: torch.Tensor, size: int,
                  dtype=torch.float32) -> torch.Tensor:
     r"""Standard normals of shape ``(len(index), size)``, a pure function of (seed, index, counter, column).
@@ -146,9 +152,7 @@ def keyed_normal(seed: int, index: torch.Tensor, counter: torch.Tensor, size: in
     _check_index(index)
     if not isinstance(counter, torch.Tensor):
         counter = torch.tensor(counter, dtype=torch.int64)
-    counter = counter.to(device=index.device, dtype=torch.int64)
-    if counter.numel() and bool(((counter < 0) | (counter >= 2 ** COUNTER_BITS)).any()):
-        raise InvalidParameterError(f"counters must be non-negative and below 2**{COUNTER_BITS}")
+    counter = _check_counter(counter.to(device=index.device, dtype=torch.int64))
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= (2 ** BLOCK_BITS) * 2:
         raise InvalidParameterError(f"size must be an integer in [1, 2**25], got {size!r}")
     z = _normals(seed, index, _stream(_USER, counter), size, dtype)
@@ -159,9 +163,8 @@ def keyed_bits(seed: int, index: torch.Tensor, counter: int) -> torch.Tensor:
     """One 63-bit integer per sample (int64 ``(batch,)``), keyed like :func:`keyed_normal`'s draws: a seed for a
     per-sample ``torch.Generator``."""
     _check_index(index)
-    if not 0 <= counter < 2 ** COUNTER_BITS:
-        raise InvalidParameterError(f"counters must be non-negative and below 2**{COUNTER_BITS}")
-    w0, w1, _, _ = keyed_words(_check_seed(seed), index, _stream(_USER, torch.tensor(counter)), 1)
+    counter = _check_counter(torch.tensor(counter, dtype=torch.int64))
+    w0, w1, _, _ = keyed_words(_check_seed(seed), index, _stream(_USER, counter), 1)
     return (((w0 & 0x7FFFFFFF) << 32) | (w1 & MASK32)).flatten()
 
 

@@ -139,10 +139,9 @@ def stepping_grid(pb):
     """
     if pb.grid is None:
         return None
-    if pb.save_at is None or pb.save_at.numel() == 0:
+    if pb.save_at is None:
         return pb.grid
-    saved = set(pb.save_at.tolist())
-    return pb.grid[torch.tensor([float(t) not in saved for t in pb.grid.tolist()], device=pb.grid.device)]
+    return pb.grid[~torch.isin(pb.grid, pb.save_at.to(pb.grid))]
 
 
 def check_depth(bm, pb):
