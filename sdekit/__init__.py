@@ -26,6 +26,7 @@ __all__ = [
     "UnknownMethodError",
     "MethodArgumentError", "SolveError",
     "log_likelihood", "bits_per_dim", "encode", "decode", "Likelihood", "BitsPerDim", "AugmentedFlow",
+    "optimize_schedule", "OptimizedSchedule", "load_schedule",
 ]
 
 #: Where each public name lives: imported on first use (PEP 562), so that ``import sdekit`` and ``sdekit --help``
@@ -43,6 +44,7 @@ _LAZY = {
     **dict.fromkeys(("SDE", "LinearSDE", "SubVPSDE", "VESDE", "VPSDE"), "_sde"),
     **dict.fromkeys(("PerSample", "Result", "Solution"), "_solution"),
     "solve": "_solve",
+    **dict.fromkeys(("OptimizedSchedule", "load_schedule", "optimize_schedule"), "_optimized_schedule"),
     **dict.fromkeys(("Budget", "Measure", "MethodSpec", "StudyProblem", "StudyTable", "study"), "_study"),
 }
 
