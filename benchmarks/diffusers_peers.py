@@ -184,12 +184,17 @@ def end_level(scheduler, sde) -> Tuple[float, float]:
 def sdekit_grid(scheduler, sde) -> torch.Tensor:
     r"""The scheduler's noise levels as a float64 sdekit grid from ``sde.T`` (after ``set_timesteps``).
 
-    Levels :math:`\tilde\sigma_i` map to :math:`t_i = t(\lambda = -\log\tilde\sigma_i)`; the first point is ``sde.T``
-    where the level is the table's top, and the last is the scheduler's final level (``end_level``).
+    Levels :math:`\tilde\sigma_i` (the scheduler's ``sigmas`` where it steps through them, else its timesteps' table
+    levels) map to :math:`t_i = t(\lambda = -\log\tilde\sigma_i)`; the first point is at most ``sde.T``, and the
+    last is the scheduler's final level (``end_level``).
     """
-    model = EpsModel(sde, lambda x, t: x, scheduler)
-    taus = torch.as_tensor(np.asarray(scheduler.timesteps, dtype=np.float64))
-    ts = sde.t_of_log_snr(-torch.log(model.level(taus))).to(torch.float64)
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is not None and len(sigmas) == len(scheduler.timesteps) + 1:
+        levels = torch.as_tensor(np.asarray(sigmas[:-1], dtype=np.float64))      # the levels it steps through
+    else:
+        taus = torch.as_tensor(np.asarray(scheduler.timesteps, dtype=np.float64))
+        levels = EpsModel(sde, lambda x, t: x, scheduler).level(taus)
+    ts = sde.t_of_log_snr(-torch.log(levels)).to(torch.float64)
     t_end, _ = end_level(scheduler, sde)
     grid = torch.cat([ts, torch.tensor([t_end if t_end > 0 else float(sde.eps)], dtype=torch.float64)])
     grid[0] = min(float(grid[0]), float(sde.T))
