@@ -19,6 +19,7 @@ checksum fails, it is not UTF-8, it lacks a field of :data:`REQUIRED`) is skippe
 
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -31,10 +32,10 @@ from .._grid import uniform_grid
 from .._keyed import KeyedBrownian
 from ._measures import VERDICT_RULE, pathwise_error, verdict, weak_error
 from ._results import append_row, read_results, write_in_order
-from ._spec import Budget, MethodSpec, config_hash
+from ._spec import OPTIMIZED, Budget, MethodSpec, config_hash
 
 __all__ = ["Settings", "Row", "SeedContext", "VERDICT_RULE", "plan_rows", "run_rows", "run_row", "solve_row",
-           "seed_context", "read_results", "append_row"]
+           "seed_context", "read_results", "append_row", "optimized_grids", "CALIBRATION_SEED", "CALIBRATION_SAMPLES"]
 
 #: The reference solves when a problem has no exact one: per family of noise, a method and its options.
 #: ``torchsde_steps`` / ``sdekit_steps`` (or ``steps`` for both) default to :func:`reference_steps`.
@@ -50,6 +51,8 @@ class Settings:
     device: str = "cpu"
     reference: dict = field(default_factory=dict)
     threads: Optional[int] = None
+    #: The grids of ``schedule="optimized"`` rows, ``{(label, str(budget)): [times]}`` (:func:`optimized_grids`).
+    grids: dict = field(default_factory=dict)
 
     def torch_dtype(self):
         return getattr(torch, self.dtype)
@@ -97,6 +100,10 @@ def plan_rows(problem, specs: List[MethodSpec], budgets: List[Budget], seeds, se
         if spec.process == "ode" and problem.ode_process() is None:
             raise InvalidParameterError(f"{problem.name} is a forward SDE: it has no probability flow for "
                                         f"{spec.label}; use SDE methods")
+    if CALIBRATION_SEED in {int(s) for s in seeds} and any(spec.schedule == OPTIMIZED for spec, _ in pairs):
+        raise InvalidParameterError(f"seed {CALIBRATION_SEED} (2**64 - 1) draws the calibration states of "
+                                    f"schedule=optimized rows, which must stay apart from the test states; use "
+                                    f"other seeds")
     given = dict(settings.reference)
     unknown = set(given) - set(DEFAULT_REFERENCE) - {"steps", "torchsde_steps", "sdekit_steps"}
     if unknown:
@@ -223,6 +230,68 @@ def _budget_kwargs(spec: MethodSpec, budget: Budget, problem, process, x) -> dic
     return out
 
 
+# -- optimized grids ----------------------------------------------------------------------------
+#: The seed of the generator that draws the calibration states of ``schedule="optimized"`` rows from
+#: ``problem.initial``; a study refuses it as a test seed, so calibration and test states never coincide.
+CALIBRATION_SEED = 2 ** 64 - 1
+#: Calibration states per optimized grid.
+CALIBRATION_SAMPLES = 256
+
+
+def _steps_of(spec: MethodSpec, budget: Budget, problem, process, x) -> int:
+    if budget.kind == "nfe":
+        return max(1, budget.value // nfe_per_step(spec, problem, process, x))
+    if budget.kind == "dt":
+        return max(1, math.ceil(abs(problem.t_start - problem.t_end) / budget.value * (1 - 1e-12)))
+    return int(budget.value)
+
+
+def optimized_grids(problem, rows: List[Row], settings: Settings, folder: Optional[str] = None, log=None) -> dict:
+    """The grid of every ``schedule="optimized"`` (method, budget) of ``rows``, made once each by
+    :func:`sdekit.optimize_schedule` on the problem's probability flow from :data:`CALIBRATION_SAMPLES` states of
+    ``problem.initial`` drawn with :data:`CALIBRATION_SEED` (float64, on the study's device), and stored in
+    ``settings.grids``.  With ``folder`` each is saved as ``folder/<hash>.json`` (the hash of the problem, the
+    method, its options, the steps and the calibration) and read back, checked, by a later or resumed study."""
+    from .._optimized_schedule import load_schedule, optimize_schedule
+    wanted = {}
+    for r in rows:
+        if r.spec.schedule == OPTIMIZED:
+            wanted.setdefault((r.spec.label, str(r.budget)), r)
+    if not wanted:
+        return settings.grids
+    import sdekit
+    process = problem.ode_process()
+    x_cal = None
+    for (label, budget), r in wanted.items():
+        if (label, budget) in settings.grids:
+            continue
+        if x_cal is None:
+            x_cal = problem.initial(CALIBRATION_SAMPLES, torch.Generator().manual_seed(CALIBRATION_SEED))
+            x_cal = x_cal.detach().to(device=settings.device, dtype=torch.float64)
+        steps = _steps_of(r.spec, r.budget, problem, process, x_cal)
+        key = config_hash(dict(problem=problem.fingerprint(), method=r.spec.config(), steps=steps,
+                               calibration=[CALIBRATION_SEED, CALIBRATION_SAMPLES], sdekit=sdekit.__version__))
+        path = None if folder is None else os.path.join(folder, f"{key}.json")
+        schedule = None
+        if path is not None and os.path.exists(path):
+            try:
+                schedule = load_schedule(path, process, method=r.spec.method, steps=steps, options=r.spec.options)
+            except InvalidParameterError as err:
+                if log is not None:
+                    log(f"{err}: made again")
+        if schedule is None:
+            with torch.no_grad():
+                schedule = optimize_schedule(process, r.spec.method, steps, x_cal, options=r.spec.options,
+                                             t_start=problem.t_start, t_end=problem.t_end)
+            if path is not None:
+                os.makedirs(folder, exist_ok=True)
+                schedule.save(path)
+        if log is not None:
+            log(f"{label} {budget}: {schedule!r}")
+        settings.grids[label, budget] = schedule.grid.tolist()
+    return settings.grids
+
+
 def nfe_per_step(spec: MethodSpec, problem, process, x) -> int:
     """Score evaluations per step of ``spec``: the difference between 3- and 2-step solves of two samples."""
     counts = []
@@ -239,14 +308,20 @@ def solve_row(problem, row: Row, x0: torch.Tensor, settings: Settings):
     spec, fam = row.spec, family(row.spec)
     process = problem.sde_process() if spec.process == "sde" else problem.ode_process()
     x0 = x0.to(device=settings.device, dtype=settings.torch_dtype())
-    kwargs = _budget_kwargs(spec, row.budget, problem, process, x0)
+    span = dict(t_start=problem.t_start, t_end=problem.t_end)
+    if spec.schedule == OPTIMIZED:
+        key = (spec.label, str(row.budget))
+        if key not in settings.grids:
+            optimized_grids(problem, [row], settings)
+        kwargs, span = dict(grid=torch.tensor(settings.grids[key], dtype=torch.float64)), {}
+    else:
+        kwargs = _budget_kwargs(spec, row.budget, problem, process, x0)
     if fam == "torchsde":
         kwargs["noise"] = torchsde_noise(problem, process, x0, row.seed, settings.reference["torchsde_steps"])
     elif fam == "sdekit":
         kwargs["noise"] = keyed_noise(problem, x0, row.seed)
     with torch.no_grad():
-        return process.solve(x0, method=spec.method, options=spec.options or None, throw=False,
-                              t_start=problem.t_start, t_end=problem.t_end, **kwargs)
+        return process.solve(x0, method=spec.method, options=spec.options or None, throw=False, **span, **kwargs)
 
 
 def run_row(problem, row: Row, ctx: SeedContext, settings: Settings, test_functions, keep: bool = False) -> dict:
@@ -303,6 +378,8 @@ def run_rows(problem, rows: List[Row], settings: Settings, test_functions, resul
     pending = [r for r in rows if r.key not in done]
     records = {r.key: done[r.key] for r in rows if r.key in done}
     keep = _keep(rows) if keep_samples else set()
+    folder = None if results is None else os.path.join(os.path.dirname(os.path.abspath(results)), "schedules")
+    optimized_grids(problem, rows, settings, folder)
     samples = {}
     bar = _bar(progress, len(rows), len(records))
     try:

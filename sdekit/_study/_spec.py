@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence
 from .._errors import ArgumentTypeError, InvalidParameterError, UnknownMethodError
 from .._methods import lookup
 
-__all__ = ["MethodSpec", "Budget", "parse_budgets", "as_method_spec", "config_hash"]
+__all__ = ["MethodSpec", "Budget", "parse_budgets", "as_method_spec", "config_hash", "OPTIMIZED"]
 
 KINDS = ("steps", "dt", "nfe", "tol")
 _EXAMPLE = {"steps": "16", "dt": "0.05", "nfe": "20", "tol": "1e-4"}
@@ -112,7 +112,9 @@ class MethodSpec:
 
     - ``method``: a name from ``sdekit.methods()``, optionally prefixed ``"sde:"`` or ``"ode:"``;
     - ``process``: ``"sde"`` or ``"ode"`` (overrides the prefix; default: ODE-only methods solve the flow);
-    - ``options``: passed to ``solve(options=...)``; ``schedule``: the grid of ``steps=``;
+    - ``options``: passed to ``solve(options=...)``; ``schedule``: the grid of ``steps=`` (a name of
+      ``sdekit.SCHEDULES``, or ``"optimized"``: a grid made by :func:`sdekit.optimize_schedule` for the problem,
+      from calibration states apart from the rows' own; fixed-step ODE methods only);
     - ``label``: the name in tables and plots (default ``"sde:torchsde.euler"`` and the like);
     - ``budgets``: this method's own budgets (default: the study's).
     """
@@ -144,10 +146,14 @@ class MethodSpec:
                                      f"{' and '.join(k.upper() for k in m.accepts)} (sdekit methods lists them)")
         if not isinstance(self.options, dict):
             raise ArgumentTypeError(f"options of {self.method!r} must be a dict, got {type(self.options).__name__}")
+        if self.schedule == OPTIMIZED:
+            _check_optimizable(m, process, self.method)
         object.__setattr__(self, "method", m.qualified_name)
         object.__setattr__(self, "process", process)
         if self.label is None:
             opts = "".join(f",{k}={v}" for k, v in sorted(self.options.items()))
+            if self.schedule is not None:
+                opts += f",schedule={self.schedule}"
             label = f"{process}:{m.qualified_name}" + (f"[{opts[1:]}]" if opts else "")
             object.__setattr__(self, "label", label)
         if self.budgets is not None:
@@ -174,12 +180,41 @@ class MethodSpec:
                 "schedule": self.schedule}
 
 
+#: ``schedule=`` of a fixed-step ODE row whose grid :func:`sdekit.optimize_schedule` makes for the problem
+#: (``"ode:dpmpp_2m[schedule=optimized]"``): see ``sdekit/_study/_runner.py``, :func:`optimized_grids`.
+OPTIMIZED = "optimized"
+
+
+def _check_optimizable(m, process, name):
+    """Refuse ``schedule="optimized"`` for a method whose grid cannot be optimized (one line)."""
+    if process != "ode" or "ode" not in m.accepts or m.stepping == "adaptive" or m.name == "dpm_solver_fast":
+        raise InvalidParameterError(f"schedule='optimized' is for fixed-step methods of the probability flow "
+                                    f"(ode:dpmpp_2m, ode:unipc, ...), not {process}:{m.qualified_name} in {name!r}")
+
+
+def _parse_bracket(text: str) -> MethodSpec:
+    """``"ode:dpmpp_2m[schedule=optimized]"``: a name with ``schedule=`` in brackets."""
+    name, _, rest = text.partition("[")
+    if not rest.endswith("]"):
+        raise InvalidParameterError(f"a method with settings is written name[schedule=NAME], got {text!r}")
+    kw = {}
+    for item in rest[:-1].split(";"):
+        key, eq, value = (p.strip() for p in item.partition("="))
+        if key != "schedule" or not eq or not value:
+            raise InvalidParameterError(f"{text!r}: brackets take schedule=NAME (e.g. ode:dpmpp_2m[schedule="
+                                        f"optimized]); give options in a TOML method table")
+        kw[key] = value
+    return MethodSpec(name.strip(), **kw)
+
+
 def as_method_spec(item) -> MethodSpec:
-    """A :class:`MethodSpec` from a spec, a name, or a dict of its fields (``{"method": "pc", "options": ...}``)."""
+    """A :class:`MethodSpec` from a spec, a name (``"ode:unipc"``, or with a schedule in brackets:
+    ``"ode:unipc[schedule=optimized]"``), or a dict of its fields (``{"method": "pc", "options": ...}``)."""
     if isinstance(item, MethodSpec):
         return item
     if isinstance(item, str):
-        return MethodSpec(item.strip())
+        text = item.strip()
+        return _parse_bracket(text) if "[" in text else MethodSpec(text)
     if isinstance(item, dict):
         unknown = set(item) - {"method", "process", "options", "schedule", "label", "budgets"}
         if unknown or "method" not in item:
