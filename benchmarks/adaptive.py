@@ -26,6 +26,15 @@ half steps) at rtol = atol = 0.2 ... 0.02; the best fixed-grid stochastic sample
 ``edm_stochastic`` and ``dpmpp_2m_sde``, at NFE 20 ... 200.  The SDE target: ``improved_euler`` at the floor (both
 measures within floor mean + 3 std) at <= 180 score calls per sample, improving as the tolerance tightens.
 
+**dpm_adaptive against k-diffusion's ``sample_dpm_adaptive``**, both at the same tolerances (the default
+rtol = 0.05, atol = 0.0078 of both, then tighter), from the same x_T, in the VE frame of EDM (sigma from 80 down to
+0.002, ``VESDE(0.002, 80)``; k-diffusion sees the VE-frame denoiser of the same exact score): a 3072-D Gaussian
+(mean uniform in [-1, 1], variances log-spaced from 1e-3 to 1, shuffled; 8 x_T) with its exact flow map, and the
+sharp 2-D mixture (``VESDE(0.01, 50)``, 2 000 x_T; the reference flow map as above).  k-diffusion's error test is
+the RMS over the whole batch and its controller an arctangent limiter; sdekit's ``dpm_adaptive`` tests each sample,
+and ``per_sample=False`` the batch.  The target: at the default tolerances ``dpm_adaptive`` no less accurate than
+k-diffusion and within 1.2x its evaluations.
+
 Wall time is measured for every row (one thread unless ``--threads``).  The script prints ratios against the peers
 measured in the same run, and with ``--figures DIR`` draws ``adaptive_ode.png`` and ``adaptive_sde.png``
 (error against NFE and against wall time).
@@ -34,6 +43,7 @@ measured in the same run, and with ``--figures DIR`` draws ``adaptive_ode.png`` 
     python benchmarks/adaptive.py --quick                      # about 3 minutes
     python benchmarks/adaptive.py --figures docs/figures       # also the figures
     python benchmarks/adaptive.py --device cuda                # on a GPU (float64 there too)
+    python benchmarks/adaptive.py --only dpm                   # dpm_adaptive against k-diffusion alone (a minute)
 """
 
 import argparse
@@ -50,7 +60,7 @@ import sdekit
 from sdekit.validation import mode_masses, monte_carlo_floor, sliced_wasserstein
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from samplers import sharp_mixture, steps_for  # noqa: E402  (the same problem as the samplers benchmark)
+from samplers import Denoiser, load_k_diffusion, sharp_mixture, steps_for  # noqa: E402  (the samplers benchmark's)
 
 ODE_TOLS = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
 DPM_TOLS = (5e-2, 1e-2, 1e-3, 1e-4, 1e-5)
@@ -148,6 +158,95 @@ def ode_report(title, rows):
                 print(f"| {r['setting']:g} | {r[key]:.2e} | {r['nfe']:.0f} | {at[0]:.1f} ({at[1]:.1f}) | "
                       f"{ratio:.2f} ({ratio_made:.2f}) {'holds' if ratio_made <= 0.8 else 'MISSED'} |")
     return out
+
+
+# -- dpm_adaptive against k-diffusion ----------------------------------------------------------
+KD_TOLS = ((0.05, 0.0078), (1e-2, 1e-3), (1e-3, 1e-4))
+
+
+class DiagonalGaussian:
+    r"""Data :math:`N(\mu, \mathrm{diag}(v))` under a linear SDE: the exact score and the exact flow map
+    :math:`x_1 = \alpha_1\mu + (x_0 - \alpha_0\mu)\sqrt{(\alpha_1^2 v + \sigma_1^2)/(\alpha_0^2 v + \sigma_0^2)}`."""
+
+    def __init__(self, sde, dim=3072, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.sde = sde
+        self.mu = 2 * torch.rand(dim, generator=g, dtype=torch.float64) - 1
+        self.var = torch.logspace(-3, 0, dim, dtype=torch.float64)[torch.randperm(dim, generator=g)]
+
+    def _moments(self, t):
+        log_alpha, sigma = self.sde.log_alpha_sigma(t.to(torch.float64))
+        alpha = log_alpha.exp()[:, None]
+        return alpha, alpha ** 2 * self.var.to(t.device) + sigma[:, None] ** 2
+
+    def score(self, x, t):
+        alpha, var = self._moments(t)
+        return (-(x.double() - alpha * self.mu.to(x.device)) / var).to(x.dtype)
+
+    def flow(self, x, t0, t1):
+        n = x.shape[0]
+        a0, v0 = self._moments(torch.full((n,), t0, dtype=torch.float64, device=x.device))
+        a1, v1 = self._moments(torch.full((n,), t1, dtype=torch.float64, device=x.device))
+        mu = self.mu.to(x.device)
+        return a1 * mu + (x - a0 * mu) * (v1 / v0).sqrt()
+
+
+def kd_rows(ks, name, sde, score, x, exact, device):
+    """dpm_adaptive (per sample and shared) and k-diffusion's sample_dpm_adaptive at each of KD_TOLS."""
+    flow = sdekit.probability_flow(sde, score)
+    T, eps = torch.tensor([sde.T], dtype=torch.float64), torch.tensor([sde.eps], dtype=torch.float64)
+    s_max, s_min = (float(sde.sigma(t) / sde.alpha(t)) for t in (T, eps))
+    rows = []
+    for rtol, atol in KD_TOLS:
+        model = Denoiser(sde, score)
+        out, wall = _timed(lambda: ks.sample_dpm_adaptive(model, x / float(sde.alpha(T)), s_min, s_max, rtol=rtol,
+                                                           atol=atol, disable=True) * float(sde.alpha(eps)), device)
+        kd = dict(err=float((out - exact).pow(2).mean().sqrt()), nfe=float(model.nfe), wall=wall)
+        for label, kw in (("dpm_adaptive", {}), ("dpm_adaptive shared", {"per_sample": False})):
+            sol, wall = _timed(lambda: flow.solve(x, method="dpm_adaptive", rtol=rtol, atol=atol, **kw), device)
+            mean, made = _nfe(sol, x.shape[0])
+            rows.append(dict(problem=name, label=label, rtol=rtol, atol=atol, kd=kd, wall=wall, nfe=mean, made=made,
+                             err=float((sol.x - exact).pow(2).mean().sqrt())))
+    return rows
+
+
+def kd_report(rows):
+    print("\n### dpm_adaptive against k-diffusion's sample_dpm_adaptive (VE frame, same tolerances, same x_T)\n")
+    print("| problem | rtol, atol | k-diffusion: RMS error / NFE | sdekit | RMS error | NFE per sample (made) "
+          "| error ratio | NFE ratio (made) | wall s (k-diffusion) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    verdicts = []
+    for r in rows:
+        kd = r["kd"]
+        err_ratio, nfe_ratio = r["err"] / kd["err"], r["made"] / kd["nfe"]
+        print(f"| {r['problem']} | {r['rtol']:g}, {r['atol']:g} | {kd['err']:.2e} / {kd['nfe']:.0f} | {r['label']} | "
+              f"{r['err']:.2e} | {r['nfe']:.1f} ({r['made']:.1f}) | {err_ratio:.2f} | {r['nfe'] / kd['nfe']:.2f} "
+              f"({nfe_ratio:.2f}) | {r['wall']:.3f} ({kd['wall']:.3f}) |")
+        if (r["rtol"], r["atol"]) == KD_TOLS[0]:
+            verdicts.append((r, err_ratio <= 1 and nfe_ratio <= 1.2))
+    print("\nTarget at the default tolerances (error <= k-diffusion's, evaluations made <= 1.2x its NFE):")
+    for r, ok in verdicts:
+        print(f"- {r['problem']}, {r['label']}: {'holds' if ok else 'MISSED'}")
+
+
+def kd_section(device, quick):
+    ks, version = load_k_diffusion()
+    if ks is None:
+        print(f"\n(dpm_adaptive against k-diffusion skipped: {version})")
+        return
+    print(f"\nk-diffusion {version}")
+    rows = []
+    sde = sdekit.VESDE(0.002, 80.0)
+    gauss = DiagonalGaussian(sde)
+    x = 80.0 * torch.randn(8, 3072, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device)
+    rows += kd_rows(ks, "Gaussian 3072-D", sde, gauss.score, x, gauss.flow(x, sde.T, sde.eps), device)
+    sde = sdekit.VESDE(0.01, 50)
+    mix = sharp_mixture(sde)
+    n = 500 if quick else 2000
+    x = mix.sample(n, t=sde.T, generator=torch.Generator().manual_seed(1)).to(device)
+    exact = sdekit.probability_flow(sde, mix.score).solve(x, method="torchdiffeq.dopri5", rtol=1e-10, atol=1e-10).x
+    rows += kd_rows(ks, f"mixture 2-D ({n})", sde, mix.score, x, exact, device)
+    kd_report(rows)
 
 
 # -- SDE -------------------------------------------------------------------------------------
@@ -267,12 +366,16 @@ def main():
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--figures", default=None, help="directory for adaptive_ode.png and adaptive_sde.png")
+    p.add_argument("--only", choices=("dpm",), default=None, help="dpm: dpm_adaptive against k-diffusion alone")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"# benchmarks/adaptive.py {'--quick ' if args.quick else ''}on {device} "
           f"({platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)), "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    kd_section(device, args.quick)
+    if args.only == "dpm":
+        return
     n_ode, n_sde = (500, 4000) if args.quick else (2000, 20000)
     ode, ratios = {}, []
     for name, sde in (("mixture 2-D, VP", sdekit.VPSDE()), ("mixture 2-D, VE", sdekit.VESDE(0.01, 50))):

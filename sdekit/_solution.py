@@ -2,11 +2,11 @@
 
 import enum
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
-__all__ = ["Result", "Solution", "PerSample"]
+__all__ = ["Result", "Solution", "PerSample", "Outcome"]
 
 
 class Result(enum.Enum):
@@ -121,3 +121,18 @@ class Solution:
         return (f"Solution(method={self.method!r}, backend={self.backend!r}, result={self.result.name}, "
                 f"t={self.t:.6g}, x=<{tuple(self.x.shape)} {self.x.dtype}>{failed}, nfe={self.nfe}{steps}{rej}, "
                 f"wall_time={self.wall_time:.4g}s)")
+
+
+@dataclass
+class Outcome:
+    """What a method reached: the state ``x`` at time ``t``, the saved states, step counts, a result code."""
+
+    x: torch.Tensor
+    t: float
+    path: List[torch.Tensor] = field(default_factory=list)
+    steps: Optional[int] = None
+    rejected: Optional[int] = None
+    result: Result = Result.SUCCESS
+    detail: str = ""
+    per_sample: Optional[dict] = None   # tensors (batch,): nfe, steps, rejected, status, t (per-sample stepping)
+    stats: dict = field(default_factory=dict)

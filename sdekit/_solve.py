@@ -19,13 +19,12 @@ import torch
 
 from ._brownian import check_entropy
 from ._errors import (ArgumentTypeError, InvalidParameterError, MethodArgumentError, SDEKitError, ShapeError,
-                      SolveError)
+                      SolveError, unknown_options_message)
 from ._evaluator import finite_rows
 from ._grid import as_grid, merge_times, schedule_grid, step_grid
 from ._methods import Problem, lookup
-from ._methods._base import Outcome, unknown_options_message
 from ._process import Process
-from ._solution import STATUS, PerSample, Result, Solution
+from ._solution import STATUS, Outcome, PerSample, Result, Solution
 
 __all__ = ["solve"]
 

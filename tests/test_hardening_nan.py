@@ -21,7 +21,7 @@ import torch
 
 import sdekit
 from sdekit import Result, SolveError
-from sdekit._controller import error_ratio
+from sdekit._stepping._control import batch_ratio as error_ratio
 from sdekit.validation import GaussianData
 
 F64 = torch.float64

@@ -2,8 +2,9 @@
 
 from typing import Dict, List
 
-from .._errors import UnknownMethodError
-from ._base import Method, Outcome, Problem, did_you_mean
+from .._errors import UnknownMethodError, did_you_mean
+from .._solution import Outcome
+from ._base import Method, Problem
 
 REGISTRY: Dict[str, Method] = {}
 

@@ -1,13 +1,10 @@
-"""What a method is (:class:`Method`), what it is given (:class:`Problem`) and what it gives back (:class:`Outcome`)."""
+"""What a method is (:class:`Method`) and what it is given (:class:`Problem`); what it gives back,
+:class:`~sdekit._solution.Outcome`, lives beside :class:`~sdekit.Solution`."""
 
-import difflib
-import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Optional
 
 import torch
-
-from .._solution import Result
 
 
 @dataclass(frozen=True)
@@ -114,61 +111,3 @@ class Problem:
     @property
     def adaptive(self) -> bool:
         return self.rtol is not None
-
-
-@dataclass
-class Outcome:
-    """What a method reached: the state ``x`` at time ``t``, the saved states, step counts, a result code."""
-
-    x: torch.Tensor
-    t: float
-    path: List[torch.Tensor] = field(default_factory=list)
-    steps: Optional[int] = None
-    rejected: Optional[int] = None
-    result: Result = Result.SUCCESS
-    detail: str = ""
-    per_sample: Optional[dict] = None   # tensors (batch,): nfe, steps, rejected, status, t (per-sample stepping)
-    stats: dict = field(default_factory=dict)
-
-
-def _squash(name: str) -> str:
-    """``name`` lower-cased without punctuation, ``+`` read as ``p`` (``"DPM++ 2M"`` -> ``"dpmpp2m"``)."""
-    return re.sub(r"[^0-9a-z]", "", name.lower().replace("+", "p"))
-
-
-def close_names(word: str, names: Iterable[str], n: int = 3) -> List[str]:
-    """The names closest to a misspelt ``word``: spelt alike (any case), or alike with punctuation removed.
-
-    ``difflib.get_close_matches`` on the lower-cased names, then on the squashed ones (``"dpm++2m"`` finds
-    ``"dpmpp_2m"``, ``"euler-ancestral"`` finds ``"euler_ancestral"``); a name equal to ``word`` once both are
-    squashed is the only answer; otherwise at most ``n``.
-    """
-    names = list(dict.fromkeys(str(x) for x in names))
-    word = str(word)
-    found = [x for x in names if _squash(x) == _squash(word) and _squash(word)]
-    if found:   # the same name but for case and punctuation: nothing else is as close
-        return found[:n]
-    by_lower = {}
-    for x in names:
-        by_lower.setdefault(x.lower(), x)
-    found += [by_lower[x] for x in difflib.get_close_matches(word.lower(), list(by_lower), n=n, cutoff=0.7)]
-    by_squash = {}
-    for x in names:
-        by_squash.setdefault(_squash(x), x)
-    found += [by_squash[x] for x in difflib.get_close_matches(_squash(word), list(by_squash), n=n, cutoff=0.75)]
-    return list(dict.fromkeys(found))[:n]
-
-
-def did_you_mean(word, names) -> str:
-    """`` (did you mean 'a' or 'b'?)`` for the names close to ``word``, or ``""``."""
-    hint = close_names(word, names) if isinstance(word, str) else []
-    return f" (did you mean {' or '.join(map(repr, hint))}?)" if hint else ""
-
-
-def unknown_options_message(method_name: str, unknown, takes) -> str:
-    """One line: the options ``method_name`` does not take, a close match for each misspelt one, and every
-    option it takes (``takes``, the loop's own included), last."""
-    takes = tuple(takes)
-    said = ", ".join(f"{k!r}{did_you_mean(k, takes)}" for k in unknown)
-    return f"{method_name} does not take option(s) {said}; it takes: {', '.join(takes) or 'none'}"
-

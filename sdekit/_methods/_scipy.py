@@ -19,10 +19,9 @@ import scipy.integrate
 import scipy.sparse
 import torch
 
-from .._controller import check_options
 from .._errors import MethodArgumentError
-from .._solution import Result
-from ._base import Method, Outcome, Problem
+from .._solution import Outcome, Result
+from ._base import Method, Problem
 
 _SOLVERS = {"RK45": scipy.integrate.RK45, "DOP853": scipy.integrate.DOP853,
             "Radau": scipy.integrate.Radau, "LSODA": scipy.integrate.LSODA}
@@ -37,7 +36,6 @@ class _NonFiniteTime(Exception):
 
 
 def _check(method: Method, pb: Problem, n: int, d: int) -> None:
-    check_options(method, pb.options)
     if pb.x0.requires_grad and torch.is_grad_enabled():
         raise MethodArgumentError(f"{method.name} (scipy) computes in numpy and would drop the autograd graph; "
                                   "use a torchdiffeq method (dopri5, rk4, ...) to differentiate through the solve")

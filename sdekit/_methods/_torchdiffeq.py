@@ -21,9 +21,8 @@ import torch
 import torchdiffeq
 from torchdiffeq._impl.odeint import SOLVERS
 
-from .._controller import check_options
-from .._solution import Result
-from ._base import Method, Outcome, Problem
+from .._solution import Outcome, Result
+from ._base import Method, Problem
 
 #: Options that sdekit sets itself from solve()'s arguments (steps=, dt=, grid=, rtol=, atol=).
 _OWN = {"grid_constructor", "step_size", "dtype", "rtol", "atol"}
@@ -97,7 +96,6 @@ def _batch(t, x):
 
 def integrate(method: Method, pb: Problem) -> Outcome:
     """Integrate ``pb`` with ``torchdiffeq.odeint(method=method.name)`` from ``t_start`` to ``t_end``."""
-    check_options(method, pb.options)
     x0 = pb.x0
     saves = [] if pb.save_at is None else pb.save_at.tolist()
     stops = list(dict.fromkeys([pb.t_start] + saves + [pb.t_end]))  # ordered, unique

@@ -1,4 +1,4 @@
-"""torchsde's SDE methods, stepped by sdekit over an exact grid or by sdekit's adaptive controller.
+r"""torchsde's SDE methods, stepped by sdekit over an exact grid or by sdekit's adaptive controller.
 
 torchsde integrates forward in time on 2-D states; the process supplies that view (clock ``s``,
 flattened state).  sdekit drives torchsde's own step functions: on a fixed grid through the stepping
@@ -6,7 +6,9 @@ layer's grid walk (:func:`sdekit._stepping._loop.walk`, the loop of sdekit's own
 followed exactly (no interpolation at save points), steps are counted, and ``max_steps`` can stop a solve
 with the state it reached, written once for both.  Adaptive stepping compares one full step with two half steps on the
 same Brownian path (torchsde's scheme); a rejected step refines the same path by a Brownian
-bridge, so rejections do not bias the noise.
+bridge, so rejections do not bias the noise.  The step size comes from the controller of sdekit's own adaptive
+loop (:mod:`sdekit._stepping._control`: :math:`h' = 0.9\,h\,E^{-1/(p+1)}` within ``[0.2, 5]``), with one error for
+the batch.
 
 The Brownian path is fixed by the seed and the span alone.  Methods that need no Lévy area (euler,
 milstein, heun, midpoint, euler_heun, reversible_heun) read sdekit's keyed path by default
@@ -35,11 +37,11 @@ from torchsde._core import base_sde
 from torchsde._core import methods as _ts_methods
 
 from .._brownian import brownian_motion
-from .._controller import check_options, error_ratio, next_step
 from .._errors import InvalidParameterError, MethodArgumentError, ShapeError
-from .._solution import Result
+from .._solution import Outcome, Result
+from .._stepping._control import batch_ratio, i_controller
 from .._stepping._loop import check_depth, keyed_path, walk
-from ._base import Method, Outcome, Problem
+from ._base import Method, Problem
 
 
 #: The shortest span, relative to the clock's magnitude, that the Brownian tree and the steps resolve.
@@ -48,7 +50,6 @@ _MIN_SPAN = 2.0 ** -30
 
 def _solver(method: Method, pb: Problem, y0: torch.Tensor, s0: float, s1: float):
     proc = pb.process
-    check_options(method, pb.options)
     if not s1 - s0 >= _MIN_SPAN * max(1.0, abs(s0), abs(s1)):
         raise InvalidParameterError(
             f"the span from t_start={pb.t_start!r} to t_end={pb.t_end!r} is too short for torchsde's steps and "
@@ -207,7 +208,7 @@ def _adaptive(method, pb, solver, y, extra, s0, s1, shape):
     if not (h > 0 and math.isfinite(h)):
         raise InvalidParameterError(f"the first step dt must be a positive finite number, got {h}")
     h = max(h, dt_min)  # a first step below the smallest step allowed starts at the smallest
-    order = method.order_additive or method.order
+    controller = i_controller(method.order_additive or method.order)
     s, steps, rejected = s0, 0, 0
     for target in stops:
         while s < target:
@@ -223,12 +224,14 @@ def _adaptive(method, pb, solver, y, extra, s0, s1, shape):
             y_full, _ = solver.step(a, b, y, extra)
             y_mid, e_mid = solver.step(a, mid, y, extra)
             y_two, e_two = solver.step(mid, b, y_mid, e_mid)
-            err = float(error_ratio(y_full, y_two, pb.rtol, pb.atol))  # the one host sync of a step
-            if not math.isfinite(err):
+            # one error for the batch, the samples that went non-finite left out (the evaluator reports them)
+            err = batch_ratio(y_full, y_two, pb.rtol, pb.atol).view(1)
+            e = float(err)   # the one host sync of a step
+            if not math.isfinite(e):
                 return _stopped(proc, y, s, shape, path, steps, rejected, Result.NON_FINITE,
                                 "a non-finite error estimate")
-            accepted = err <= 1.0
-            h = next_step(s_next - s, err, order, accepted)
+            accepted = e <= 1.0
+            h = float(controller.propose(_time(s_next - s).view(1), err, err, torch.tensor([accepted])))
             if accepted:
                 s, y, extra = s_next, y_two, e_two
                 steps += 1

@@ -49,8 +49,8 @@ import torch
 
 from .._errors import InvalidParameterError, MethodArgumentError
 from .._evaluator import finite_rows
-from .._methods._base import Outcome
-from .._solution import STATUS, Result
+from .._solution import STATUS, Outcome, Result
+from ._control import shared_ratio
 from ._loop import _noise, denoise_and_frame
 
 SYNC_EVERY = 2
@@ -196,8 +196,7 @@ class _Loop:
         ok = running & ~bad
         err = err.detach().to(torch.float64)     # step sizes are not differentiated (as diffrax's controllers)
         if self.shared:
-            live = ok.to(torch.float64)
-            err = torch.sqrt((torch.where(ok, err, 0.0) ** 2).sum() / live.sum().clamp_min(1)).expand_as(err)
+            err = shared_ratio(err, ok)
         # a state that overflowed is not accepted (its error ratio can read 0 against an infinite scale)
         accepted = ok & (err <= 1) & finite_rows(x_new)
         rejected = ok & ~accepted

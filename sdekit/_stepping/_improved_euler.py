@@ -44,7 +44,7 @@ On an ODE process (zero diffusion, no noise) the pair is Euler / Heun.
 import torch
 
 from .._errors import InvalidParameterError
-from ._control import error_ratio, jm_controller, mixed_scale
+from ._control import GROWTH_LIMIT, error_ratio, initial_step, jm_controller, mixed_scale
 from ._frame import ps
 from ._stepper import AdaptiveStepper, check_number
 
@@ -58,25 +58,26 @@ class ImprovedEuler(AdaptiveStepper):
     strong_order = 0.5     # diagonal noise
     order_additive = 1.0   # additive noise (VP, sub-VP, VE)
     ode_order = 2.0        # Heun on an ODE
-    error_order = 1.0
+    deterministic_on_ode = True
     evals = 2
     frame = "t"
     needs = "drift"
     default_rtol = 0.05
     default_atol = 0.0078
-    defaults = {"theta": 0.9, "r": 0.9, "h_init": 0.01, "noise": "keep"}
+    defaults = {"theta": 0.9, "r": 0.9, "h_init": None, "fac_max": GROWTH_LIMIT, "noise": "keep"}
 
-    def setup(self, theta, r, h_init, noise):
+    def setup(self, theta, r, h_init, fac_max, noise):
         self.theta = check_number("theta", theta, 1e-3, 1.0)
         self.r = check_number("r", r, 1e-3, 2.0)
-        self.h_init = check_number("h_init", h_init, 1e-12)
+        self.h_init = None if h_init is None else check_number("h_init", h_init, 1e-12)
+        self.fac_max = check_number("fac_max", fac_max, 1.0)
         if noise not in ("keep", "redraw"):
             raise InvalidParameterError(f"option noise must be 'keep' (the Brownian path is refined on rejection) "
                                         f"or 'redraw' (fresh noise per attempt, biased), got {noise!r}")
         self.redraw = noise == "redraw"
 
     def controller(self):
-        return jm_controller(self.theta, self.r)
+        return jm_controller(self.theta, self.r, self.fac_max)
 
     def start(self, x, t):
         self.multiplicative = self.noise is not None and self.process.diffusion_depends_on_x(t.to(x.dtype), x)
@@ -86,7 +87,10 @@ class ImprovedEuler(AdaptiveStepper):
         return carry
 
     def initial_step(self, x, t, t_end, carry):
-        return torch.minimum(torch.full_like(t, self.h_init), (t_end - t).abs())
+        if self.h_init is not None:
+            return torch.minimum(torch.full_like(t, self.h_init), (t_end - t).abs())
+        return initial_step(self.process.drift, x, t, t_end, self.process.drift(t, x), self.rtol, self.atol,
+                            self.error_order)
 
     def attempt(self, x, t, t_next, carry, attempt):
         proc = self.process

@@ -21,8 +21,7 @@ import torch
 from .._errors import InvalidParameterError, MethodArgumentError
 from .._grid import save_indices
 from .._keyed import KeyedBrownian
-from .._methods._base import Outcome
-from .._solution import Result
+from .._solution import Outcome, Result
 from ._frame import Frame
 from ._stepper import check_bool
 
@@ -34,8 +33,7 @@ def run(stepper_class, method, pb):
     if pb.adaptive:
         raise MethodArgumentError(f"{method.name} takes fixed steps: give steps=, dt= or grid=")
     proc = pb.process
-    if stepper_class.kind == "sde" and proc.kind == "ode" and not getattr(stepper_class, "deterministic_on_ode",
-                                                                          False):
+    if stepper_class.kind == "sde" and proc.kind == "ode" and not stepper_class.deterministic_on_ode:
         raise MethodArgumentError(f"{method.name} samples the reverse SDE; integrate sdekit.reverse(sde, score_fn) "
                                   f"with it, or use an ODE sampler (ddim, dpmpp_2m, ...) on the probability flow")
     options = dict(pb.options)

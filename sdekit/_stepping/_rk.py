@@ -10,7 +10,8 @@ augmented ODE (a state and its log-density change).  A step of size :math:`h` (p
 with the error ratio :math:`\lVert e/(a + r\max(|x|, |x'|))\rVert_{RMS}` per sample and the PI controller of
 :mod:`sdekit._stepping._control`.  Both pairs are first-same-as-last: the last stage is the first of the next
 step, so an accepted step costs ``stages - 1`` evaluations.  The first step size is Hairer's (Hairer, Nørsett &
-Wanner 1993, II.4; torchdiffeq's ``_select_initial_step``), per sample: one evaluation more.
+Wanner 1993, II.4; :func:`~sdekit._stepping._control.initial_step`), per sample: one evaluation more; a step grows
+at most 10-fold (``fac_max``, Hairer's DOPRI5 default).
 
 - ``bosh3``: Bogacki & Shampine (1989), order 3 with an embedded order-2 estimate; 3 evaluations a step.
 - ``dopri5``: Dormand & Prince (1980), order 5 with an embedded order-4 estimate; 6 evaluations a step.
@@ -21,10 +22,8 @@ As diffrax's tableaux, each tableau checks its own consistency when built: rows 
 
 from fractions import Fraction as F
 
-import torch
-
 from .._errors import InvalidParameterError
-from ._control import error_ratio, hairer_scale, pi_controller, rms
+from ._control import error_ratio, hairer_scale, initial_step, pi_controller
 from ._frame import ps
 from ._stepper import AdaptiveStepper, check_number
 
@@ -86,20 +85,7 @@ class RungeKuttaPair(AdaptiveStepper):
         return {"k": self._f(t, x)}
 
     def initial_step(self, x, t, t_end, carry):
-        """Hairer's starting step, per sample (one evaluation)."""
-        f0 = carry["k"]
-        scale = self.atol + self.rtol * x.abs()
-        d0, d1 = rms(x / scale), rms(f0 / scale)
-        h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-300))
-        span = (t_end - t).abs()
-        h0 = torch.minimum(h0, span)
-        direction = torch.sign(t_end - t)
-        f1 = self._f(t + direction * h0, x + ps(direction * h0, x) * f0)
-        d2 = rms((f1 - f0) / scale) / h0
-        dmax = torch.maximum(d1, d2)
-        h1 = torch.where(dmax <= 1e-15, (h0 * 1e-3).clamp_min(1e-6),
-                         (0.01 / dmax.clamp_min(1e-300)) ** (1.0 / (self.order + 1)))
-        return torch.minimum(torch.minimum(100 * h0, h1), span)
+        return initial_step(self._f, x, t, t_end, carry["k"], self.rtol, self.atol, self.order)
 
     def attempt(self, x, t, t_next, carry, attempt):
         tab = self.tableau

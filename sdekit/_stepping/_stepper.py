@@ -6,26 +6,34 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 
-from .._errors import InvalidParameterError, MethodArgumentError
-from .._methods._base import close_names, unknown_options_message
+from .._errors import InvalidParameterError, did_you_mean
 
 
 class Stepper:
     r"""One step of a native method; the loop (:func:`sdekit._stepping.run`) owns everything else.
 
-    A subclass declares, as class attributes:
+    The whole contract is declared here, each attribute with its default; a subclass overrides what differs
+    (``sdekit.methods()`` shows them, and ``tests/orders/test_declared_orders.py`` fits the orders):
 
-    - ``name``, ``description`` (one line naming the paper and algorithm);
-    - ``kind``: ``"ode"`` (deterministic: probability-flow ODE) or ``"sde"`` (stochastic: reverse SDE);
-    - ``order``: its order of convergence with its default options, as measured asymptotically (ODE order, or
-      weak order for stochastic samplers; ``None`` unknown); ``notes``: what else a user choosing it must know
-      (the option that reaches a higher order, a ``steps=`` that counts evaluations);
-    - ``frame``: ``"t"``, ``"sigma"`` or ``"logsnr"``; ``needs``: ``"drift"``, ``"score"``, ``"x0"`` or ``"eps"``;
-    - ``history``: model outputs kept between steps (multistep); ``error_estimate``: whether it has one;
-    - ``schedule``: the default grid for ``steps=``;
-    - ``grid_steps``: ``None``, or for a stepper whose ``steps=`` is a budget of model evaluations, the function
+    - ``name``, ``description`` (one line naming the paper and algorithm); ``notes`` (default ``""``): what else a
+      user choosing it must know (the option that reaches a higher order, a ``steps=`` that counts evaluations);
+    - ``kind`` (``"ode"``): ``"ode"`` (deterministic: probability-flow ODE) or ``"sde"`` (stochastic: reverse SDE);
+    - ``order`` (``None``, unknown): its order of convergence with its default options, as measured
+      asymptotically: the ODE order, or the weak order of a stochastic stepper;
+    - ``strong_order``, ``order_additive`` (``None``): a stochastic stepper's strong order with diagonal and with
+      additive noise, where it has one;
+    - ``deterministic_on_ode`` (``False``): a stochastic stepper that also integrates the probability flow (its
+      noise vanishes there: ``ddim`` with ``eta=0``), with ``order`` its ODE order;
+    - ``frame`` (``"t"``): ``"t"``, ``"sigma"`` or ``"logsnr"``; ``needs`` (``"score"``): ``"drift"``, ``"score"``,
+      ``"x0"`` or ``"eps"``;
+    - ``history`` (0): model outputs kept between steps (multistep);
+    - ``adaptive``, ``error_estimate`` (``False``), ``error_order`` (``None``): whether it adapts its step
+      (:class:`AdaptiveStepper`), estimates its error, and the order of that estimate;
+    - ``schedule`` (``"uniform"``): the default grid for ``steps=``;
+    - ``grid_steps`` (``None``): for a stepper whose ``steps=`` is a budget of model evaluations, the function
       giving the number of grid steps a budget takes;
-    - ``defaults``: its options and their default values.
+    - ``default_rtol``, ``default_atol`` (``None``: ``solve()``'s): an adaptive stepper's own tolerances;
+    - ``defaults`` (none): its options and their default values.
 
     An instance lives for one solve (it holds the history) and is built with the caller's options.
     ``steps`` is the caller's ``steps=`` (``None`` when the grid came from ``grid=`` or ``dt=``).
@@ -35,25 +43,28 @@ class Stepper:
 
     name = ""
     description = ""
+    notes = ""
     kind = "ode"
     order: Optional[float] = None
-    notes = ""
+    strong_order: Optional[float] = None
+    order_additive: Optional[float] = None
+    deterministic_on_ode = False
     frame = "t"
     needs = "score"
     history = 0
+    adaptive = False
     error_estimate = False
+    error_order: Optional[float] = None
     schedule = "uniform"
     grid_steps: Optional[Callable[[int], int]] = None
+    default_rtol: Optional[float] = None
+    default_atol: Optional[float] = None
     defaults: Dict[str, object] = {}
 
     #: the options the loop takes out before the stepper sees the rest (:func:`sdekit._stepping.run`)
     loop_options = ("denoise", "hook")
 
     def __init__(self, frame, noise, options: dict, steps: Optional[int] = None):
-        unknown = sorted(set(options) - set(self.defaults), key=str)
-        if unknown:
-            raise MethodArgumentError(unknown_options_message(
-                self.name, unknown, tuple(sorted(self.defaults)) + self.loop_options))
         self.frame = frame
         self.noise = noise
         self.steps = steps
@@ -116,22 +127,19 @@ def check_choice(name: str, value, choices) -> str:
     """``value`` if it is one of the strings ``choices``, or an :class:`InvalidParameterError` naming them."""
     if isinstance(value, str) and value in choices:
         return value
-    hint = close_names(value, choices) if isinstance(value, str) else []
-    said = f" (did you mean {' or '.join(map(repr, hint))}?)" if hint else ""
     raise InvalidParameterError(f"option {name} must be one of {', '.join(map(repr, choices))}, "
-                                f"got {value!r:.40}{said}")
+                                f"got {value!r:.40}{did_you_mean(value, choices)}")
 
 
 class AdaptiveStepper(Stepper):
     r"""One attempted step of an adaptive method with its error estimate; the adaptive loop
     (:func:`sdekit._stepping.run_adaptive`) owns the per-sample times, step sizes, acceptance and control.
 
-    Besides :class:`Stepper`'s attributes a subclass declares
+    Besides :class:`Stepper`'s attributes (``error_order``, 1 here: the order :math:`q` of its error estimate, the
+    controller's exponent uses :math:`q + 1`; ``default_rtol``, ``default_atol``) a subclass declares
 
-    - ``error_order``: the order :math:`q` of its error estimate (the controller's exponent uses :math:`q + 1`);
-    - ``evals``: model evaluations per attempt (for the docs; the loop counts the real ones);
-    - ``clock``: the variable its step size is measured in, ``"t"`` or ``"logsnr"`` (:math:`\lambda`);
-    - ``default_rtol``, ``default_atol``: its tolerances when the caller gives none (``None``: solve's);
+    - ``evals`` (1): model evaluations per attempt (for the docs; the loop counts the real ones);
+    - ``clock`` (``"t"``): the variable its step size is measured in, ``"t"`` or ``"logsnr"`` (:math:`\lambda`);
 
     and implements
 
@@ -150,13 +158,12 @@ class AdaptiveStepper(Stepper):
     per-sample ``t``) and the tolerances before the solve.
     """
 
+    adaptive = True
     error_estimate = True
     loop_options = ("denoise", "sync_every")   # the adaptive loop's own (it refuses hook)
     error_order = 1.0
     evals = 1
     clock = "t"
-    default_rtol: Optional[float] = None   # the method's own tolerances when the caller gives none
-    default_atol: Optional[float] = None
 
     def bind(self, process, rtol: float, atol: float):
         self.process, self.rtol, self.atol = process, float(rtol), float(atol)
