@@ -37,6 +37,7 @@ import torch
 import sdekit
 from sdekit import ArgumentTypeError, InvalidParameterError, MethodArgumentError, UnknownMethodError
 
+from ._adapter import network_output
 from ._diffusers import from_diffusers
 
 try:
@@ -59,16 +60,16 @@ class _Cancelled(BaseException):
 class _Channel:
     """The two queues between the pipeline's thread and the solve's thread, and the solve's network stand-in.
 
-    Called as the network, ``channel(x, timestep)`` posts ``("ask", x, timestep)`` to the pipeline and blocks
-    until the pipeline's output arrives.  It holds no reference to the scheduler, so an abandoned scheduler is
+    Called as the network, ``channel(x, k)`` posts ``("ask", x, k)`` (the state of evaluation ``k``) to the
+    pipeline and blocks until the pipeline's output arrives.  It holds no reference to the scheduler, so an abandoned scheduler is
     collected and its finaliser cancels the solve.
     """
 
     def __init__(self):
         self.to_pipeline, self.to_solve = queue.SimpleQueue(), queue.SimpleQueue()
 
-    def __call__(self, x, timestep, **inputs):
-        self.to_pipeline.put(("ask", x, timestep))
+    def __call__(self, x, k, **inputs):
+        self.to_pipeline.put(("ask", x, k))
         out = self.to_solve.get()
         if out is _Cancelled:
             raise _Cancelled()
@@ -105,16 +106,41 @@ def _rounding_apart(sample, x):
     return bool((sample - x).abs().max() <= 16 * eps * x.abs().max())
 
 
-class _Recorder:
-    """The dry run's network: records the timesteps it is called at; predicts its input (a finite, non-zero
-    prediction, so that a method whose step sizes follow the score's norm, Langevin's corrector, plans too)."""
+class _TimeRecorder:
+    """The dry run's score function: records the time of every call; the score of N(0, I) (finite and non-zero, so
+    that a method whose step sizes follow the score's norm, Langevin's corrector, plans too)."""
 
     def __init__(self):
-        self.timesteps = []
+        self.times = []
 
-    def __call__(self, x, timestep, **inputs):
-        self.timesteps.append(timestep[:1])
-        return x.clone()
+    def __call__(self, x, t):
+        self.times.append(t[:1])
+        return -x
+
+
+class _PlannedScore:
+    r"""A run's score function: its ``k``-th call is the plan's ``k``-th evaluation.
+
+    It hands ``(x, k)`` to the pipeline through the adapter's network (the channel, behind
+    :func:`~sdekit.adapters.from_diffusers`'s learned-variance split) and turns the pipeline's output into the score
+    with the adapter's own parameterisation and its coefficients :math:`\alpha(t_k)`, :math:`\sigma(t_k)`, computed
+    by ``adapter.coefficients`` once for the run at the plan's times (the times the solve hands over, in its model
+    dtype), so a call makes no host synchronisation and no float64 arithmetic.
+    """
+
+    def __init__(self, adapter, coefficients):
+        self.adapter, self.coefficients, self.calls = adapter, coefficients, 0
+
+    def __call__(self, x, t):
+        k = self.calls
+        if k >= len(self.coefficients):
+            raise InvalidParameterError(f"the solve asked for more than the {len(self.coefficients)} evaluations "
+                                        f"set_timesteps planned; report this with the method and its options")
+        self.calls += 1
+        c = self.coefficients[k]
+        prediction = self.adapter.prediction
+        out = self.adapter.network(prediction.network_state(x, c), k)
+        return prediction.score(network_output(out, x, "the pipeline's model_output"), x, c)
 
 
 class _Run:
@@ -122,7 +148,7 @@ class _Run:
 
     def __init__(self, channel, thread, finaliser):
         self.channel, self.thread, self.finaliser = channel, thread, finaliser
-        self.pending = None          # (x, timestep) the solve asks at
+        self.pending = None          # (x, k): the state of the evaluation the solve waits on, and its number
         self.first = True
 
     def receive(self):
@@ -262,32 +288,35 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas=None, prediction_type: str = "epsilon",
                  variance_type=None, method: str = "dpmpp_2m", schedule=None, grid=None, options=None,
-                 seed=None, process=None):
+                 seed=None, process=None, quantise: bool = True):
         if options is not None and not isinstance(options, dict):
             raise ArgumentTypeError(f"options must be a dict of the method's options, got {type(options).__name__}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
                                  or not 0 <= seed < 2 ** 64):
             raise InvalidParameterError(f"seed must be an integer in [0, 2**64) or None (drawn from the pipeline's "
                                         f"generator), got {seed!r}")
+        if not isinstance(quantise, bool):
+            raise InvalidParameterError(f"quantise must be True (integer timesteps) or False, got {quantise!r}")
         if grid is not None and schedule is not None:
             raise InvalidParameterError("give grid= (explicit times) or schedule= (how set_timesteps spaces its "
                                         "grid), not both")
         self.method, self.process = _resolve(method, process)
         self._grid = _grid_list(grid)
         self._options = dict(options or {})
-        if self.method.kind == "ode" or self.process == "probability_flow":
-            if seed is not None:
-                raise InvalidParameterError(f"seed= keys the noise of stochastic samplers; {self.method.name} on the "
-                                            f"probability flow is deterministic: leave seed unset")
+        if seed is not None and self.process == "probability_flow":
+            raise InvalidParameterError(f"seed= keys the noise of stochastic samplers; {self.method.name} on the "
+                                        f"probability flow is deterministic: leave seed unset")
         table = {k: v for k, v in dict(self.config).items() if not k.startswith("_")}
         # the table of the config, through from_diffusers itself: the same DiscreteVPSDE as the reference adapter
-        self.alphas_cumprod = from_diffusers(_Recorder(), table).sde.alphas_cumprod
+        self.alphas_cumprod = from_diffusers(_TimeRecorder(), table).sde.alphas_cumprod
         self.init_noise_sigma = 1.0         # the VP prior N(0, I)
         self.timesteps = None
         self.num_inference_steps = None
         self.times = None                   # float64 sdekit time of every evaluation
-        self.grid = None                    # the float64 grid of the solve
+        self.grid = None                    # an explicit grid of this plan (None: the schedule's)
         self.solution = None                # the last finished run's sdekit.Solution
+        self._plans = {}
+        self._planned = None
         self._step_index = None
         self._begin_index = 0
         self._run = None
@@ -337,9 +366,9 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
         return a * original_samples + s * noise
 
     # -- the plan: every evaluation of the solve, known before the loop --------------------------
-    def _process(self, adapter):
+    def _process(self, sde, score_fn):
         make = sdekit.probability_flow if self.process == "probability_flow" else sdekit.reverse
-        return make(adapter.sde, adapter)
+        return make(sde, score_fn)
 
     def _solve_arguments(self, steps, grid, seed):
         args = dict(method=self.method.qualified_name, options=dict(self._options))
@@ -354,27 +383,41 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
         return args
 
     def _adapter(self, network):
-        adapter = from_diffusers(network, self)
+        adapter = from_diffusers(network, self, quantise=self.config.quantise)
         adapter._off_grid_warned = [True]    # evaluating between integer timesteps is this scheduler's design
         return adapter
 
-    def _plan(self, steps, grid):
-        """Dry-run the solve on a one-number state: the times and timesteps of its evaluations, its grid."""
-        recorder = _Recorder()
+    def _plan(self, steps, grid, dtype=torch.float32):
+        """The solve's evaluations, from a dry run on a one-number state (cached): their times as the solve hands
+        them to the score (in the model-time ``dtype``: float32, or float64 for a float64 state), float64 sdekit
+        times, the timesteps the UNet sees, the NFE and the grid steps."""
+        key = (steps, None if grid is None else tuple(grid), dtype)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        recorder = _TimeRecorder()
+        sde = self._adapter(recorder).sde
+        solution = self._process(sde, recorder).solve(torch.ones(1, 1, dtype=dtype),
+                                                      **self._solve_arguments(steps, grid, 0), throw=False)
+        if not recorder.times:
+            raise InvalidParameterError(f"{self.method.name} made no evaluation on this grid; give more steps")
+        times = torch.cat(recorder.times)
         adapter = self._adapter(recorder)
-        solution = self._process(adapter).solve(torch.ones(1, 1), **self._solve_arguments(steps, grid, 0),
-                                                throw=False)
-        times = torch.cat([adapter.sde.time(ts.double()) for ts in recorder.timesteps]) if recorder.timesteps \
-            else torch.zeros(0, dtype=torch.float64)
-        return dict(timesteps=torch.cat(recorder.timesteps).long(), times=times, nfe=solution.nfe,
-                    steps=solution.steps)
+        tau = adapter.time.to_network(times.double())          # what Adapter.output hands the UNet
+        timesteps = tau.long() if self.config.quantise else tau.to(torch.float32)
+        plan = dict(times=times, timesteps=timesteps, nfe=solution.nfe, steps=solution.steps)
+        if len(self._plans) >= 32:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
 
     def set_timesteps(self, num_inference_steps=None, device=None, grid=None):
         """Plan a run of ``num_inference_steps`` steps of the method (or on ``grid``, explicit sdekit times; the
         config's ``grid`` when it has one): ``timesteps`` gets one entry per network evaluation, on ``device``.
 
         A run left unfinished (a pipeline interrupted mid-loop) is cancelled.  For ``dpm_solver_fast``
-        ``num_inference_steps`` is its budget of evaluations, as in ``solve(steps=...)``.
+        ``num_inference_steps`` is its budget of evaluations, as in ``solve(steps=...)``.  The plan of a given
+        ``num_inference_steps`` is computed once (a dry run of the solve) and reused.
         """
         self._cancel()
         grid = _grid_list(grid) if grid is not None else self._grid
@@ -388,11 +431,11 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
             raise InvalidParameterError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
         plan = self._plan(int(num_inference_steps), grid)
         self.num_inference_steps = int(num_inference_steps)
-        self.timesteps = plan["timesteps"].to(device) if device is not None else plan["timesteps"]
-        self.times = plan["times"]
+        self.timesteps = plan["timesteps"].to(device) if device is not None else plan["timesteps"].clone()
+        self.times = plan["times"].double()
         self.grid = torch.tensor(grid, dtype=torch.float64) if grid is not None else None
         self.order = max(1, plan["nfe"] // self.num_inference_steps)
-        self._planned = (self.num_inference_steps, grid, plan["steps"])
+        self._planned = (self.num_inference_steps, grid)
         self._step_index = None
         self._begin_index = 0
 
@@ -403,16 +446,27 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
             self._run = None
 
     def _start(self, sample, generator):
-        steps, grid, _ = self._planned
+        steps, grid = self._planned
         begin = self._begin_index
         if begin:
-            grid = self._begin_grid(begin)
+            steps, grid = None, self._begin_grid(begin)
+        dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32    # the model time's dtype
+        plan = self._plan(steps, grid, dtype)
+        if dtype == torch.float64 and not torch.equal(plan["timesteps"], self.timesteps[begin:].cpu()):
+            raise InvalidParameterError("in float64 this solve rounds its evaluation times to other timesteps than "
+                                        "the float32 plan: sample in float32, or give a grid whose times are not "
+                                        "halfway between timesteps")
         seed = None
         if self.process == "reverse":
             seed = self.config.seed if self.config.seed is not None else _seed_from(generator)
-        args = self._solve_arguments(steps, grid, seed)
         channel = _Channel()
-        process = self._process(self._adapter(channel))
+        adapter = self._adapter(channel)
+        like = torch.empty((len(plan["times"]),) + (1,) * (sample.dim() - 1), dtype=sample.dtype,
+                           device=sample.device)
+        c = adapter.coefficients(like, plan["times"].to(sample.device))
+        coefficients = [type(c)(c.alpha[k:k + 1], c.sigma[k:k + 1]) for k in range(len(plan["times"]))]
+        process = self._process(adapter.sde, _PlannedScore(adapter, coefficients))
+        args = self._solve_arguments(steps, grid, seed)
         solve = lambda x_T: process.solve(x_T, **args)       # noqa: E731
         thread = threading.Thread(target=_solve_on_thread, args=(channel, solve, sample), daemon=True,
                                   name="sdekit-DiffusersScheduler")
@@ -424,27 +478,22 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
 
     def _begin_grid(self, begin):
         """The grid from the step whose first evaluation is ``begin``, checked by a dry run against the plan."""
-        steps, grid, grid_steps = self._planned
+        steps, grid = self._planned
         if grid is None:
-            grid = self._plan_grid(steps)
+            sde = self._adapter(_TimeRecorder()).sde
+            grid = sdekit.schedule_grid(sde, self.config.schedule or self.method.schedule,
+                                        self.method.grid_steps(steps) if self.method.grid_steps else steps,
+                                        sde.T, sde.eps).tolist()
         j = begin // self.order
         sub = grid[j:]
-        ok = j < len(grid) - 1
+        ok = begin % self.order == 0 and j < len(grid) - 1
         if ok:
-            plan = self._plan(len(sub) - 1, sub)
-            ok = torch.equal(plan["timesteps"], self.timesteps[begin:].cpu())
+            ok = torch.equal(self._plan(None, sub)["timesteps"], self.timesteps[begin:].cpu())
         if not ok:
             raise InvalidParameterError(f"begin_index={begin} is not the first evaluation of a step of "
                                         f"{self.method.name} (or its later evaluations differ from a solve started "
                                         f"there): start image-to-image at a multiple of order={self.order}")
         return sub
-
-    def _plan_grid(self, steps):
-        """The grid ``solve(steps=steps)`` builds (recorded by a dry run with ``save_at`` at every grid time)."""
-        sde = self._adapter(_Recorder()).sde
-        return sdekit.schedule_grid(sde, self.config.schedule or self.method.schedule,
-                                    self.method.grid_steps(steps) if self.method.grid_steps else steps,
-                                    sde.T, sde.eps).tolist()
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
              return_dict: bool = True):
@@ -470,18 +519,17 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
                 raise
         run = self._run
         i = self._step_index
-        expected = int(self.timesteps[i])
+        expected = self.timesteps[i]
         given = torch.as_tensor(timestep).reshape(-1)
-        if given.numel() < 1 or float(given[0]) != expected:
+        if given.numel() < 1 or float(given[0]) != float(expected):
             raise InvalidParameterError(f"step() was called with timestep {given.tolist()} where evaluation {i} of "
-                                        f"this run is at timestep {expected}: loop over scheduler.timesteps in order "
-                                        f"(call set_timesteps(...) to start again)")
-        x, asked = run.pending
-        if int(asked.reshape(-1)[0]) != expected:
+                                        f"this run is at timestep {expected.tolist()}: loop over scheduler.timesteps "
+                                        f"in order (call set_timesteps(...) to start again)")
+        x, k = run.pending
+        if k != i - self._begin_index:       # the solve and the plan disagree: a method whose evaluations vary
             self._cancel()
-            raise InvalidParameterError(f"the solve asks for timestep {int(asked.reshape(-1)[0])} where the plan has "
-                                        f"{expected} (a {x.dtype} state rounds the times differently): run the "
-                                        f"pipeline in float32 or float16")
+            raise InvalidParameterError(f"the solve waits on evaluation {k + self._begin_index} where the pipeline "
+                                        f"is at {i}; report this with the method and its options")
         if sample is not x and not (run.first and _rounding_apart(sample, x)):
             if sample.shape != x.shape or not torch.equal(sample, x):
                 self._cancel()

@@ -38,7 +38,7 @@ def _close(got, ref):
 
 def _reference(unet, config, x_T, scheduler, steps=STEPS, seed=None, **solve):
     """sdekit's own solve: ``from_diffusers(unet, config)`` and the scheduler's method, process and options."""
-    a = from_diffusers(unet, config)
+    a = from_diffusers(unet, config, quantise=scheduler.config.quantise)
     make = sdekit.probability_flow if scheduler.process == "probability_flow" else sdekit.reverse
     extra = dict(solve)
     if scheduler.config.options:
@@ -175,6 +175,15 @@ def test_an_explicit_grid_and_a_schedule(unet, config):
     assert len(scheduler.timesteps) == 5
     _, solution = _ddpm(unet, scheduler)      # the pipeline's own set_timesteps(5) plans the karras grid
     _close(solution.x, _reference(unet, config, _x_T((2, 2, 8, 8), 3), scheduler, schedule="karras").x)
+
+
+def test_fractional_timesteps_with_quantise_false(unet, config):
+    scheduler = DiffusersScheduler.from_config(config, method="dpm_solver_2", quantise=False)
+    _, solution = _ddpm(unet, scheduler)
+    assert scheduler.timesteps.dtype == torch.float32 and bool((scheduler.timesteps != scheduler.timesteps.round()).any())
+    _close(solution.x, _reference(unet, config, _x_T((2, 2, 8, 8), 3), scheduler).x)
+    _, rounded = _ddpm(unet, DiffusersScheduler.from_config(config, method="dpm_solver_2"))
+    assert not torch.equal(rounded.x, solution.x)
 
 
 def test_options_reach_the_method(unet, config):
