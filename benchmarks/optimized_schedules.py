@@ -1,0 +1,338 @@
+r"""Grids optimized for the model (``sdekit.optimize_schedule``) beside sdekit's stock schedules and every peer
+(a script, never a test).
+
+At 5 and 10 score evaluations (NFE), on problems with exact scores, each sampler runs from the same test states
+x_T and is measured by the RMS error (over all entries) against the exact probability-flow map from x_T to the
+sampler's own end time (closed form for the Gaussians; torchdiffeq's ``dopri5`` at ``rtol = atol = 1e-10`` for
+the mixtures):
+
+- problems, each under ``VPSDE()`` and ``VESDE(0.01, 50)``: a sharp 2-D mixture of five modes (weights 0.5 to
+  0.03, standard deviations 0.03 to 0.1: ``samplers.sharp_mixture``); a low-rank mixture in 64-D (six modes on a
+  random 4-D subspace, standard deviations 0.05 to 0.3 in it, 0.01 across it); an image-sized Gaussian
+  (3 x 32 x 32, flattened to 3072: a power-law spectrum in each channel's 2-D DCT basis, as natural images have);
+- sdekit stock: every fixed-step ODE sampler of ``samplers.SD_ODE`` that fits the budget, on each of the uniform,
+  log-SNR and Karras grids (the best is shown, its own default marked);
+- sdekit optimized: ``optimize_schedule`` for each of the single-evaluation multistep samplers (``dpmpp_2m``,
+  ``dpmpp_3m``, ``unipc``, ``deis``, ``ipndm``) and, at 10 NFE, two-evaluation single-step ones (``dpm_solver_2``,
+  ``dpmpp_2s``), calibrated on states drawn with seed 1 (``--calibration`` of them) and tested on states drawn
+  with seed 2: the two sets are disjoint draws of the exact law at T;
+- k-diffusion: every ODE sampler of ``samplers.KD_ODE`` on the uniform, log-SNR (= k-diffusion's exponential) and
+  Karras grids, and ``dpm_fast`` on its own;
+- diffusers: every ODE scheduler of ``diffusers_peers.PEERS`` with each spacing of ``diffusers_peers.SPACINGS``
+  (linspace, leading, trailing, Karras); a scheduler whose steps do not give exactly the budget's NFE runs with
+  the count that comes closest below it (marked ``@n``).
+
+The target (docs/optimized_schedules.md): sdekit's best optimized row at most half the error of the best peer.
+
+    python benchmarks/optimized_schedules.py             # every problem (about 30 minutes on one busy CPU thread)
+    python benchmarks/optimized_schedules.py --quick     # 2-D mixtures only, three methods, fewer samples
+"""
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+
+import torch
+
+import sdekit
+from sdekit.validation import GaussianMixture
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from samplers import (GRIDS, KD_ODE, PER_STEP, SD_ODE, Problem, grid_of, load_k_diffusion, run_kd,  # noqa: E402
+                      sharp_mixture)
+
+try:
+    import diffusers_peers
+except ImportError as err:            # diffusers absent: the script says so and goes on without it
+    diffusers_peers, DIFFUSERS_ERROR = None, str(err)
+
+OPTIMIZED = ("dpmpp_2m", "dpmpp_3m", "unipc", "deis", "ipndm", "dpm_solver_2", "dpmpp_2s")
+QUICK = ("dpmpp_3m", "unipc", "ipndm")
+BUDGETS = (5, 10)
+CAL_SEED, TEST_SEED = 1, 2
+
+
+# -- problems -----------------------------------------------------------------------------------
+def low_rank_mixture(sde, dim=64, rank=4, modes=6):
+    """Six Gaussian modes on a random ``rank``-dimensional subspace of R^dim, sharp across it."""
+    g = torch.Generator().manual_seed(11)
+    basis, _ = torch.linalg.qr(torch.randn(dim, rank, generator=g, dtype=torch.float64))
+    weights = torch.softmax(torch.randn(modes, generator=g, dtype=torch.float64), 0)
+    means = (2.0 * torch.randn(modes, rank, generator=g, dtype=torch.float64)) @ basis.T
+    covs = []
+    for _ in range(modes):
+        q, _ = torch.linalg.qr(torch.randn(rank, rank, generator=g, dtype=torch.float64))
+        scales = 0.05 + 0.25 * torch.rand(rank, generator=g, dtype=torch.float64)
+        inner = basis @ (q * scales ** 2) @ q.T @ basis.T
+        covs.append(inner + 1e-4 * torch.eye(dim, dtype=torch.float64))
+    return GaussianMixture(weights, means, torch.stack(covs), sde)
+
+
+class ImageGaussian:
+    r"""A Gaussian on 3 x 32 x 32 images, flattened to 3072: independent coefficients in each channel's orthonormal
+    2-D DCT basis with variances :math:`v_{kl} = 0.5 / (1 + (k^2 + l^2)/4) + 10^{-4}` and a smooth mean.
+
+    With :math:`V_t = \alpha_t^2 v + \sigma_t^2` per coefficient, the score is :math:`-(c - \alpha_t\mu_c)/V_t` in
+    the basis, and the probability-flow map from t to s is :math:`c_s - \alpha_s\mu_c = \sqrt{V_s/V_t}\,(c_t -
+    \alpha_t\mu_c)`, both exact.
+    """
+
+    shape = (3, 32, 32)
+
+    def __init__(self, sde):
+        self.sde, self.dim = sde, 3 * 32 * 32
+        n = torch.arange(32, dtype=torch.float64)
+        dct = torch.cos(math.pi * (n[None, :] + 0.5) * n[:, None] / 32) * math.sqrt(2 / 32)
+        dct[0] /= math.sqrt(2)
+        self.dct = dct                                            # orthonormal: rows are the basis
+        k2 = n[:, None] ** 2 + n[None, :] ** 2
+        self.var = (0.5 / (1 + k2 / 4) + 1e-4).expand(3, 32, 32).contiguous()
+        yy, xx = torch.meshgrid(n / 31, n / 31, indexing="ij")
+        mean = torch.stack([0.3 * xx - 0.1, 0.2 * yy, 0.25 * (xx * yy) - 0.05])
+        self.mean_c = self._to(mean[None]).reshape(-1)
+
+    def _to(self, x):
+        return self.dct @ x.reshape(-1, 3, 32, 32) @ self.dct.T
+
+    def _back(self, c):
+        return (self.dct.T @ c.reshape(-1, 3, 32, 32) @ self.dct).reshape(c.shape[0], -1)
+
+    def _moments(self, t, like):
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+        alpha, sigma = self.sde.alpha(t).to(torch.float64), self.sde.sigma(t).to(torch.float64)
+        var = alpha[:, None] ** 2 * self.var.reshape(1, -1) + sigma[:, None] ** 2
+        return alpha[:, None], var
+
+    def score(self, x, t):
+        alpha, var = self._moments(t, x)
+        c = self._to(x.to(torch.float64)).reshape(x.shape[0], -1)
+        return self._back(-(c - alpha * self.mean_c) / var).to(x.dtype)
+
+    def sample(self, n, t=0.0, generator=None):
+        alpha, var = self._moments(torch.full((n,), float(t), dtype=torch.float64), None)
+        c = alpha * self.mean_c + var.sqrt() * torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        return self._back(c)
+
+    def flow_map(self, x, t, s):
+        at, vt = self._moments(torch.full((x.shape[0],), float(t), dtype=torch.float64), x)
+        as_, vs = self._moments(torch.full((x.shape[0],), float(s), dtype=torch.float64), x)
+        c = self._to(x.to(torch.float64)).reshape(x.shape[0], -1)
+        return self._back(as_ * self.mean_c + (vs / vt).sqrt() * (c - at * self.mean_c)).to(x.dtype)
+
+
+def problems(quick):
+    out = []
+    for sde_name, sde in (("VP", sdekit.VPSDE()), ("VE", sdekit.VESDE(0.01, 50))):
+        out.append(Problem(f"sharp mixture 2-D, {sde_name}", sde, sharp_mixture(sde)))
+        if not quick:
+            out.append(Problem(f"low-rank mixture 64-D (rank 4), {sde_name}", sde, low_rank_mixture(sde)))
+            out.append(Problem(f"image Gaussian 3x32x32, {sde_name}", sde, ImageGaussian(sde)))
+    return out
+
+
+class Exact:
+    """The exact flow map from the test states to any end time (cached per end time)."""
+
+    def __init__(self, problem, x_T):
+        self.problem, self.x_T, self.cache = problem, x_T, {}
+
+    def __call__(self, t_end):
+        key = round(float(t_end), 15)
+        if key not in self.cache:
+            p = self.problem
+            if p.is_mixture:
+                pf = sdekit.probability_flow(p.sde, p.score)
+                self.cache[key] = pf.solve(self.x_T, method="dopri5", rtol=1e-10, atol=1e-10,
+                                           t_end=float(t_end)).x
+            else:
+                self.cache[key] = p.data.flow_map(self.x_T, p.sde.T, float(t_end))
+        return self.cache[key]
+
+
+def rms(d):
+    return float(d.pow(2).mean().sqrt())
+
+
+# -- rows ---------------------------------------------------------------------------------------
+def sdekit_rows(problem, x_T, exact, budgets):
+    pf = sdekit.probability_flow(problem.sde, problem.score)
+    rows = []      # (lib, method, grid, nfe budget, nfe used, rms)
+    for nfe in budgets:
+        for name in SD_ODE:
+            per = PER_STEP.get(name, 1)
+            steps = nfe if name == "dpm_solver_fast" else (nfe // per if nfe % per == 0 else None)
+            if not steps:
+                continue
+            for grid in GRIDS:
+                sol = pf.solve(x_T, method=name, steps=steps, schedule=grid)
+                rows.append(("sdekit", name, grid, nfe, int(sol.nfe), rms(sol.x - exact(problem.sde.eps))))
+    return rows
+
+
+def optimized_rows(problem, x_cal, x_T, exact, budgets, methods, log):
+    pf = sdekit.probability_flow(problem.sde, problem.score)
+    rows, costs = [], []
+    for nfe in budgets:
+        for name in methods:
+            per = PER_STEP.get(name, 1)
+            if nfe % per:
+                continue
+            s = sdekit.optimize_schedule(pf, name, nfe // per, x_cal)
+            sol = pf.solve(x_T, method=name, grid=s.grid)
+            rows.append(("sdekit optimized", name, s.start, nfe, int(sol.nfe), rms(sol.x - exact(problem.sde.eps))))
+            costs.append((name, nfe, s))
+            log(f"  optimized {name} at {nfe} NFE: calibration {s.stock_error:.3g} -> {s.error:.3g}, "
+                f"{s.score_calls} calls, {s.seconds:.0f} s")
+    return rows, costs
+
+
+def kd_rows(ks, problem, x_T, exact, budgets):
+    rows = []
+    for nfe in budgets:
+        for name in KD_ODE:
+            if name == "dpm_fast":
+                x, used = run_kd(ks, name, problem, x_T, None, nfe)
+                rows.append(("k-diffusion", name, "own", nfe, used, rms(x - exact(problem.sde.eps))))
+                continue
+            per = PER_STEP.get(name, 1)
+            if nfe % per:
+                continue
+            for grid in GRIDS:
+                x, used = run_kd(ks, name, problem, x_T, grid_of(problem.sde, grid, nfe // per), nfe)
+                rows.append(("k-diffusion", name, grid, nfe, used, rms(x - exact(problem.sde.eps))))
+    return rows
+
+
+def diffusers_rows(problem, x_T, exact, budgets):
+    dp = diffusers_peers
+    rows = []
+    for nfe in budgets:
+        for name, (_, _, family) in dp.PEERS.items():
+            for spacing in (dp.SPACINGS if family != "edm" else ("karras",)):
+                best = None
+                for steps in sorted({nfe, nfe // 2, (nfe + 1) // 2, nfe - 1} - {0}, reverse=True):
+                    try:
+                        sched = dp.make(name, problem.sde, spacing)
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            x, used, t_end = dp.run(sched, problem.sde, problem.score, x_T, steps)
+                    except Exception:     # a spacing or a step count the scheduler refuses
+                        continue
+                    if used <= nfe and (best is None or used > best[0]):
+                        best = (used, x, t_end)
+                    if used == nfe:
+                        break
+                if best is None or best[2] == 0.0:      # ends at sigma = 0: no flow map to compare with
+                    continue
+                used, x, t_end = best
+                if not bool(torch.isfinite(x).all()):
+                    continue
+                rows.append(("diffusers", name, spacing, nfe, used, rms(x - exact(t_end))))
+    return rows
+
+
+# -- report -------------------------------------------------------------------------------------
+def best(rows, lib, nfe):
+    cand = [r for r in rows if r[0] == lib and r[3] == nfe]
+    return min(cand, key=lambda r: r[5]) if cand else None
+
+
+def report(problem, rows, budgets, costs):
+    print(f"\n### {problem.name}\n")
+    print("| library | method | " + " | ".join(f"NFE {b}" for b in budgets) + " |")
+    print("|" + "---|" * (2 + len(budgets)))
+    for lib in ("sdekit optimized", "sdekit", "k-diffusion", "diffusers"):
+        names = []
+        for r in rows:
+            if r[0] == lib and r[1] not in names:
+                names.append(r[1])
+        for name in names:
+            cells = []
+            for b in budgets:
+                mine = [r for r in rows if r[0] == lib and r[1] == name and r[3] == b]
+                if not mine:
+                    cells.append("-")
+                    continue
+                top = min(mine, key=lambda r: r[5])
+                cells.append(f"{top[5]:.2e} ({top[2]})" + (f" @{top[4]}" if top[4] != b else ""))
+            print(f"| {lib} | {name} | " + " | ".join(cells) + " |")
+    print("\n| NFE | sdekit optimized best | sdekit stock best | best peer | optimized / peer | stock / peer |")
+    print("|---|---|---|---|---|---|")
+    out = []
+    for b in budgets:
+        o, s = best(rows, "sdekit optimized", b), best(rows, "sdekit", b)
+        peers = [r for r in (best(rows, "k-diffusion", b), best(rows, "diffusers", b)) if r]
+        p = min(peers, key=lambda r: r[5]) if peers else None
+        if o is None or s is None or p is None:
+            continue
+        print(f"| {b} | {o[5]:.2e} {o[1]} | {s[5]:.2e} {s[1]} ({s[2]}) | {p[5]:.2e} {p[0]} {p[1]} ({p[2]}) | "
+              f"{o[5] / p[5]:.2f} | {s[5] / p[5]:.2f} |")
+        out.append((problem.name, b, o[5] / p[5], s[5] / p[5]))
+    if costs:
+        calls = sum(c[2].score_calls for c in costs)
+        secs = sum(c[2].seconds for c in costs)
+        print(f"\nOptimization cost: {len(costs)} grids, {calls} score calls and {secs:.0f} s in all "
+              f"(median {sorted(c[2].seconds for c in costs)[len(costs) // 2]:.1f} s a grid).")
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="2-D mixtures only, three methods, fewer samples")
+    p.add_argument("--methods", default=None, help="comma-separated sdekit methods to optimize")
+    p.add_argument("--calibration", type=int, default=None, help="calibration states (default 512; 2-D: 1024)")
+    p.add_argument("--problems", default=None, help="only the problems whose name contains this text")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
+    ks, kd_note = load_k_diffusion()
+    methods = tuple(args.methods.split(",")) if args.methods else (QUICK if args.quick else OPTIMIZED)
+    started = time.perf_counter()
+    print(f"# Optimized schedules: sdekit {sdekit.__version__}, k-diffusion {kd_note if ks else '(absent)'}, "
+          f"diffusers {__import__('diffusers').__version__ if diffusers_peers else '(absent)'}\n")
+    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; torch {torch.__version__}; "
+          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s); "
+          f"command: python {' '.join(sys.argv)}")
+    if diffusers_peers is None:
+        print(f"\nNote: diffusers peers absent ({DIFFUSERS_ERROR}).")
+    summary = []
+    if diffusers_peers is not None:
+        import diffusers
+        diffusers.utils.logging.set_verbosity_error()
+        warnings.filterwarnings("ignore", category=FutureWarning)
+    for problem in problems(args.quick):
+        if args.problems and args.problems not in problem.name:
+            continue
+        big = problem.dim > 1000
+        n_test = 256 if big else (1000 if args.quick else 2000)
+        n_cal = args.calibration or (128 if big else (512 if args.quick or problem.dim > 2 else 1024))
+        x_cal, x_T = problem.x_T(n_cal, CAL_SEED), problem.x_T(n_test, TEST_SEED)
+        exact = Exact(problem, x_T)
+        print(f"\n({problem.name}: {n_cal} calibration states, seed {CAL_SEED}; {n_test} test states, seed "
+              f"{TEST_SEED})", file=sys.stderr, flush=True)
+        rows, costs = optimized_rows(problem, x_cal, x_T, exact, BUDGETS, methods,
+                                     lambda m: print(m, file=sys.stderr, flush=True))
+        rows += sdekit_rows(problem, x_T, exact, BUDGETS)
+        if ks is not None:
+            rows += kd_rows(ks, problem, x_T, exact, BUDGETS)
+        if diffusers_peers is not None:
+            rows += diffusers_rows(problem, x_T, exact, BUDGETS)
+        print(f"\nCalibration: {n_cal} states (seed {CAL_SEED}); test: {n_test} states (seed {TEST_SEED}).")
+        summary += report(problem, rows, BUDGETS, costs)
+        sys.stdout.flush()
+    print("\n## Target: optimized at most half the best peer's error\n")
+    print("| problem | NFE | optimized / best peer | stock / best peer | target |")
+    print("|---|---|---|---|---|")
+    for name, b, ro, rs in summary:
+        print(f"| {name} | {b} | {ro:.2f} | {rs:.2f} | {'holds' if ro <= 0.5 else 'missed'} |")
+    print(f"\n(total {time.perf_counter() - started:.0f} s wall)")
+
+
+if __name__ == "__main__":
+    main()
