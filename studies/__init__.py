@@ -13,7 +13,10 @@ takes any problem through :class:`sdekit.StudyProblem`'s members and never impor
 - :class:`ExactSDEProblem`: the exact-solution SDEs of ``sdekit.validation.exact_sdes()`` (Kloeden–Platen,
   Rackauckas–Nie), forward in time, whose strong solution given the Brownian path is known.
 - :func:`trained_problem`: the problem of a model saved by ``sdekit train`` (:func:`train_score_model`,
-  :func:`save_model`, :func:`load_model`, :class:`ScoreMLP`), for ``sdekit study --model FILE``.
+  :func:`save_model`, :func:`load_model`, :class:`ScoreMLP`, :class:`ScoreUNet`), for ``sdekit study --model FILE``.
+- :func:`digits`: scikit-learn's 8×8 digits, split and scaled; :class:`DigitsProblem`: the study problem of a
+  digits model (the shipped one is ``load_model("digits")``), judged by a fine reference solve, a Fréchet
+  distance in a classifier's features, the class balance and the likelihood.
 """
 
 import torch
@@ -24,7 +27,7 @@ from sdekit.validation import (GaussianData, GaussianMixture, exact_sdes, mean_c
 
 __all__ = ["MixtureProblem", "GaussianProblem", "ExactSDEProblem", "SDES", "DEFAULT_METHODS", "DEFAULT_BUDGETS",
            "default_problem", "run_orders", "ScoreMLP", "train_score_model", "save_model", "load_model",
-           "trained_problem"]
+           "trained_problem", "ScoreUNet", "digits", "load_digits_problem", "DigitsProblem"]
 
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
@@ -149,3 +152,6 @@ def run_orders(argv) -> int:
 
 
 from ._trained import ScoreMLP, load_model, save_model, train_score_model, trained_problem  # noqa: E402
+from ._unet import ScoreUNet  # noqa: E402
+from ._digits import digits  # noqa: E402
+from ._digits_problem import DigitsProblem, load_digits_problem  # noqa: E402

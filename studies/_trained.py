@@ -1,22 +1,25 @@
 r"""A small score network trained with :func:`sdekit.losses.score_matching_loss`, saved, loaded, and studied.
 
-- :class:`ScoreMLP`: an MLP on the flattened state and sinusoidal features of the time.
+- :class:`ScoreMLP`: an MLP on the flattened state and sinusoidal features of the time; images take
+  :class:`sdekit.studies.ScoreUNet` (``network=``).
 - :func:`train_score_model`: Adam with a cosine learning-rate decay and an exponential moving average of the
   weights (the EMA is what is saved, as in DDPM, score_sde and diffusers' training examples).
 - :func:`save_model` / :func:`load_model`: safetensors, with the SDE, the parameterisation, the time
-  convention, the architecture and the training settings in the metadata; loading builds the
-  :class:`sdekit.adapters.Adapter` back through :func:`sdekit.adapters.load_checkpoint` (no pickle).
+  convention, the network's class and architecture and the training settings in the metadata; loading builds
+  the :class:`sdekit.adapters.Adapter` back through :func:`sdekit.adapters.load_checkpoint` (no pickle).
+  :func:`load_model` also takes the name of a model shipped with sdekit (:data:`BUILTIN_MODELS`: ``"digits"``).
 - :func:`trained_problem`: a :class:`sdekit.StudyProblem` for ``sdekit study --model FILE``: the trained
   network on the default mixture, judged against exact mixture samples (or, for a model of other data, a
   problem whose reference is a fine solve).
 """
 
+import copy
 import json
 import math
 import numbers
 import os
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -27,13 +30,15 @@ from sdekit.losses import nll_bound, score_matching_loss
 
 __all__ = ["ScoreMLP", "TrainResult", "train_score_model", "save_model", "load_model", "trained_problem",
            "MODEL_FORMAT", "sde_spec", "sde_from_spec", "load_points", "check_points", "check_seed",
-           "derived_seed"]
+           "derived_seed", "NETWORKS", "BUILTIN_MODELS", "model_path"]
 
 #: The ``format`` entry of a saved model's metadata.
 MODEL_FORMAT = "sdekit.score_mlp/1"
 _SDE_CLASSES = {"VPSDE": VPSDE, "SubVPSDE": SubVPSDE, "VESDE": VESDE}
 _SDE_FIELDS = {"VPSDE": ("beta_min", "beta_max", "T", "eps"), "SubVPSDE": ("beta_min", "beta_max", "T", "eps"),
                "VESDE": ("sigma_min", "sigma_max", "T", "eps", "marginal")}
+#: The models shipped inside the package (``studies/models/``), by the name ``load_model`` and ``--model`` take.
+BUILTIN_MODELS = {"digits": "digits.safetensors"}
 
 
 class ScoreMLP(torch.nn.Module):
@@ -180,13 +185,21 @@ def train_score_model(sample_data: Callable, sde, event_shape=(2,), *, predictio
                       weighting="variance", t_sampler: str = "uniform", steps: int = 4000, batch: int = 512,
                       lr: float = 2e-3, ema: float = 0.999, width: int = 128, depth: int = 3, features: int = 16,
                       seed: int = 0, log_every: int = 50, progress: bool = False, dtype=torch.float32,
-                      device="cpu") -> TrainResult:
-    r"""Train a :class:`ScoreMLP` by denoising score matching (:func:`sdekit.losses.score_matching_loss`).
+                      device="cpu", network: Optional[Callable] = None, grad_clip: Optional[float] = None,
+                      on_log: Optional[Callable] = None) -> TrainResult:
+    r"""Train a :class:`ScoreMLP` (or ``network``) by denoising score matching
+    (:func:`sdekit.losses.score_matching_loss`).
 
     ``sample_data(n, generator)`` returns ``n`` training points (a fresh draw, or a minibatch of a data set).
-    Adam at ``lr`` with a cosine decay to 0 over ``steps``; the EMA of the weights (decay ``ema``) is the model
-    returned.  Randomness (initial weights, data, times, noise) comes from ``seed``.  ``progress`` shows a tqdm
-    bar with the running loss.
+    Adam at ``lr`` with a cosine decay to 0 over ``steps``; the EMA of the weights (decay ``ema``, warmed up as
+    :math:`\min(\mathrm{ema}, (1 + k)/(10 + k))` at step :math:`k`) is the model returned.  Randomness (initial
+    weights, data, times, noise) comes from ``seed``.  ``progress`` shows a tqdm bar with the running loss.
+
+    ``network``: a function of no arguments returning the module to train (a :class:`ScoreUNet` for images);
+    default a :class:`ScoreMLP` of ``width``, ``depth`` and ``features``.  It is called after the seed is set,
+    so its initial weights come from ``seed``.  ``grad_clip``: the largest gradient norm (score_sde clips at 1),
+    default none.  ``on_log(step, loss, ema_model, bar)`` is called at each log (``sdekit train`` prints the
+    held-out bound there; ``bar`` is the tqdm bar or ``None``).
     """
     for name, v in dict(steps=steps, batch=batch, log_every=log_every).items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -194,12 +207,20 @@ def train_score_model(sample_data: Callable, sde, event_shape=(2,), *, predictio
     seed = check_seed(seed)
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)) or not (0 <= ema < 1):
         raise InvalidParameterError(f"need lr > 0 and 0 <= ema < 1, got lr={lr!r}, ema={ema!r}")
+    if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and grad_clip > 0):
+        raise InvalidParameterError(f"grad_clip must be a positive number or None, got {grad_clip!r}")
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
-    net = ScoreMLP(event_shape, width, depth, features).to(device=device, dtype=dtype)
-    avg = ScoreMLP(event_shape, width, depth, features).to(device=device, dtype=dtype)
-    avg.load_state_dict(net.state_dict())
+    net = ScoreMLP(event_shape, width, depth, features) if network is None else network()
+    if not isinstance(net, tuple(NETWORKS.values())):
+        raise InvalidParameterError(f"network() must return one of {', '.join(NETWORKS)} (they save and load), "
+                                    f"got {type(net).__name__}")
+    if tuple(net.event_shape) != tuple(event_shape):
+        raise ShapeError(f"the network takes event shape {tuple(net.event_shape)}, the data has {tuple(event_shape)}")
+    net = net.to(device=device, dtype=dtype)
+    avg = copy.deepcopy(net)
     avg.requires_grad_(False)
+    avg.eval()
     model = Adapter(net, sde, prediction)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
@@ -227,6 +248,8 @@ def train_score_model(sample_data: Callable, sde, event_shape=(2,), *, predictio
                 raise
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
             opt.step()
             sched.step()
             with torch.no_grad():
@@ -238,6 +261,8 @@ def train_score_model(sample_data: Callable, sde, event_shape=(2,), *, predictio
                 n = (k % log_every) + 1
                 losses.append(float(running) / n)
                 running = 0.0
+                if on_log is not None:
+                    on_log(k + 1, losses[-1], Adapter(avg, sde, prediction), bar)
                 if bar is not None:
                     bar.set_postfix(loss=f"{losses[-1]:.4g}")
             if bar is not None:
@@ -247,21 +272,25 @@ def train_score_model(sample_data: Callable, sde, event_shape=(2,), *, predictio
             bar.close()
     settings = dict(prediction=prediction, weighting=weighting if isinstance(weighting, str) else "custom",
                     t_sampler=t_sampler, steps=steps, batch=batch, lr=lr, ema=ema, seed=seed)
+    if grad_clip is not None:
+        settings["grad_clip"] = grad_clip
     return TrainResult(Adapter(avg, sde, prediction), losses, steps, time.perf_counter() - start, settings)
 
 
 # -- saving and loading -----------------------------------------------------------------------------------------
 def save_model(path: str, model: Adapter, **info) -> str:
-    """Write ``model`` (an Adapter around a :class:`ScoreMLP`) to ``path`` (``.safetensors``) with its SDE,
-    parameterisation, time convention, architecture and ``info`` (JSON-able) in the metadata."""
+    """Write ``model`` (an Adapter around a :class:`ScoreMLP` or a :class:`ScoreUNet`) to ``path``
+    (``.safetensors``) with its SDE, parameterisation, time convention, network class, architecture (event shape
+    included) and ``info`` (JSON-able: the data, its space, the training settings) in the metadata."""
     from safetensors.torch import save_file
     if not str(path).endswith(".safetensors"):
         raise InvalidParameterError(f"the model file must end in .safetensors, got {path!r}")
     net = model.network
-    if not isinstance(net, ScoreMLP):
-        raise InvalidParameterError(f"save_model saves a ScoreMLP's adapter, got a {type(net).__name__}")
+    if not isinstance(net, tuple(NETWORKS.values())):
+        raise InvalidParameterError(f"save_model saves the adapter of one of {', '.join(NETWORKS)}, got a "
+                                    f"{type(net).__name__}")
     meta = dict(format=MODEL_FORMAT, sde=json.dumps(sde_spec(model.sde)), prediction=model.prediction.name,
-                time=model.time.name, architecture=json.dumps(net.architecture()),
+                time=model.time.name, network=type(net).__name__, architecture=json.dumps(net.architecture()),
                 dtype=str(next(net.parameters()).dtype).replace("torch.", ""), info=json.dumps(info, default=str))
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -269,11 +298,26 @@ def save_model(path: str, model: Adapter, **info) -> str:
     return path
 
 
+def model_path(name: str) -> str:
+    """The file of a model: a built-in name of :data:`BUILTIN_MODELS` (``"digits"``) or a path, returned as given."""
+    if isinstance(name, str) and name in BUILTIN_MODELS:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", BUILTIN_MODELS[name])
+        if not os.path.isfile(path):
+            raise InvalidParameterError(f"the built-in model {name!r} is missing from this installation ({path}); "
+                                        f"reinstall sdekit, or train one with sdekit train --data {name}")
+        return path
+    return name
+
+
 def load_model(path: str, dtype=None, device="cpu"):
-    """``(adapter, metadata)`` from a file :func:`save_model` wrote; ``metadata['info']`` is a dict."""
+    """``(adapter, metadata)`` from a file :func:`save_model` wrote, or a built-in model by name (``"digits"``);
+    ``metadata['sde']`` is the model's SDE (so ``sdekit.probability_flow(metadata['sde'], adapter)`` is its
+    flow), ``metadata['architecture']`` and ``metadata['info']`` are dicts."""
     from safetensors import SafetensorError, safe_open
+    path = model_path(path)
     if not str(path).endswith(".safetensors"):
-        raise InvalidParameterError(f"{path} is not a .safetensors model written by sdekit train")
+        raise InvalidParameterError(f"{path} is not a .safetensors model written by sdekit train, nor a built-in "
+                                    f"model ({', '.join(BUILTIN_MODELS)})")
     state = load_checkpoint(path)           # refuses a missing, truncated or garbled file; reads tensors only
     try:
         with safe_open(path, framework="pt") as f:
@@ -287,14 +331,17 @@ def load_model(path: str, dtype=None, device="cpu"):
         sde = sde_from_spec(json.loads(meta["sde"]))
         arch = json.loads(meta["architecture"])
         info = json.loads(meta.get("info", "{}"))
-        net = ScoreMLP(**arch)
+        kind = meta.get("network", "ScoreMLP")          # files of before the U-Net name no class: an MLP
+        if kind not in NETWORKS:
+            raise InvalidParameterError(f"{path} holds a {kind!r}; this sdekit loads {', '.join(NETWORKS)}")
+        net = NETWORKS[kind](**arch)
         net.load_state_dict(state)
     except (KeyError, ValueError, TypeError, RuntimeError) as err:
-        raise InvalidParameterError(f"{path}: its metadata or tensors do not describe a ScoreMLP "
+        raise InvalidParameterError(f"{path}: its metadata or tensors do not describe a network of sdekit "
                                     f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
     dtype = getattr(torch, meta.get("dtype", "float32")) if dtype is None else dtype
     net = net.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    meta.update(sde=sde, architecture=arch, info=info)
+    meta.update(sde=sde, architecture=arch, info=info, network=kind, path=path)
     return Adapter(net, sde, meta["prediction"], meta["time"]), meta
 
 
@@ -316,7 +363,8 @@ class _ModelScore:
 def trained_problem(path: str, exact: bool = False):
     """The study problem of the model at ``path``: for a model of the embedded mixture, the default mixture
     problem under the model's SDE with the trained score (``exact=True``: with the exact score, for the
-    comparison); for a model of other data, a :class:`sdekit.StudyProblem` of the trained score alone."""
+    comparison); for a digits model (``"digits"``, the shipped one), a :class:`sdekit.studies.DigitsProblem`; for a
+    model of other data, a :class:`sdekit.StudyProblem` of the trained score alone."""
     from sdekit.studies import MixtureProblem
     adapter, meta = load_model(path)
     name = os.path.basename(path)
@@ -327,6 +375,9 @@ def trained_problem(path: str, exact: bool = False):
             problem.name = f"{problem.name} trained {name}"
             problem.config = dict(problem.config, model=name, model_info=meta["info"])
         return problem
+    if meta["info"].get("data") == "digits" and not exact:
+        from ._digits_problem import DigitsProblem
+        return DigitsProblem((adapter, meta))
     if exact:
         raise InvalidParameterError(f"{path} was trained on {meta['info'].get('data')!r}, which has no exact "
                                     f"score; only a model of the embedded mixture has one to compare with")
@@ -370,3 +421,9 @@ def comparison_table(model_rows, exact_rows) -> str:
             _cell(r, "modes"), _cell(e, "modes"), _cell(r, "moments"), _cell(e, "moments"),
             f"{r['verdict']} / {e['verdict'] if e else '-'}"]) + " |")
     return "\n".join(lines)
+
+
+from ._unet import ScoreUNet  # noqa: E402
+
+#: The network classes a model file may hold, by the name its metadata gives.
+NETWORKS = {"ScoreMLP": ScoreMLP, "ScoreUNet": ScoreUNet}
