@@ -186,7 +186,9 @@ def sdekit_grid(scheduler, sde) -> torch.Tensor:
 
     Levels :math:`\tilde\sigma_i` (the scheduler's ``sigmas`` where it steps through them, else its timesteps' table
     levels) map to :math:`t_i = t(\lambda = -\log\tilde\sigma_i)`; the first point is at most ``sde.T``, and the
-    last is the scheduler's final level (``end_level``).
+    last is the scheduler's final level (``end_level``).  A level the scheduler repeats (Karras spacings end at
+    the table's smallest level, and ``final_sigmas_type="sigma_min"`` appends it again: a step of length zero that
+    costs diffusers one evaluation) appears once.
     """
     sigmas = getattr(scheduler, "sigmas", None)
     if sigmas is not None and len(sigmas) == len(scheduler.timesteps) + 1:
@@ -198,4 +200,5 @@ def sdekit_grid(scheduler, sde) -> torch.Tensor:
     t_end, _ = end_level(scheduler, sde)
     grid = torch.cat([ts, torch.tensor([t_end if t_end > 0 else float(sde.eps)], dtype=torch.float64)])
     grid[0] = min(float(grid[0]), float(sde.T))
-    return grid
+    keep = torch.cat([torch.tensor([True]), grid[1:] < grid[:-1]])   # Karras levels end where sigma_min repeats them
+    return grid[keep]
