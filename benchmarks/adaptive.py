@@ -201,28 +201,34 @@ def kd_rows(ks, name, sde, score, x, exact, device):
         model = Denoiser(sde, score)
         out, wall = _timed(lambda: ks.sample_dpm_adaptive(model, x / float(sde.alpha(T)), s_min, s_max, rtol=rtol,
                                                            atol=atol, disable=True) * float(sde.alpha(eps)), device)
-        kd = dict(err=float((out - exact).pow(2).mean().sqrt()), nfe=float(model.nfe), wall=wall)
-        for label, kw in (("dpm_adaptive", {}), ("dpm_adaptive shared", {"per_sample": False})):
+        kd = dict(err=float((out - exact).pow(2).mean().sqrt()), med=float((out - exact).pow(2).mean(1).sqrt().median()),
+                  nfe=float(model.nfe), wall=wall)
+        variants = [("dpm_adaptive", {}), ("dpm_adaptive shared", {"per_sample": False})]
+        if (rtol, atol) == KD_TOLS[0]:   # the reference's controller, no growth limit (sdekit's default before)
+            variants.append(("dpm_adaptive fac_max=inf", {"options": {"fac_max": math.inf}}))
+        for label, kw in variants:
             sol, wall = _timed(lambda: flow.solve(x, method="dpm_adaptive", rtol=rtol, atol=atol, **kw), device)
             mean, made = _nfe(sol, x.shape[0])
             rows.append(dict(problem=name, label=label, rtol=rtol, atol=atol, kd=kd, wall=wall, nfe=mean, made=made,
-                             err=float((sol.x - exact).pow(2).mean().sqrt())))
+                             err=float((sol.x - exact).pow(2).mean().sqrt()),
+                             med=float((sol.x - exact).pow(2).mean(1).sqrt().median())))
     return rows
 
 
 def kd_report(rows):
     print("\n### dpm_adaptive against k-diffusion's sample_dpm_adaptive (VE frame, same tolerances, same x_T)\n")
-    print("| problem | rtol, atol | k-diffusion: RMS error / NFE | sdekit | RMS error | NFE per sample (made) "
-          "| error ratio | NFE ratio (made) | wall s (k-diffusion) |")
+    print("| problem | rtol, atol | k-diffusion: RMS error (median) / NFE | sdekit | RMS error (median) "
+          "| NFE per sample (made) | error ratio | NFE ratio (made) | wall s (k-diffusion) |")
     print("|---|---|---|---|---|---|---|---|---|")
     verdicts = []
     for r in rows:
         kd = r["kd"]
         err_ratio, nfe_ratio = r["err"] / kd["err"], r["made"] / kd["nfe"]
-        print(f"| {r['problem']} | {r['rtol']:g}, {r['atol']:g} | {kd['err']:.2e} / {kd['nfe']:.0f} | {r['label']} | "
-              f"{r['err']:.2e} | {r['nfe']:.1f} ({r['made']:.1f}) | {err_ratio:.2f} | {r['nfe'] / kd['nfe']:.2f} "
+        print(f"| {r['problem']} | {r['rtol']:g}, {r['atol']:g} | {kd['err']:.2e} ({kd['med']:.1e}) / {kd['nfe']:.0f} | "
+              f"{r['label']} | {r['err']:.2e} ({r['med']:.1e}) | {r['nfe']:.1f} ({r['made']:.1f}) | {err_ratio:.2f} | "
+              f"{r['nfe'] / kd['nfe']:.2f} "
               f"({nfe_ratio:.2f}) | {r['wall']:.3f} ({kd['wall']:.3f}) |")
-        if (r["rtol"], r["atol"]) == KD_TOLS[0]:
+        if (r["rtol"], r["atol"]) == KD_TOLS[0] and "fac_max" not in r["label"]:
             verdicts.append((r, err_ratio <= 1 and nfe_ratio <= 1.2))
     print("\nTarget at the default tolerances (error <= k-diffusion's, evaluations made <= 1.2x its NFE):")
     for r, ok in verdicts:

@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ._errors import InvalidParameterError
+from ._sde import LinearSDE
 
 __all__ = ["uniform_grid", "step_grid", "log_snr_grid", "karras_grid", "quadratic_grid", "schedule_grid",
            "SCHEDULES", "as_grid", "merge_times", "save_indices"]
@@ -156,7 +157,6 @@ def _check_strict(grid: torch.Tensor, steps: int) -> torch.Tensor:
 
 def _schedule_span(sde, t_start, t_end, name):
     """Check the SDE and the span of a schedule; return the times and their finite log-SNRs."""
-    from ._sde import LinearSDE
     if not isinstance(sde, LinearSDE):
         raise InvalidParameterError(f"{name} needs an sdekit.LinearSDE (it has a log-SNR), got {type(sde).__name__}")
     T = sde.T

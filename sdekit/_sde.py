@@ -11,6 +11,7 @@ from time 0 is Gaussian, :math:`x_t \mid x_0 \sim N(\alpha(t) x_0, \sigma(t)^2 I
 import math
 import numbers
 
+import numpy as np
 import torch
 
 from ._broadcast import batch_times, per_sample
@@ -289,7 +290,6 @@ class _NumericalMoments:
     ROUGH = 1e-8      # still disagreeing this much at MAX_PANELS: refuse (coefficients too rough)
 
     def __init__(self, sde):
-        import numpy as np
         self.T = float(sde.T)
         self.s0 = float(sde.initial_sigma) ** 2
         x, w = np.polynomial.legendre.leggauss(self.NODES)

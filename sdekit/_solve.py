@@ -22,7 +22,7 @@ from ._errors import (ArgumentTypeError, InvalidParameterError, MethodArgumentEr
                       SolveError, unknown_options_message)
 from ._evaluator import finite_rows
 from ._grid import as_grid, merge_times, schedule_grid, step_grid
-from ._methods import Problem, lookup
+from ._methods import Problem, lookup, methods
 from ._process import Process
 from ._solution import STATUS, Outcome, PerSample, Result, Solution
 
@@ -150,7 +150,7 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
                               dt0=float(dt) if adaptive and dt is not None else None, dt_min=dt_min,
                               max_steps=max_steps, noise=noise, generator=generator, seed=seed,
                               options=dict(options or {}), per_sample=per_sample,
-                              steps=None if adaptive or steps is None else int(steps))
+                              budget=int(steps) if m.grid_steps and not adaptive and steps is not None else None)
             outcome = m.integrate(m, problem)
     except SDEKitError:
         raise
@@ -272,7 +272,6 @@ def _check_per_sample(m, per_sample, adaptive):
 
 
 def _names(kind):
-    from ._methods import methods
     return sorted({m.name for m in methods(kind=kind)})
 
 

@@ -1,18 +1,10 @@
 """The registry of integration methods: one plain dict, filled by one module per backend."""
 
-from typing import Dict, List
+from typing import List
 
 from .._errors import UnknownMethodError, did_you_mean
 from .._solution import Outcome
-from ._base import Method, Problem
-
-REGISTRY: Dict[str, Method] = {}
-
-
-def register(method: Method) -> Method:
-    """Add a method under ``backend.name``; its short ``name`` resolves to it where unambiguous."""
-    REGISTRY[method.qualified_name] = method
-    return method
+from ._base import REGISTRY, Method, Problem, register
 
 
 def lookup(name: str, kind: str) -> Method:

@@ -2,7 +2,7 @@
 :class:`~sdekit._solution.Outcome`, lives beside :class:`~sdekit.Solution`."""
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -106,8 +106,18 @@ class Problem:
     seed: Optional[int] = None
     options: dict = field(default_factory=dict)
     per_sample: Optional[bool] = None
-    steps: Optional[int] = None   # the caller's steps= (None: the grid came from grid= or dt=)
+    budget: Optional[int] = None   # steps= of a method whose steps= counts evaluations (``Method.grid_steps``)
 
     @property
     def adaptive(self) -> bool:
         return self.rtol is not None
+
+
+#: The registry of integration methods: one plain dict under ``backend.name``, filled by one module per backend.
+REGISTRY: Dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add a method under ``backend.name``; its short ``name`` resolves to it where unambiguous."""
+    REGISTRY[method.qualified_name] = method
+    return method

@@ -1,14 +1,12 @@
-"""sdekit's own steppers as methods of backend ``"sdekit"``: fixed-step ones integrated by the stepping layer's
-loop, adaptive ones by its adaptive loop (a step size per sample)."""
+"""sdekit's own steppers as methods of backend ``"sdekit"``, each integrated by the stepping layer's one driver."""
 
 import functools
 
-from .._stepping import ADAPTIVE_STEPPERS, STEPPERS, run, run_adaptive
-from ._base import Method
+from .._stepping import ADAPTIVE_STEPPERS, STEPPERS, run
+from ._base import Method, register
 
 
 def _register():
-    from . import register
     for cls in STEPPERS + ADAPTIVE_STEPPERS:
         stochastic = cls.kind == "sde"
         on_ode = not stochastic or cls.deterministic_on_ode
@@ -17,7 +15,7 @@ def _register():
             order=cls.strong_order if cls.strong_order is not None else cls.order if on_ode else None,
             weak_order=cls.order if stochastic else None, order_additive=cls.order_additive,
             stepping="adaptive" if cls.adaptive else "fixed",
-            integrate=functools.partial(run_adaptive if cls.adaptive else run, cls),
+            integrate=functools.partial(run, cls),
             sde_type="ito" if stochastic else None, description=cls.description, frame=cls.frame, needs=cls.needs,
             history=cls.history, error_estimate=cls.error_estimate, schedule=cls.schedule, grid_steps=cls.grid_steps,
             notes=cls.notes, options=tuple(sorted(cls.defaults)) + cls.loop_options,

@@ -21,7 +21,7 @@ import torch
 
 from .._errors import MethodArgumentError
 from .._solution import Outcome, Result
-from ._base import Method, Problem
+from ._base import Method, Problem, register
 
 _SOLVERS = {"RK45": scipy.integrate.RK45, "DOP853": scipy.integrate.DOP853,
             "Radau": scipy.integrate.Radau, "LSODA": scipy.integrate.LSODA}
@@ -117,7 +117,6 @@ def integrate(method: Method, pb: Problem) -> Outcome:
 
 
 def _register():
-    from . import register
     table = [("RK45", 5.0, "Dormand–Prince 5(4), scipy"), ("DOP853", 8.0, "Dormand–Prince 8(5,3), scipy"),
              ("Radau", 5.0, "implicit Radau IIA, order 5, scipy"),
              ("LSODA", None, "Adams/BDF with stiffness switching (variable order), scipy")]

@@ -22,7 +22,7 @@ import torchdiffeq
 from torchdiffeq._impl.odeint import SOLVERS
 
 from .._solution import Outcome, Result
-from ._base import Method, Problem
+from ._base import Method, Problem, register
 
 #: Options that sdekit sets itself from solve()'s arguments (steps=, dt=, grid=, rtol=, atol=).
 _OWN = {"grid_constructor", "step_size", "dtype", "rtol", "atol"}
@@ -158,7 +158,6 @@ def _options(name: str) -> tuple:
 
 
 def _register():
-    from . import register
     table = [
         ("dopri5", 5, "adaptive", "Dormand–Prince 5(4)"),
         ("dopri8", 8, "adaptive", "Dormand–Prince 8(7)"),

@@ -2,7 +2,7 @@ r"""torchsde's SDE methods, stepped by sdekit over an exact grid or by sdekit's 
 
 torchsde integrates forward in time on 2-D states; the process supplies that view (clock ``s``,
 flattened state).  sdekit drives torchsde's own step functions: on a fixed grid through the stepping
-layer's grid walk (:func:`sdekit._stepping._loop.walk`, the loop of sdekit's own samplers), so the grid is
+layer's grid walk (:func:`sdekit._stepping._driver.walk`, the fixed grid of sdekit's own samplers), so the grid is
 followed exactly (no interpolation at save points), steps are counted, and ``max_steps`` can stop a solve
 with the state it reached, written once for both.  Adaptive stepping compares one full step with two half steps on the
 same Brownian path (torchsde's scheme); a rejected step refines the same path by a Brownian
@@ -40,8 +40,9 @@ from .._brownian import brownian_motion
 from .._errors import InvalidParameterError, MethodArgumentError, ShapeError
 from .._solution import Outcome, Result
 from .._stepping._control import batch_ratio, i_controller
-from .._stepping._loop import check_depth, keyed_path, walk
-from ._base import Method, Problem
+from .._stepping._driver import walk
+from .._stepping._paths import check_depth, keyed_path
+from ._base import Method, Problem, register
 
 
 #: The shortest span, relative to the clock's magnitude, that the Brownian tree and the steps resolve.
@@ -252,7 +253,6 @@ def _stopped(proc, y, s, shape, path, steps, rejected, result, why):
 
 
 def _register():
-    from . import register
     # Weak orders: declared where sdekit measures them (validation.orders.weak_order on the reverse VP SDE,
     # tested); None where the bias on that problem falls below the Monte Carlo floor at the step counts that
     # fit an order (the second-order schemes), so no order could be checked.

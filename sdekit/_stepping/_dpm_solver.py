@@ -113,7 +113,7 @@ class DPMSolverFast(_SingleStep):
         return steps // 3 + 1
 
     def setup(self):
-        self.tail = [p for p in fast_orders(self.steps) if p < 3] if self.steps else []
+        self.tail = [p for p in fast_orders(self.budget) if p < 3] if self.budget else []
 
     def step(self, x, t, t_next, i, n):
         last = n - len(self.tail)

@@ -44,12 +44,11 @@ class DPMSolverPP2MSDE(Stepper):
 
     def step(self, x, t, t_next, i, n):
         f = self.frame
-        alpha, alpha1 = f.alpha(t), f.alpha(t_next)
         s, s1 = f.sigma_ve(t), f.sigma_ve(t_next)
         h = torch.log(s) - torch.log(s1)
         eta_h = self.eta * h
         m0 = f.data(x, t)
-        x_ve = x * ps(1 / alpha, x)
+        x_ve = f.to_ve(x, t)
         c = -torch.expm1(-h - eta_h)
         out = ps(s1 / s * torch.exp(-eta_h), x) * x_ve + ps(c, x) * m0
         if self.last is not None:
@@ -63,7 +62,7 @@ class DPMSolverPP2MSDE(Stepper):
             z = self.brownian_normal(t, t_next, x)
             out = out + ps(s1 * torch.sqrt(-torch.expm1(-2 * eta_h)) * self.s_noise, x) * z
         self.last = (h, m0)
-        return ps(alpha1, x) * out
+        return f.from_ve(out, t_next)
 
 
 class DPMSolverPPSDE(Stepper):
@@ -83,19 +82,18 @@ class DPMSolverPPSDE(Stepper):
 
     def step(self, x, t, t_next, i, n):
         f = self.frame
-        alpha = f.alpha(t)
         s, s1 = f.sigma_ve(t), f.sigma_ve(t_next)
         lam, lam1 = -torch.log(s), -torch.log(s1)
         t_mid = f.t_of_log_snr(lam + self.r * (lam1 - lam))
         s_mid = f.sigma_ve(t_mid)
-        x_ve = x * ps(1 / alpha, x)
+        x_ve = f.to_ve(x, t)
         m0 = f.data(x, t)
         down, up = ancestral_split(s, s_mid, self.eta)
         x_mid = ps(down / s, x) * x_ve + ps(1 - down / s, x) * m0
         x_mid = x_mid + ps(up * self.s_noise, x) * self.brownian_normal(t, t_mid, x)
-        m_mid = f.data(ps(f.alpha(t_mid), x) * x_mid, t_mid)
+        m_mid = f.data(f.from_ve(x_mid, t_mid), t_mid)
         w = 1 / (2 * self.r)
         down, up = ancestral_split(s, s1, self.eta)
         out = ps(down / s, x) * x_ve + ps(1 - down / s, x) * ((1 - w) * m0 + w * m_mid)
         out = out + ps(up * self.s_noise, x) * self.brownian_normal(t, t_next, x)
-        return ps(f.alpha(t_next), x) * out
+        return f.from_ve(out, t_next)

@@ -32,15 +32,14 @@ class EDMHeun(Stepper):
     def heun(self, x_ve, s, t, s1, t1, like):
         """One Heun step in the VE frame from ``(x_ve, s)`` at ``t`` to noise ``s1`` at ``t1``; the natural state."""
         f = self.frame
-        alpha, alpha1 = f.alpha(t), f.alpha(t1)
-        d = (x_ve - f.data(ps(alpha, like) * x_ve, t)) * ps(1 / s, like)
+        d = (x_ve - f.data(f.from_ve(x_ve, t), t)) * ps(1 / s, like)
         x_euler = x_ve + ps(s1 - s, like) * d
-        d1 = (x_euler - f.data(ps(alpha1, like) * x_euler, t1)) * ps(1 / s1, like)
-        return ps(alpha1, like) * (x_ve + ps(0.5 * (s1 - s), like) * (d + d1))
+        d1 = (x_euler - f.data(f.from_ve(x_euler, t1), t1)) * ps(1 / s1, like)
+        return f.from_ve(x_ve + ps(0.5 * (s1 - s), like) * (d + d1), t1)
 
     def step(self, x, t, t_next, i, n):
         f = self.frame
-        return self.heun(x * ps(1 / f.alpha(t), x), f.sigma_ve(t), t, f.sigma_ve(t_next), t_next, x)
+        return self.heun(f.to_ve(x, t), f.sigma_ve(t), t, f.sigma_ve(t_next), t_next, x)
 
 
 class EDMStochastic(EDMHeun):
@@ -65,5 +64,5 @@ class EDMStochastic(EDMHeun):
         s_hat = torch.minimum(s * (1 + gamma), s_top)
         t_hat = torch.where(s_hat > s, f.t_of_sigma_ve(s_hat).clamp(max=f.sde.T), t)
         z = self.fresh_normal(t, t_next, x)
-        x_ve = x * ps(1 / f.alpha(t), x) + ps(torch.sqrt((s_hat * s_hat - s * s).clamp_min(0)) * self.s_noise, x) * z
+        x_ve = f.to_ve(x, t) + ps(torch.sqrt((s_hat * s_hat - s * s).clamp_min(0)) * self.s_noise, x) * z
         return self.heun(x_ve, s_hat, t_hat, s1, t_next, x)

@@ -20,6 +20,7 @@ import torch
 
 from .._broadcast import per_sample
 from .._errors import MethodArgumentError
+from .._sde import LinearSDE
 
 
 def model_time(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -36,7 +37,6 @@ class Frame:
     """
 
     def __init__(self, process, method_name: str):
-        from .._sde import LinearSDE
         sde = process.sde
         if not isinstance(sde, LinearSDE):
             raise MethodArgumentError(f"{method_name} steps in the frames of a linear SDE (alpha, sigma, log-SNR); "
@@ -121,6 +121,14 @@ class Frame:
         r""":math:`\tilde\sigma = \sigma/\alpha`."""
         alpha, sigma = self._coefs(t)
         return sigma / alpha
+
+    def to_ve(self, x, t):
+        r"""The VE-frame state :math:`\tilde x = x/\alpha`, shaped per sample."""
+        return x * ps(1 / self.alpha(t), x)
+
+    def from_ve(self, x_ve, t):
+        r"""The state :math:`x = \alpha\tilde x` of a VE-frame state."""
+        return ps(self.alpha(t), x_ve) * x_ve
 
     def t_of_sigma_ve(self, s):
         r"""The time at which :math:`\tilde\sigma =` ``s``: :math:`\lambda^{-1}(-\log s)`."""

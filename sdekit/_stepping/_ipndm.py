@@ -47,4 +47,4 @@ class IPNDM(Stepper):
         for c, e in zip(coefs[1:], self.past[1:]):
             slope = slope.add(e, alpha=c)
         ds = f.sigma_ve(t_next) - f.sigma_ve(t)
-        return ps(f.alpha(t_next), x) * (x * ps(1 / f.alpha(t), x) + ps(ds, x) * slope)
+        return f.from_ve(f.to_ve(x, t) + ps(ds, x) * slope, t_next)

@@ -52,13 +52,12 @@ class LMS(Stepper):
 
     def step(self, x, t, t_next, i, n):
         f = self.frame
-        alpha, alpha1 = f.alpha(t), f.alpha(t_next)
         s, s1 = f.sigma_ve(t), f.sigma_ve(t_next)
-        x_ve = x * ps(1 / alpha, x)
+        x_ve = f.to_ve(x, t)
         d = (x_ve - f.data(x, t)) * ps(1 / s, x)
         self.past = (self.past + [(s, d)])[-self.p:]
         nodes = [node for node, _ in self.past]
         weights = lagrange_weights(nodes, s, s1)
         for w, (_, dk) in zip(weights, self.past):
             x_ve = x_ve + ps(w, x) * dk
-        return ps(alpha1, x) * x_ve
+        return f.from_ve(x_ve, t_next)

@@ -6,7 +6,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 
-from .._errors import InvalidParameterError, did_you_mean
+from .._errors import InvalidParameterError, MethodArgumentError, did_you_mean, unknown_options_message
 
 
 class Stepper:
@@ -36,7 +36,7 @@ class Stepper:
     - ``defaults`` (none): its options and their default values.
 
     An instance lives for one solve (it holds the history) and is built with the caller's options.
-    ``steps`` is the caller's ``steps=`` (``None`` when the grid came from ``grid=`` or ``dt=``).
+    ``budget`` is the caller's ``steps=`` for a stepper with ``grid_steps`` (its evaluations), else ``None``.
     ``step(x, t, t_next, i, n)`` returns the state at ``t_next``; ``t`` and ``t_next`` are float64
     tensors of shape ``(batch,)`` (per-sample times), ``i`` the step's index among ``n``.
     """
@@ -64,10 +64,14 @@ class Stepper:
     #: the options the loop takes out before the stepper sees the rest (:func:`sdekit._stepping.run`)
     loop_options = ("denoise", "hook")
 
-    def __init__(self, frame, noise, options: dict, steps: Optional[int] = None):
+    def __init__(self, frame, noise, options: dict, budget: Optional[int] = None):
+        unknown = sorted(set(options) - set(self.defaults), key=str)
+        if unknown:   # solve() checks first, for every backend; a stepper built directly checks here
+            raise MethodArgumentError(unknown_options_message(self.name, unknown,
+                                                              tuple(sorted(self.defaults)) + self.loop_options))
         self.frame = frame
         self.noise = noise
-        self.steps = steps
+        self.budget = budget
         self.opts = {**self.defaults, **options}
         self.setup(**self.opts)
 
@@ -133,7 +137,7 @@ def check_choice(name: str, value, choices) -> str:
 
 class AdaptiveStepper(Stepper):
     r"""One attempted step of an adaptive method with its error estimate; the adaptive loop
-    (:func:`sdekit._stepping.run_adaptive`) owns the per-sample times, step sizes, acceptance and control.
+    (:func:`sdekit._stepping.run`) owns the per-sample times, step sizes, acceptance and control.
 
     Besides :class:`Stepper`'s attributes (``error_order``, 1 here: the order :math:`q` of its error estimate, the
     controller's exponent uses :math:`q + 1`; ``default_rtol``, ``default_atol``) a subclass declares
