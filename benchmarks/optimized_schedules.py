@@ -12,10 +12,11 @@ the mixtures):
   (3 x 32 x 32, flattened to 3072: a power-law spectrum in each channel's 2-D DCT basis, as natural images have);
 - sdekit stock: every fixed-step ODE sampler of ``samplers.SD_ODE`` that fits the budget, on each of the uniform,
   log-SNR and Karras grids (the best is shown, its own default marked);
-- sdekit optimized: ``optimize_schedule`` for each of the single-evaluation multistep samplers (``dpmpp_2m``,
-  ``dpmpp_3m``, ``unipc``, ``deis``, ``ipndm``) and, at 10 NFE, two-evaluation single-step ones (``dpm_solver_2``,
-  ``dpmpp_2s``), calibrated on states drawn with seed 1 (``--calibration`` of them) and tested on states drawn
-  with seed 2: the two sets are disjoint draws of the exact law at T;
+- sdekit optimized: ``optimize_schedule`` with its defaults for the samplers of :data:`OPTIMIZED` (the
+  single-evaluation multistep ``dpmpp_3m``, ``unipc``, UniPC's bh1 variant of order 2 (diffusers' default) and
+  ``ipndm``, and at 10 NFE the single-step ``dpm_solver_2``; ``--methods`` takes any others), calibrated on states drawn with seed 1
+  (``--calibration`` of them) and tested on states drawn with seed 2: two independent draws of the exact law at
+  T, so the test states are never the calibration ones.  An option row is also shown on its stock schedule;
 - k-diffusion: every ODE sampler of ``samplers.KD_ODE`` on the uniform, log-SNR (= k-diffusion's exponential) and
   Karras grids, and ``dpm_fast`` on its own;
 - diffusers: every ODE scheduler of ``diffusers_peers.PEERS`` with each spacing of ``diffusers_peers.SPACINGS``
@@ -51,8 +52,11 @@ try:
 except ImportError as err:            # diffusers absent: the script says so and goes on without it
     diffusers_peers, DIFFUSERS_ERROR = None, str(err)
 
-OPTIMIZED = ("dpmpp_2m", "dpmpp_3m", "unipc", "deis", "ipndm", "dpm_solver_2", "dpmpp_2s")
-QUICK = ("dpmpp_3m", "unipc", "ipndm")
+#: The samplers optimized: label -> (method, options).  UniPC's B(h) = h variant (bh1) is diffusers' default.
+OPTIMIZED = {"dpmpp_3m": ("dpmpp_3m", {}), "unipc": ("unipc", {}),
+             "unipc, bh1 order 2": ("unipc", {"variant": "bh1", "order": 2}),
+             "ipndm": ("ipndm", {}), "dpm_solver_2": ("dpm_solver_2", {})}
+QUICK = ("dpmpp_3m", "unipc", "unipc, bh1 order 2")
 BUDGETS = (5, 10)
 CAL_SEED, TEST_SEED = 1, 2
 
@@ -178,16 +182,21 @@ def optimized_rows(problem, x_cal, x_T, exact, budgets, methods, log):
     pf = sdekit.probability_flow(problem.sde, problem.score)
     rows, costs = [], []
     for nfe in budgets:
-        for name in methods:
+        for label in methods:
+            name, options = OPTIMIZED.get(label, (label, {}))
             per = PER_STEP.get(name, 1)
             if nfe % per:
                 continue
-            s = sdekit.optimize_schedule(pf, name, nfe // per, x_cal)
-            sol = pf.solve(x_T, method=name, grid=s.grid)
-            rows.append(("sdekit optimized", name, s.start, nfe, int(sol.nfe), rms(sol.x - exact(problem.sde.eps))))
-            costs.append((name, nfe, s))
-            log(f"  optimized {name} at {nfe} NFE: calibration {s.stock_error:.3g} -> {s.error:.3g}, "
-                f"{s.score_calls} calls, {s.seconds:.0f} s")
+            s = sdekit.optimize_schedule(pf, name, nfe // per, x_cal, options=options)
+            sol = pf.solve(x_T, method=name, grid=s.grid, options=options)
+            stock = pf.solve(x_T, method=name, steps=nfe // per, options=options)
+            eps = exact(problem.sde.eps)
+            rows.append(("sdekit optimized", label, s.start, nfe, int(sol.nfe), rms(sol.x - eps)))
+            if options:     # the option row on its stock schedule, for comparison
+                rows.append(("sdekit", label, s.stock_schedule, nfe, int(stock.nfe), rms(stock.x - eps)))
+            costs.append((label, nfe, s))
+            log(f"  optimized {label} at {nfe} NFE: calibration {s.stock_error:.3g} -> {s.error:.3g}, test "
+                f"{rms(stock.x - eps):.3g} -> {rms(sol.x - eps):.3g}; {s.score_calls} calls, {s.seconds:.0f} s")
     return rows, costs
 
 
@@ -285,14 +294,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="2-D mixtures only, three methods, fewer samples")
     p.add_argument("--methods", default=None, help="comma-separated sdekit methods to optimize")
-    p.add_argument("--calibration", type=int, default=None, help="calibration states (default 512; 2-D: 1024)")
+    p.add_argument("--calibration", type=int, default=None,
+                   help="calibration states (default 4096 in 2-D, 1024 in 64-D, 128 for the images)")
     p.add_argument("--problems", default=None, help="only the problems whose name contains this text")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
     ks, kd_note = load_k_diffusion()
-    methods = tuple(args.methods.split(",")) if args.methods else (QUICK if args.quick else OPTIMIZED)
+    methods = tuple(args.methods.split(",")) if args.methods else (QUICK if args.quick else tuple(OPTIMIZED))
     started = time.perf_counter()
     print(f"# Optimized schedules: sdekit {sdekit.__version__}, k-diffusion {kd_note if ks else '(absent)'}, "
           f"diffusers {__import__('diffusers').__version__ if diffusers_peers else '(absent)'}\n")
@@ -311,7 +321,7 @@ def main():
             continue
         big = problem.dim > 1000
         n_test = 256 if big else (1000 if args.quick else 2000)
-        n_cal = args.calibration or (128 if big else (512 if args.quick or problem.dim > 2 else 1024))
+        n_cal = args.calibration or (128 if big else (1024 if args.quick or problem.dim > 2 else 4096))
         x_cal, x_T = problem.x_T(n_cal, CAL_SEED), problem.x_T(n_test, TEST_SEED)
         exact = Exact(problem, x_T)
         print(f"\n({problem.name}: {n_cal} calibration states, seed {CAL_SEED}; {n_test} test states, seed "

@@ -18,11 +18,13 @@ where :math:`\Phi_{t_{0:K}}` is the real :func:`sdekit.solve` of the method on t
    for those that step in t), and the reference trajectory at every candidate.  :math:`D[k][j]` is the smallest
    error, against the reference at candidate :math:`j`, of a student that reaches :math:`j` in :math:`k` steps;
    each student keeps its own state (not the teacher's), and a transition :math:`i \to j` is one step of the
-   method itself, ``solve(x, grid=[t_i, t_j])``.  Each candidate step runs once for all :math:`k` at once.
+   method itself, ``solve(x, grid=[t_i, t_j])``.  Each candidate step runs once for all :math:`k` at once, on
+   at most :data:`DP_ROWS` of the calibration states.
 2. **Polish of the real objective**: from the best of the dynamic-programming grid and the stock schedules
    (the method's own, uniform, log-SNR, Karras), a coordinate pattern search moves each interior point, in the
-   same variable, a fraction of the gap to its neighbour, keeps any move that lowers the end-to-end error of
-   the full solve, and halves the fraction when no move helps.  Because it measures the real solve, it holds
+   same variable, a fraction of the gap to its neighbour, keeps a move that lowers the end-to-end error of the
+   full solve over all the calibration states and over each half of them, and halves the fraction when no move
+   helps.  Because it measures the real solve, it holds
    for multistep methods (whose history and final-order rules a one-step transition cannot see) as for
    single-step ones.
 
@@ -54,6 +56,8 @@ FORMAT = "sdekit.optimized_schedule/1"
 #: Memory the dynamic programme may hold in students' states (bytes); larger problems use fewer of the
 #: calibration states for it (the polish always uses all of them).
 DP_MEMORY = 256 * 2 ** 20
+#: Calibration states the dynamic programme uses at most (it gives the polish a start; the polish uses all).
+DP_ROWS = 512
 #: Relative tolerance of the model fingerprint's probe values when a schedule is loaded.
 PROBE_RTOL = 1e-3
 
@@ -448,13 +452,21 @@ def optimize_schedule(process, method: str, steps: int, x_T: torch.Tensor, *, op
         target = teacher[-1]
         scale = float(target.pow(2).mean().sqrt()) or 1.0
 
-        def error(grid):
+        halves = torch.arange(batch, device=x_T.device) % 2 == 0
+
+        def errors(grid):
+            """RMS error of the solve on ``grid`` over all the calibration states, and over each half of them."""
             if not _strict(grid):
-                return math.inf
+                return (math.inf,) * 3
             sol = run(x_T, grid)
             if not sol.success or not bool(torch.isfinite(sol.x).all()):
-                return math.inf
-            return float((sol.x - target).pow(2).mean().sqrt())
+                return (math.inf,) * 3
+            sq = (sol.x - target).pow(2).reshape(batch, -1).mean(1)
+            out = [sq.mean()] + ([sq[halves].mean(), sq[~halves].mean()] if batch > 1 else [sq.mean()] * 2)
+            return tuple(float(v.sqrt()) for v in out)
+
+        def error(grid):
+            return errors(grid)[0]
 
         # -- stock schedules --------------------------------------------------------------------
         stock_name = m.schedule if m.schedule in SCHEDULES else "uniform"
@@ -482,7 +494,7 @@ def optimize_schedule(process, method: str, steps: int, x_T: torch.Tensor, *, op
 
         # -- polish: pattern search on the end-to-end error ---------------------------------------------
         if steps > 1 and polish > 0 and math.isfinite(best):
-            grid, best = _polish(error, var, grid, best, polish, tol=1e-9 * scale)
+            grid, best = _polish(errors, var, grid, polish, tol=1e-9 * scale)
 
     calls = process.nfe - calls_before
     fingerprint = _probe(process, tuple(x_T.shape[1:]), x_T.dtype, t_start, t_end)
@@ -502,7 +514,7 @@ def _dynamic_programme(run, x_T, teacher, t_cand, K):
     each student carrying its own state; returns the grid of the best ``K``-step path to the end, or ``None``."""
     M = t_cand.numel() - 1
     per = x_T[0].numel() * x_T.element_size()
-    rows = max(4, min(x_T.shape[0], DP_MEMORY // max(1, per * K * (M + 1))))
+    rows = min(x_T.shape[0], max(4, min(DP_ROWS, DP_MEMORY // max(1, per * K * (M + 1)))))
     x0 = x_T[:rows]
     ref = teacher[:, :rows]
     best = torch.full((K + 1, M + 1), math.inf, dtype=torch.float64)
@@ -540,13 +552,15 @@ def _dynamic_programme(run, x_T, teacher, t_cand, K):
     return t_cand[list(reversed(path))].clone()
 
 
-def _polish(error, var, grid, best, budget, tol):
+def _polish(errors, var, grid, budget, tol):
     """Coordinate pattern search on the interior points in ``var``'s variable: move a point a fraction of the gap
-    to a neighbour, keep a move that lowers ``error``, halve the fraction when none does."""
+    to a neighbour, keep a move that lowers the error over all the calibration states *and* over each half of
+    them (so that no move rests on a few samples of one half), halve the fraction when none does."""
     u = var.of_times(grid).clone()
     u[0], u[-1] = var.u_start, var.u_end
+    best = errors(grid)
     K = u.numel() - 1
-    frac, used = 0.5, 0
+    frac, used = 0.5, 1
     while frac > 1 / 256 and used < budget:
         improved = False
         for k in range(1, K):
@@ -556,11 +570,11 @@ def _polish(error, var, grid, best, budget, tol):
                 cand = u.clone()
                 cand[k] = u[k] + frac * (u[k + side] - u[k])
                 g = var.times(cand[1:-1])
-                e = error(g)
+                e = errors(g)
                 used += 1
-                if e < best - tol:
+                if all(a < b - tol for a, b in zip(e, best)):
                     u, grid, best, improved = cand, g, e, True
                     break
         if not improved:
             frac /= 2
-    return grid, best
+    return grid, best[0]
