@@ -37,7 +37,7 @@ from .._solution import STATUS, Outcome, Result
 from ._control import shared_ratio
 from ._frame import Frame
 from ._paths import solve_noise
-from ._stepper import check_bool
+from ._stepper import check_bool, check_number
 
 SYNC_EVERY = 2
 RUNNING = -1
@@ -62,16 +62,13 @@ def run(stepper_class, method, pb):
     options = dict(pb.options)
     denoise = check_bool("denoise", options.pop("denoise", False))
     hook = options.pop("hook", None)
-    sync_every = options.pop("sync_every", SYNC_EVERY) if adaptive else None
+    sync_every = check_number("sync_every", options.pop("sync_every", SYNC_EVERY), 1, integer=True) if adaptive else 0
     if adaptive and hook is not None:
         raise MethodArgumentError(f"{method.name} gives every sample its own times, so a per-step hook does not "
                                   f"apply; use a fixed-step method for imputation hooks")
     if hook is not None and not callable(hook):
         raise InvalidParameterError(f"option hook must be callable as hook(x, t, noise) -> x, "
                                     f"got {type(hook).__name__}")
-    if adaptive and (isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1):
-        raise InvalidParameterError(f"option sync_every must be a positive integer (iterations between host "
-                                    f"reads), got {sync_every!r}")
     frame = Frame(proc, method.name) if stepper_class.needs != "drift" or denoise else None
     stochastic = stepper_class.kind == "sde" and proc.kind == "sde"
     noise = solve_noise(pb, pb.x0) if stochastic or hook is not None else None
