@@ -8,8 +8,11 @@ measures in the same features (training it again takes a minute or two on one co
 ``python -m sdekit.studies._classifier``, seed 0, rewrites the file).
 
 - The network: conv 3×3 (1 → 16), SiLU, conv 3×3 stride 2 (16 → 32), SiLU, linear 512 → 16, SiLU, linear 16 → 10;
-  the **features** are the 16 units before the last layer (fewer features, less Monte Carlo noise in a
-  covariance fitted to the 360 test images).
+  the **features** are :math:`\log(1 + h)` of the 16 units :math:`h` before the last layer (fewer features, less
+  Monte Carlo noise in a covariance fitted to the 360 test images).  The units are SiLU outputs, at least
+  :math:`-0.28` and heavy-tailed (up to about 80 for a confident prediction), and a Gaussian fitted to them is
+  ruled by those tails; the logarithm tames them: over four sets of 1000 samples of the shipped model, the
+  model's and a fitted Gaussian's distances are 3.7 spreads apart in these features and 2.4 in the raw units.
 - Training: Adam (lr 1e-2, weight decay 1e-4, cosine decay) for 300 full-batch steps of cross-entropy on the
   1,437 training images in float32, each step with fresh dequantisation noise
   (:func:`sdekit.studies._digits.dequantise`), so the classifier sees the continuous images a score model makes.
@@ -36,8 +39,9 @@ _CACHE = {}
 
 
 class DigitsClassifier(torch.nn.Module):
-    """The CNN of :func:`train_digits_classifier`: ``features(x)`` ``(n, 16)`` and ``forward(x)`` logits ``(n, 10)``
-    of images ``(n, 1, 8, 8)`` in the model space (any float dtype; computed in the network's)."""
+    """The CNN of :func:`train_digits_classifier`: ``features(x)`` ``(n, 16)`` (:math:`\log(1 + h)` of the
+    penultimate units, float64) and ``forward(x)`` logits ``(n, 10)`` of images ``(n, 1, 8, 8)`` in the model space
+    (any float dtype; computed in the network's)."""
 
     def __init__(self, features: int = 16):
         super().__init__()
@@ -51,7 +55,7 @@ class DigitsClassifier(torch.nn.Module):
             raise ShapeError(f"the digits classifier takes images (n, 1, 8, 8), got {tuple(x.shape)}")
         p = next(self.parameters())
         with torch.no_grad():
-            return self.body(x.to(device=p.device, dtype=p.dtype)).to(torch.float64)
+            return torch.log1p(self.body(x.to(device=p.device, dtype=p.dtype)).to(torch.float64))
 
     def forward(self, x):
         return self.head(self.body(x))
