@@ -16,7 +16,9 @@ whose diffusion does not depend on :math:`x`).  The error ratio is the scaled RM
 tolerance :math:`\max(a, r\max(|x'|, |x'_{prev}|))`, :math:`x'_{prev}` the Euler–Maruyama state of the last accepted
 step; the state advances with :math:`x''`, and the controller is the paper's :math:`h \leftarrow \theta h E^{-r}`
 (:math:`\theta = 0.9`, :math:`r = 0.9`), each per sample.  Defaults as the paper's: ``rtol = 0.05``,
-``atol = 0.0078`` (data scaled to [-1, 1]), a first step of 0.01.
+``atol = 0.0078`` (data scaled to [-1, 1]).  Unlike the paper, a step grows at most :math:`1 + \pi/2` times its
+predecessor (``fac_max``) and the first step is Hairer's on the drift
+(:func:`~sdekit._stepping._control.initial_step`; ``h_init=0.01`` is the paper's fixed one).
 
 **A diffusion that depends on x** (diagonal noise :math:`g_i(t, x_i)`) needs more care.  An error estimate that reads
 the step's own :math:`\Delta W` makes the accepted partition depend on the increments it then sums: refining where
