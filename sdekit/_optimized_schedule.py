@@ -20,8 +20,8 @@ where :math:`\Phi_{t_{0:K}}` is the real :func:`sdekit.solve` of the method on t
    each student keeps its own state (not the teacher's), and a transition :math:`i \to j` is one step of the
    method itself, ``solve(x, grid=[t_i, t_j])``.  Each candidate step runs once for all :math:`k` at once, on
    at most :data:`DP_ROWS` of the calibration states.
-2. **Polish of the real objective**: from the best of the dynamic-programming grid and the stock schedules
-   (the method's own, uniform, log-SNR, Karras), a coordinate pattern search moves each interior point, in the
+2. **Polish of the real objective**: from each of the two best of the dynamic-programming grid and the stock
+   schedules (the method's own, uniform, log-SNR, Karras), a coordinate pattern search moves each interior point, in the
    same variable, a fraction of the gap to its neighbour, keeps any move that lowers the end-to-end error of
    the full solve, and halves the fraction when no move helps.  Because it measures the real solve, it holds
    for multistep methods (whose history and final-order rules a one-step transition cannot see) as for
@@ -219,13 +219,14 @@ class OptimizedSchedule:
 
     @classmethod
     def load(cls, path, process=None, method: Optional[str] = None, steps: Optional[int] = None,
-             options: Optional[dict] = None, model=None) -> "OptimizedSchedule":
+             options: Optional[dict] = None, model=None, device="cpu") -> "OptimizedSchedule":
         """Read a schedule saved by :meth:`save` and check it against what it is about to be used with.
 
         - ``process``: the probability flow it will solve: its SDE must be the one the grid was made for and its
           score must give the saved probe values (relative tolerance :data:`PROBE_RTOL`);
         - ``method``, ``steps``, ``options``: must equal the saved ones where given;
-        - ``model``: the model file (its sha256 must match a saved one) or the name given when it was made.
+        - ``model``: the model file (its sha256 must match a saved one) or the name given when it was made;
+        - ``device``: where the score runs for the probe (the model's device; default the CPU).
 
         A mismatch raises :class:`sdekit.InvalidParameterError` in one line naming what differs.
         """
@@ -255,10 +256,12 @@ class OptimizedSchedule:
         if out.grid.dim() != 1 or out.grid.numel() != out.steps + 1 or not _strict(out.grid):
             raise InvalidParameterError(f"{path} holds no valid grid of {out.steps} steps; optimize the schedule "
                                         f"again")
-        out.check(process=process, method=method, steps=steps, options=options, model=model, where=path)
+        out.check(process=process, method=method, steps=steps, options=options, model=model, where=path,
+                  device=device)
         return out
 
-    def check(self, process=None, method=None, steps=None, options=None, model=None, where="this schedule"):
+    def check(self, process=None, method=None, steps=None, options=None, model=None, where="this schedule",
+              device="cpu"):
         """Refuse (one line, :class:`sdekit.InvalidParameterError`) a use this grid was not made for."""
         fix = "optimize a grid for it with sdekit.optimize_schedule"
         if method is not None:
@@ -286,7 +289,7 @@ class OptimizedSchedule:
             probe = self.model.get("probe")
             if probe is not None:
                 dtype = getattr(torch, self.dtype)
-                now = _probe(process, self.event_shape, dtype, self.t_start, self.t_end)
+                now = _probe(process, self.event_shape, dtype, self.t_start, self.t_end, device)
                 scale = max(1e-30, max(abs(v) for v in probe["values"]))
                 worst = max(abs(a - b) for a, b in zip(now["values"], probe["values"])) / scale
                 if len(now["values"]) != len(probe["values"]) or worst > PROBE_RTOL:
@@ -296,10 +299,11 @@ class OptimizedSchedule:
 
 
 def load_schedule(path, process=None, method: Optional[str] = None, steps: Optional[int] = None,
-                  options: Optional[dict] = None, model=None) -> OptimizedSchedule:
+                  options: Optional[dict] = None, model=None, device="cpu") -> OptimizedSchedule:
     """:meth:`OptimizedSchedule.load`: read a saved schedule and check it against the process, method, steps,
-    options and model it is used with (a mismatch is refused in one line)."""
-    return OptimizedSchedule.load(path, process=process, method=method, steps=steps, options=options, model=model)
+    options and model it is used with (a mismatch is refused in one line); ``device``: where the score runs."""
+    return OptimizedSchedule.load(path, process=process, method=method, steps=steps, options=options, model=model,
+                                  device=device)
 
 
 def _jsonable(v):
@@ -326,8 +330,9 @@ def _model_identity(model) -> dict:
                             f"{type(model).__name__}")
 
 
-def _probe(process, event_shape, dtype, t_start, t_end) -> dict:
-    """The score at fixed probe points (two states, three times): its first 8 coordinates and its norm each."""
+def _probe(process, event_shape, dtype, t_start, t_end, device="cpu") -> dict:
+    """The score at fixed probe points (two states, three times, on ``device``): its first 8 coordinates and its
+    norm each."""
     g = torch.Generator().manual_seed(20261207)
     x = torch.randn((2,) + tuple(event_shape), generator=g, dtype=torch.float64)
     values = []
@@ -339,9 +344,9 @@ def _probe(process, event_shape, dtype, t_start, t_end) -> dict:
         if hasattr(sde, "log_alpha_sigma"):
             la, s = sde.log_alpha_sigma(tt[:1])
             scale = torch.sqrt(torch.exp(2 * la) + s * s).reshape(())
-        xs = (x * scale).to(dtype)
+        xs = (x * scale).to(dtype=dtype, device=device)
         with torch.no_grad():
-            out = process.fn(xs, tt.to(dtype)).detach().to(device="cpu", dtype=torch.float64)
+            out = process.fn(xs, tt.to(dtype=dtype, device=device)).detach().to(device="cpu", dtype=torch.float64)
         flat = out.reshape(2, -1)
         values += flat[:, :8].reshape(-1).tolist() + flat.norm(dim=1).tolist()
     return {"values": values, "times": [t_start, mid, t_end]}
@@ -389,7 +394,8 @@ def optimize_schedule(process, method: str, steps: int, x_T: torch.Tensor, *, op
     - ``options``: the method's options (``solve(options=...)``); the grid is optimized for them.
     - ``t_start``, ``t_end``: the span (default the process's, ``T`` down to ``eps``).
     - ``candidates``: points ``M`` of the candidate grid (default ``4 * steps``, from 16 to 64).
-    - ``polish``: the most end-to-end solves of the pattern search (default ``25 * steps``; ``0``: none).
+    - ``polish``: the most end-to-end solves of the pattern search from each of its two starts (default
+      ``25 * steps``; ``0``: none).
     - ``reference_method``, ``reference_tol``: the fine reference solve (default torchdiffeq's ``dopri5`` at
       ``rtol = atol = 1e-9``), made once, with its states kept at every candidate time.
     - ``model``: the model's file (its sha256 is recorded) or a name, for the saved file's checks.
@@ -497,7 +503,7 @@ def optimize_schedule(process, method: str, steps: int, x_T: torch.Tensor, *, op
                     start, grid, best = name, g, e
 
     calls = process.nfe - calls_before
-    fingerprint = _probe(process, tuple(x_T.shape[1:]), x_T.dtype, t_start, t_end)
+    fingerprint = _probe(process, tuple(x_T.shape[1:]), x_T.dtype, t_start, t_end, x_T.device)
     calls += 3
     ident = _model_identity(model) if model is not None else {}
     return OptimizedSchedule(

@@ -275,7 +275,8 @@ def optimized_grids(problem, rows: List[Row], settings: Settings, folder: Option
         schedule = None
         if path is not None and os.path.exists(path):
             try:
-                schedule = load_schedule(path, process, method=r.spec.method, steps=steps, options=r.spec.options)
+                schedule = load_schedule(path, process, method=r.spec.method, steps=steps, options=r.spec.options,
+                                         device=settings.device)
             except InvalidParameterError as err:
                 if log is not None:
                     log(f"{err}: made again")
