@@ -113,10 +113,10 @@ class _Variable:
         self.t_start, self.t_end = float(t_start), float(t_end)
         ends = self.of_times(torch.tensor([self.t_start, self.t_end], dtype=torch.float64))
         self.u_start, self.u_end = float(ends[0]), float(ends[1])
-        if not (math.isfinite(self.u_start) and math.isfinite(self.u_end)) or self.u_start == self.u_end:
-            raise InvalidParameterError(f"the log-SNR over [{t_end}, {t_start}] is not finite and changing "
-                                        f"({self.u_start}, {self.u_end}); keep both ends where sigma > 0")
         self.name = "log-SNR" if self.log_snr else "t"
+        if not (math.isfinite(self.u_start) and math.isfinite(self.u_end)) or self.u_start == self.u_end:
+            raise InvalidParameterError(f"the {self.name} at the ends {t_start} and {t_end} is {self.u_start} and "
+                                        f"{self.u_end}: it must be finite and differ; keep both ends where sigma > 0")
 
     def of_times(self, t):
         return self.sde.log_snr(t).to(torch.float64) if self.log_snr else t.to(torch.float64)
