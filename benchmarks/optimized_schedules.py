@@ -14,9 +14,9 @@ the mixtures):
   log-SNR and Karras grids (the best is shown, its own default marked);
 - sdekit optimized: ``optimize_schedule`` with its defaults for the samplers of :data:`OPTIMIZED` (the
   single-evaluation multistep ``dpmpp_3m``, ``unipc``, UniPC's bh1 variant of order 2 (diffusers' default) and
-  ``ipndm``, and at 10 NFE the single-step ``dpm_solver_2``; ``--methods`` takes any others), calibrated on states drawn with seed 1
-  (``--calibration`` of them) and tested on states drawn with seed 2: two independent draws of the exact law at
-  T, so the test states are never the calibration ones.  An option row is also shown on its stock schedule;
+  ``ipndm``, and at 10 NFE the single-step ``dpm_solver_2``; ``--methods`` takes any others), calibrated on
+  states drawn with seed 1 (``--calibration`` of them) and tested on states drawn with seed 2: two independent
+  draws of the exact law at T, so the test states are never the calibration ones.  An option row is also shown on its stock schedule;
 - k-diffusion: every ODE sampler of ``samplers.KD_ODE`` on the uniform, log-SNR (= k-diffusion's exponential) and
   Karras grids, and ``dpm_fast`` on its own;
 - diffusers: every ODE scheduler of ``diffusers_peers.PEERS`` with each spacing of ``diffusers_peers.SPACINGS``

@@ -481,8 +481,9 @@ def optimize_schedule(process, method: str, steps: int, x_T: torch.Tensor, *, op
             starts[name] = (g, error(g))
         stock_error = starts[stock_name][1]
         if not math.isfinite(stock_error):
-            raise ScoreFunctionError(f"{m.qualified_name} on its own {stock_name} grid of {steps} steps gave non-finite "
-                                     f"values from x_T; check the score (it must return finite values) and x_T")
+            raise ScoreFunctionError(f"{m.qualified_name} on its own {stock_name} grid of {steps} steps gave "
+                                     f"non-finite values from x_T; check the score (it must return finite "
+                                     f"values) and x_T")
 
         # -- dynamic programme over the candidates ------------------------------------------------
         if dp and steps > 1:
