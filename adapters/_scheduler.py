@@ -157,9 +157,8 @@ class _Run:
             self.finaliser.detach()
             self.thread.join()
             raise rest[0]
-        if kind == "done":
+        if kind == "done":              # the thread ends by itself: its last act was this message
             self.finaliser.detach()
-            self.thread.join()
             self.pending = None
             return rest[0]
         self.pending = (rest[0], rest[1])
