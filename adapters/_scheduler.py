@@ -431,6 +431,7 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
         plan = self._plan(int(num_inference_steps), grid)
         self.num_inference_steps = int(num_inference_steps)
         self.timesteps = plan["timesteps"].to(device) if device is not None else plan["timesteps"].clone()
+        self._host_timesteps = plan["timesteps"].tolist()
         self.times = plan["times"].double()
         self.grid = torch.tensor(grid, dtype=torch.float64) if grid is not None else None
         self.order = max(1, plan["nfe"] // self.num_inference_steps)
@@ -518,12 +519,12 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
                 raise
         run = self._run
         i = self._step_index
-        expected = self.timesteps[i]
-        given = torch.as_tensor(timestep).reshape(-1)
-        if given.numel() < 1 or float(given[0]) != float(expected):
-            raise InvalidParameterError(f"step() was called with timestep {given.tolist()} where evaluation {i} of "
-                                        f"this run is at timestep {expected.tolist()}: loop over scheduler.timesteps "
-                                        f"in order (call set_timesteps(...) to start again)")
+        expected = self._host_timesteps[i]
+        given = timestep.reshape(-1)[:1].tolist() if isinstance(timestep, torch.Tensor) else [timestep]
+        if not given or given[0] != expected:
+            raise InvalidParameterError(f"step() was called with timestep {given} where evaluation {i} of this run "
+                                        f"is at timestep {expected}: loop over scheduler.timesteps in order (call "
+                                        f"set_timesteps(...) to start again)")
         x, k = run.pending
         if k != i - self._begin_index:       # the solve and the plan disagree: a method whose evaluations vary
             self._cancel()
