@@ -39,7 +39,7 @@ _CACHE = {}
 
 
 class DigitsClassifier(torch.nn.Module):
-    """The CNN of :func:`train_digits_classifier`: ``features(x)`` ``(n, 16)`` (:math:`\log(1 + h)` of the
+    r"""The CNN of :func:`train_digits_classifier`: ``features(x)`` ``(n, 16)`` (:math:`\log(1 + h)` of the
     penultimate units, float64) and ``forward(x)`` logits ``(n, 10)`` of images ``(n, 1, 8, 8)`` in the model space
     (any float dtype; computed in the network's)."""
 

@@ -149,12 +149,12 @@ def _grid(ax, images, cols, title):
     ax.axis("off")
 
 
-def write_digits_report(problem, table, out: str, plots: bool = True, log=print):
+def write_digits_report(problem, table, out: str, plots: bool = True, likelihood: bool = True, log=print):
     """Write ``digits.md`` and, with ``plots``, ``digits_samples.png`` and ``digits_fd.png`` into ``out``; returns
-    the paths written."""
+    the paths written.  ``likelihood=False`` leaves the bits per pixel out."""
     from sdekit._study._results import atomic_write
     n = table.info.get("samples", 1000) if hasattr(table, "info") else 1000
-    lik = likelihoods(problem, out, log)
+    lik = likelihoods(problem, out, log) if likelihood else None
     g_fd, g_se, g_x = gaussian_fd(problem, n)
     shares = problem.class_shares(g_x)
     lines = [f"# Digits: {problem.name}", "",
@@ -175,16 +175,8 @@ def write_digits_report(problem, table, out: str, plots: bool = True, log=print)
         lines.append(f"| {r['label']} | {r['budget']} | {r['nfe']} | {r['fd']:.3f} ± {1.96 * r['fd_se']:.2g} | "
                      f"{r['fd'] / problem.floor:.2f} | {r.get('class_min', float('nan')):.3f} | "
                      f"{r.get('class_max', float('nan')):.3f} | {err_text} | {r['verdict']} |")
-    m, ga, gm = lik["model"], lik["gaussian"], lik["mixture"]
-    lines += ["", "Test bits per pixel (360 images, 17 grey levels, uniform dequantisation in cells of width 1/8, "
-                  "offset 3 bits; ± 1.96 standard errors over the images):", "",
-              "| model | bits per pixel |", "|---|---|",
-              f"| score model, probability flow (exact likelihood of the flow) | {m['bpd']:.4f} ± {1.96 * m['se']:.2g} |",
-              f"| score model, likelihood bound (Song et al. 2021b, Theorem 3) | {m['bound']:.4f} ± "
-              f"{1.96 * m['bound_se']:.2g} |",
-              f"| Gaussian mixture ({gm['components']} components, by BIC on the training split) | "
-              f"{gm['bpd']:.4f} ± {1.96 * gm['se']:.2g} |",
-              f"| Gaussian fitted to the training split | {ga['bpd']:.4f} ± {1.96 * ga['se']:.2g} |"]
+    if lik is not None:
+        lines += _likelihood_lines(lik)
     text = "\n".join(lines) + "\n"
     path = os.path.join(out, "digits.md")
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
@@ -193,6 +185,19 @@ def write_digits_report(problem, table, out: str, plots: bool = True, log=print)
         paths += _plots(problem, table, out, g_fd, g_x)
     log(text)
     return paths
+
+
+def _likelihood_lines(lik):
+    m, ga, gm = lik["model"], lik["gaussian"], lik["mixture"]
+    return ["", "Test bits per pixel (360 images, 17 grey levels, uniform dequantisation in cells of width 1/8, "
+                  "offset 3 bits; ± 1.96 standard errors over the images):", "",
+              "| model | bits per pixel |", "|---|---|",
+              f"| score model, probability flow (exact likelihood of the flow) | {m['bpd']:.4f} ± {1.96 * m['se']:.2g} |",
+              f"| score model, likelihood bound (Song et al. 2021b, Theorem 3) | {m['bound']:.4f} ± "
+              f"{1.96 * m['bound_se']:.2g} |",
+              f"| Gaussian mixture ({gm['components']} components, by BIC on the training split) | "
+              f"{gm['bpd']:.4f} ± {1.96 * gm['se']:.2g} |",
+              f"| Gaussian fitted to the training split | {ga['bpd']:.4f} ± {1.96 * ga['se']:.2g} |"]
 
 
 def _plots(problem, table, out, g_fd, g_x):

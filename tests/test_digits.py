@@ -185,6 +185,35 @@ def test_train_digits_then_sample_and_study_the_file(tmp_path, capsys):
     assert saved["x"].shape == (6, 1, 8, 8) and bool(torch.isfinite(saved["x"]).all())
 
 
+def test_study_of_a_digits_model_writes_its_report_and_pictures(tmp_path):
+    path = str(tmp_path / "d.safetensors")
+    assert main(["train", "--data", "digits", "--steps", "10", "--batch", "16", "--channels", "8", "--out", path,
+                 "--quiet"]) == 0
+    out = tmp_path / "study"
+    args = ["study", "--model", path, "--methods", "ode:ddim,sde:ddim", "--budgets", "nfe=2,4", "--samples", "40",
+            "--reference-steps", "16", "--out", str(out), "--no-likelihood", "--quiet"]
+    assert main(args) == 0
+    report = (out / "digits.md").read_text()
+    assert "| training split (the floor) |" in report and "| Gaussian fitted to the training split |" in report
+    assert "| ode:sdekit.ddim | nfe=4 | 4 |" in report and "| sde:sdekit.ddim | nfe=2 | 2 |" in report
+    for name in ("digits_samples.png", "digits_fd.png", "summary.md", "results.jsonl"):
+        assert (out / name).is_file(), name
+    rows = (out / "results.jsonl").read_text()
+    assert main(args) == 0                                   # resumed: every row reused, the same report
+    assert (out / "results.jsonl").read_text() == rows and (out / "digits.md").read_text() == report
+
+
+def test_likelihood_baselines_in_bits_per_pixel():
+    from sdekit.studies._digits_report import gaussian_bpd, mixture_bpd, model_bpd
+    d = digits()
+    test = dequantise(d.test_levels, torch.Generator().manual_seed(0))
+    g, m = gaussian_bpd(d.train_levels, test), mixture_bpd(d.train_levels, test, components=(2, 5))
+    assert m["components"] in (2, 5) and 0 < m["bpd"] < g["bpd"] < 4.087     # log2(17): a uniform density's
+    model, meta = load_model("digits")
+    r = model_bpd(model, meta["sde"], d.test_levels[:4], batch=4)
+    assert math.isfinite(r["bpd"]) and math.isfinite(r["bound"]) and r["se"] > 0
+
+
 @pytest.mark.parametrize("method", ["ode:dpmpp_2m", "sde:euler_ancestral", "ode:sdekit.dopri5"])
 def test_sample_the_shipped_model(tmp_path, method):
     out = str(tmp_path / "s.npz")

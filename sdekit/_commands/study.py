@@ -76,6 +76,8 @@ def add_parser(sub):
                         "256)")
     p.add_argument("--out", help="output folder (default sdekit-study)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    p.add_argument("--no-likelihood", dest="no_likelihood", action="store_true",
+                   help="digits models: skip the test split's bits per pixel (a few CPU minutes)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when a row's verdict is not ok")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no printed table")
     p.set_defaults(run=run)
@@ -240,6 +242,7 @@ def _run_digits(args, s: dict) -> int:
     from sdekit.studies import trained_problem
     problem = trained_problem(s["model"])
     files = write_digits_report(problem, table, s["out"], plots=not args.no_plots,
+                                likelihood=not getattr(args, "no_likelihood", False),
                                 log=lambda m: _say(bool(s["quiet"]), m))
     _say(bool(s["quiet"]), f"wrote {', '.join(os.path.basename(f) for f in files)} to {s['out']}/")
     return status
