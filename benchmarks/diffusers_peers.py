@@ -24,7 +24,7 @@ as ``grid=`` for a like-for-like comparison; :data:`PEERS` lists diffusers' ODE 
 
     from diffusers_peers import PEERS, make, run, sdekit_grid
     sched = make("dpmpp_2m", sde)                     # DPMSolverMultistepScheduler on the SDE's table
-    x0, nfe, end = run(sched, sde, score, x_T, steps=10)
+    x0, nfe, end = run(sched, sde, score, x_start, steps=10)
     grid = sdekit_grid(sched, sde)                    # the same levels, for sdekit's grid=
 """
 
@@ -140,19 +140,21 @@ class EpsModel:
         return eps.to(model_input.dtype)
 
 
-def run(scheduler, sde, score: Callable, x_T: torch.Tensor, steps: int, generator=None):
-    r"""diffusers' pipeline loop from the SDE state ``x_T`` at ``sde.T``: ``(x, nfe, t_end)``.
+def run(scheduler, sde, score: Callable, x_start: torch.Tensor, steps: int, generator=None):
+    r"""diffusers' pipeline loop: ``(x, nfe, t_end)``.
 
-    ``x`` is the SDE's state at ``t_end`` (the scheduler's last level as an sdekit time), or :math:`\hat x_0` with
-    ``t_end = 0.0`` where the scheduler ends at level zero.
+    ``set_timesteps(steps)`` is called first; ``x_start`` is the SDE's state at the scheduler's first level
+    (``sdekit_grid(scheduler, sde)[0]``: ``sde.T`` for the linspace and trailing spacings, lower for the leading
+    one).  ``x`` is the SDE's state at ``t_end`` (the scheduler's last level as an sdekit time), or
+    :math:`\hat x_0` with ``t_end = 0.0`` where the scheduler ends at level zero.
     """
     model = EpsModel(sde, score, scheduler)
     scheduler.set_timesteps(steps)
-    T = torch.tensor([float(sde.T)], dtype=torch.float64)
-    x = x_T.to(torch.float64) / sde.alpha(T)                           # x~ = x / alpha at T
+    t0 = sdekit_grid(scheduler, sde)[:1]
+    x = x_start.to(torch.float64) / sde.alpha(t0)                      # x~ = x / alpha at the first level
     if model.family == "vp":
-        x = x / torch.sqrt(1 + (sde.sigma(T) / sde.alpha(T)) ** 2)     # x^{vp}
-    x = x.to(x_T.dtype)
+        x = x / torch.sqrt(1 + (sde.sigma(t0) / sde.alpha(t0)) ** 2)   # x^{vp}
+    x = x.to(x_start.dtype)
     extra = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for tau in scheduler.timesteps:
         eps = model(scheduler.scale_model_input(x, tau), tau)
@@ -162,7 +164,7 @@ def run(scheduler, sde, score: Callable, x_T: torch.Tensor, steps: int, generato
         return x, model.nfe, 0.0
     t = torch.tensor([t_end], dtype=torch.float64)
     scale = sde.alpha(t) * (math.sqrt(1 + level * level) if model.family == "vp" else 1.0)
-    return (x.to(torch.float64) * scale).to(x_T.dtype), model.nfe, t_end
+    return (x.to(torch.float64) * scale).to(x_start.dtype), model.nfe, t_end
 
 
 def end_level(scheduler, sde) -> Tuple[float, float]:

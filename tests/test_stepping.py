@@ -10,6 +10,7 @@ import torch
 
 import sdekit
 from sdekit._stepping import STEPPERS
+from sdekit._stepping._dpmpp_multistep import step_orders
 
 ODE_SAMPLERS = ("ddim", "dpm_solver_2", "dpm_solver_3", "dpm_solver_fast", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc",
                 "edm_heun", "lms", "ipndm", "deis")
@@ -241,11 +242,12 @@ def test_deis_integrates_the_log_rho_polynomial(order, sde_name, schedule):
     alpha = torch.exp(sde.log_alpha(grid))
     rho = (sde.sigma(grid) / alpha).numpy()
     nodes_q, weights_q = np.polynomial.legendre.leggauss(40)
+    orders = step_orders(sde.log_snr(grid), order, True, last_order=2)    # the grid's orders, as documented
     y, past = x / alpha[0], []
     for i in range(n):
         t = grid[i].expand(x.shape[0])
         past = [(np.log(rho[i]), -float(sde.sigma(grid[i])) * score(alpha[i] * y, t))] + past
-        p = min(order, i + 1)
+        p = orders[i]
         a, b = np.log(rho[i]), np.log(rho[i + 1])          # d rho = e^u du, u = log rho
         u = 0.5 * (b - a) * nodes_q + 0.5 * (b + a)
         for j in range(p):

@@ -15,29 +15,58 @@ last three predictions).  DPM-Solver's reference code (and k-diffusion's ``dpmpp
 measured global order 2.1–2.3 instead of 3.  The second-order method uses
 :math:`x' = \tfrac{\sigma'}{\sigma_0}x - \alpha'\varphi_1(m_0 + \tfrac{1}{2r_1}(m_0 - m_{-1}))`.
 
-The first steps use the orders the history allows; with ``lower_order_final`` (default) grids of fewer
-than 10 steps also lower the order of the last steps.  DPM-Solver's warm-up (``warmup="multistep"``,
-default) takes a first-order first step, whose local error :math:`O(h^2)` limits the third-order method's
-global order to 2 as :math:`h \to 0` (measured 2.0 on the exact VE Gaussian flow, where the first steps
-dominate); ``warmup="singlestep"`` takes the first step with DPM-Solver++(2S) instead, one more evaluation
-in all, and the method then converges at order 3 (4 on the VP Gaussian flow, which it happens to
-integrate one order better).
+The orders follow the grid's steps in log-SNR (:func:`step_orders`): the first steps use the orders the history
+allows, a step much longer than the span of the predictions it would extrapolate uses fewer of them, and with
+``lower_order_final`` (default) a grid whose last step is long in log-SNR ends with falling orders.
+DPM-Solver's warm-up (``warmup="multistep"``, default) takes a first-order first step, whose local error
+:math:`O(h^2)` limits the third-order method's global order to 2 as :math:`h \to 0` (measured 2.0 on the exact
+VE Gaussian flow, where the first steps dominate); ``warmup="singlestep"`` takes the first step with DPM-
+Solver++(2S) instead, one more evaluation in all, and the method then converges at order 3 (4 on the VP Gaussian
+flow, which it happens to integrate one order better).
 """
+
+from typing import List
 
 import torch
 
 from ._frame import ps
 from ._stepper import Stepper, check_bool, check_choice
 
-LOWER_ORDER_BELOW = 10
+#: A step uses the predictions behind it only while it is at most ``REACH`` times as long, in log-SNR, as the span
+#: of the nodes it would use: a polynomial extrapolated far beyond its nodes amplifies their differences.
+REACH = 2.0
+#: A last step longer than this in log-SNR ends the grid with falling orders (DPM-Solver's ``lower_order_final``).
+LONG_LAST_STEP = 1.5
 
 
-def step_order(order: int, i: int, n: int, lower_order_final: bool) -> int:
-    """The order of step ``i`` of ``n``: warm-up from 1, and lowered at the end of short grids."""
-    p = min(order, i + 1)
-    if lower_order_final and n < LOWER_ORDER_BELOW:
-        p = min(p, n - i)
-    return p
+def step_orders(log_snr, order: int, lower_order_final: bool, last_order: int = 1) -> List[int]:
+    r"""The order of each step of a multistep method on a grid with log-SNR values :math:`\lambda_0, \dots, \lambda_n`.
+
+    With :math:`h_k = |\lambda_{k+1} - \lambda_k|`, step :math:`k` takes the largest order :math:`p \le
+    \min(\text{order}, k + 1)` whose nodes :math:`\lambda_k, \dots, \lambda_{k-p+1}` span at least :math:`h_k /
+    \text{REACH}`, so that no step extrapolates the model's predictions far beyond the points they came from (a
+    short warm-up on a grid that starts with short steps, a lower order after a sudden jump). With
+    ``lower_order_final``, when the last step is longer than ``LONG_LAST_STEP`` in log-SNR, step :math:`k` of
+    :math:`n` also takes at most order :math:`n - k + \text{last\_order} - 1` (the last step ``last_order``):
+    near the data the prediction :math:`\hat x_0(\lambda)` levels off (its change goes as
+    :math:`e^{-2\lambda}`), and a polynomial carried over a long final jump overshoots it. The rule reads only
+    the step sizes, so every grid gets it: uniform in t, diffusers' spacings (whose last step on a VP model
+    jumps from :math:`\lambda \approx 1` to 4.6 at 10 steps), Karras, log-SNR, hand-made. Its constants were
+    chosen on diffusers' linspace, leading, trailing and Karras spacings and sdekit's four schedules at 5–20
+    steps (``benchmarks/diffusers_grids.py``, docs/grids.md).
+    """
+    lam = [float(v) for v in log_snr]
+    n = len(lam) - 1
+    h = [abs(lam[k + 1] - lam[k]) for k in range(n)]
+    orders = []
+    for k in range(n):
+        p = min(order, k + 1)
+        while p > 1 and h[k] > REACH * abs(lam[k] - lam[k - p + 1]):
+            p -= 1
+        orders.append(p)
+    if lower_order_final and n > 0 and h[-1] > LONG_LAST_STEP:
+        orders = [min(p, n - k + last_order - 1) for k, p in enumerate(orders)]
+    return orders
 
 
 class _DPMSolverPPMultistep(Stepper):
@@ -52,12 +81,17 @@ class _DPMSolverPPMultistep(Stepper):
         self.lower_order_final = check_bool("lower_order_final", lower_order_final)
         self.past = []   # (log-SNR, data prediction), newest last
 
+    orders = None   # each step's order, from plan(grid); a stepper stepped by hand warms up only
+
+    def plan(self, grid):
+        self.orders = step_orders(self.frame.log_snr(grid), self.history + 1, self.lower_order_final)
+
     def step(self, x, t, t_next, i, n):
         f = self.frame
         alpha, sigma, lam, alpha1, sigma1, lam1 = f.ends(t, t_next)
         h = lam1 - lam
         m0 = f.data(x, t)
-        p = step_order(self.history + 1, i, n, self.lower_order_final)    # the update's order (not the declared one)
+        p = self.orders[i] if self.orders else min(self.history + 1, i + 1)   # the update's order, not the declared one
         phi1 = torch.expm1(-h)
         decay, gain = ps(sigma1 / sigma, x) * x, ps(alpha1 * phi1, x)
         if i == 0 and self.warmup == "singlestep" and n > 1:

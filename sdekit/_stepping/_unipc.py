@@ -16,7 +16,7 @@ the :math:`\rho` solving :math:`R\rho = b` with :math:`R_{jk} = r_k^{j-1}` and
 
 import torch
 
-from ._dpmpp_multistep import step_order
+from ._dpmpp_multistep import step_orders
 from ._frame import ps
 from ._stepper import Stepper, check_bool, check_choice, check_number
 
@@ -39,12 +39,17 @@ class UniPC(Stepper):
         self.past = []       # (log-SNR, data prediction) of earlier points, newest last
         self.current = None  # the model's prediction at the current point, from the last corrector
 
+    orders = None   # each step's order, from plan(grid); a stepper stepped by hand warms up only
+
+    def plan(self, grid):
+        self.orders = step_orders(self.frame.log_snr(grid), self.p, self.lower_order_final)
+
     def step(self, x, t, t_next, i, n):
         f = self.frame
         alpha, sigma, lam, alpha1, sigma1, lam1 = f.ends(t, t_next)
         h = lam1 - lam
         m0 = self.current if self.current is not None else f.data(x, t)
-        p = step_order(self.p, i, n, self.lower_order_final)
+        p = self.orders[i] if self.orders else min(self.p, i + 1)
         hh = -h
         phi1 = torch.expm1(hh)
         b_h = hh if self.variant == "bh1" else phi1
