@@ -26,7 +26,6 @@ gets the noise of index ``i`` whatever the batch.
 """
 
 import difflib
-import math
 import numbers
 import queue
 import threading
@@ -61,8 +60,8 @@ class _Channel:
     """The two queues between the pipeline's thread and the solve's thread, and the solve's network stand-in.
 
     Called as the network, ``channel(x, k)`` posts ``("ask", x, k)`` (the state of evaluation ``k``) to the
-    pipeline and blocks until the pipeline's output arrives.  It holds no reference to the scheduler, so an abandoned scheduler is
-    collected and its finaliser cancels the solve.
+    pipeline and blocks until the pipeline's output arrives.  It holds no reference to the scheduler, so an
+    abandoned scheduler is collected and its finaliser cancels the solve.
     """
 
     def __init__(self):

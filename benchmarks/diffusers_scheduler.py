@@ -68,7 +68,8 @@ def held_out_mixture(sde):
     def cov(sx, sy, r):
         return [[sx * sx, r * sx * sy], [r * sx * sy, sy * sy]]
     return GaussianMixture([0.4, 0.3, 0.2, 0.1], [[-0.6, -0.4], [0.5, 0.6], [0.6, -0.5], [-0.3, 0.7]],
-                           [cov(0.05, 0.03, 0.3), cov(0.03, 0.08, -0.5), cov(0.06, 0.04, 0.0), cov(0.04, 0.04, 0.7)], sde)
+                           [cov(0.05, 0.03, 0.3), cov(0.03, 0.08, -0.5), cov(0.06, 0.04, 0.0), cov(0.04, 0.04, 0.7)],
+                           sde)
 
 
 class ExactEps:
@@ -243,7 +244,8 @@ def speed(repeats, steps=50):
                     cpu, wall = per_step(fn, steps)
                     best[key] = (min(best[key][0], cpu), min(best[key][1], wall))
         cell = lambda k: f"{best[k][0] * 1e6:8.0f} us ({best[k][1] * 1e6:6.0f})"     # noqa: E731
-        print(f"{label:36} {cell('diffusers'):>24} {cell('sdekit'):>24} {best['sdekit'][0] / best['diffusers'][0]:6.2f} "
+        ratio = best['sdekit'][0] / best['diffusers'][0]
+        print(f"{label:36} {cell('diffusers'):>24} {cell('sdekit'):>24} {ratio:6.2f} "
               f"{cell('solve'):>24}", flush=True)
     first = DiffusersScheduler.from_config(config, method="dpmpp_2m")
     start = time.perf_counter()

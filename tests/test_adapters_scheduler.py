@@ -180,7 +180,8 @@ def test_an_explicit_grid_and_a_schedule(unet, config):
 def test_fractional_timesteps_with_quantise_false(unet, config):
     scheduler = DiffusersScheduler.from_config(config, method="dpm_solver_2", quantise=False)
     _, solution = _ddpm(unet, scheduler)
-    assert scheduler.timesteps.dtype == torch.float32 and bool((scheduler.timesteps != scheduler.timesteps.round()).any())
+    ts = scheduler.timesteps
+    assert ts.dtype == torch.float32 and bool((ts != ts.round()).any())
     _close(solution.x, _reference(unet, config, _x_T((2, 2, 8, 8), 3), scheduler).x)
     _, rounded = _ddpm(unet, DiffusersScheduler.from_config(config, method="dpm_solver_2"))
     assert not torch.equal(rounded.x, solution.x)
