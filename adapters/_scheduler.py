@@ -3,20 +3,22 @@ r"""``DiffusersScheduler``: sdekit's samplers inside diffusers' own pipelines, a
 A diffusers pipeline owns the network call and the loop ``for t in scheduler.timesteps: model_output =
 unet(x, t); x = scheduler.step(model_output, t, x).prev_sample``; sdekit's :func:`sdekit.solve` owns a loop of
 its own, which asks for the score at the times its method chooses.  The scheduler runs the real ``solve``,
-unchanged, on a worker thread and turns control inside out: the solve's network is a stand-in that hands
-``(x, timestep)`` to the pipeline and waits for the pipeline's ``model_output``.  So the pipeline's result *is*
+unchanged, on a worker thread and turns control inside out: the solve's network is a stand-in that hands the
+state of each evaluation to the pipeline and waits for the pipeline's ``model_output``.  So the pipeline's result *is*
 ``sdekit.probability_flow(adapter.sde, adapter).solve(x_T, method=M, steps=N, ...)`` with
 ``adapter = from_diffusers(unet, config)`` (or ``sdekit.reverse`` for a stochastic method), for every fixed-step
 method, single-step, multistep and multi-evaluation alike, and no sampler is written twice:
 
-- ``set_timesteps(N)`` runs the solve once on a one-number state with a recording network (a dry run: a
-  fixed-step method's evaluation times do not depend on the state) and lists, in ``timesteps``, the integer
-  timestep of every network evaluation, which is what the adapter hands the UNet (:math:`t = (n + 1)/N_{train}`,
-  rounded).  One entry per evaluation: the pipeline's progress bar counts NFE.
+- ``set_timesteps(N)`` runs the solve once on a one-number state with a recording score function (a dry run,
+  cached: a fixed-step method's evaluation times do not depend on the state) and lists, in ``timesteps``, the
+  timestep the adapter hands the UNet at each evaluation time :math:`t`: the nearest integer to
+  :math:`tN_{train} - 1` (the fractional one with ``quantise=False``).  One entry per evaluation: the pipeline's
+  progress bar counts NFE.
 - The first ``step()`` starts the solve from its ``sample`` (:math:`x_T`); every ``step()`` gives the waiting
   evaluation its ``model_output`` and returns, as ``prev_sample``, the state at which the solve asks next (the
   final sample after the last evaluation).  The output becomes the score through the adapter of
-  :func:`~sdekit.adapters.from_diffusers` itself (ε, x̂₀ or v prediction, learned-variance halves).
+  :func:`~sdekit.adapters.from_diffusers` itself (its parameterisation, ε, x̂₀ or v, its learned-variance split
+  and its :math:`\alpha(t)`, :math:`\sigma(t)`, computed once a run at the plan's times).
 - A new ``set_timesteps`` (or the scheduler's collection) cancels a solve a pipeline abandoned; an exception
   inside the solve is raised by ``step()``; the batch, device and dtype of a run are the first ``sample``'s.
 
@@ -245,7 +247,7 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
         images = pipe(prompt, num_inference_steps=10).images
 
     The pipeline's result is, to float32 rounding, sdekit's own solve on the same network and initial noise
-    :math:`x_T`, with ``adapter = from_diffusers(unet, config)``:
+    :math:`x_T`, with ``adapter = from_diffusers(unet, config, quantise=quantise)``:
 
     .. code-block:: python
 
@@ -274,12 +276,14 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
       ``generator`` at the first step.
     - ``process``: ``"probability_flow"`` or ``"reverse"``; default: the flow for methods that integrate it,
       else the reverse SDE (``ddim`` with ``options={"eta": 1}`` needs ``"reverse"``).
+    - ``quantise``: hand the UNet the nearest integer timestep of each evaluation (default, as diffusers' own
+      schedulers do) or, with ``False``, its fractional timestep (float32 ``timesteps``).
 
     Bad input (an unknown or adaptive method, options the method does not take, a noise option on the
     probability flow, a bad grid) is refused here, with a one-line :class:`sdekit.SDEKitError`.
     """
 
-    _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["DDPMScheduler", "DDIMScheduler"]
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
     order = 1
 
     @register_to_config

@@ -187,6 +187,13 @@ def test_fractional_timesteps_with_quantise_false(unet, config):
     assert not torch.equal(rounded.x, solution.x)
 
 
+def test_a_final_denoising_step_is_one_more_evaluation(unet, config):
+    scheduler = DiffusersScheduler.from_config(config, method="dpmpp_2m", options={"denoise": True})
+    _, solution = _ddpm(unet, scheduler)
+    assert len(scheduler.timesteps) == STEPS + 1 and int(scheduler.timesteps[-1]) == 0
+    _close(solution.x, _reference(unet, config, _x_T((2, 2, 8, 8), 3), scheduler).x)
+
+
 def test_options_reach_the_method(unet, config):
     scheduler = DiffusersScheduler.from_config(config, method="dpmpp_3m", options={"lower_order_final": False},
                                                schedule="uniform")
