@@ -260,6 +260,11 @@ def test_save_and_load_round_trip_and_swapping_back(unet, config, tmp_path):
     _, a = _ddpm(unet, scheduler)
     _, b = _ddpm(unet, loaded)
     assert torch.equal(a.x, b.x)
+    # a pipeline saved with it loads it back
+    pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
+    pipe.save_pretrained(tmp_path / "pipeline")
+    again = DDPMPipeline.from_pretrained(tmp_path / "pipeline")
+    assert isinstance(again.scheduler, DiffusersScheduler) and again.scheduler.config.method == "deis"
     # a diffusers scheduler built from this config has the same table
     back = DPMSolverMultistepScheduler.from_config(scheduler.config)
     torch.testing.assert_close(back.alphas_cumprod.double(), scheduler.alphas_cumprod, rtol=1e-6, atol=0)
