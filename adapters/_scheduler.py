@@ -555,9 +555,9 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
             prev = run.pending[0]
         return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
 
-    def __getstate__(self):       # copies and pickles carry the plan, not a running solve
+    def __getstate__(self):       # copies and pickles carry the plan, not a running solve: they start afresh
         state = dict(self.__dict__)
-        state["_run"] = None
+        state["_run"] = state["_step_index"] = None
         return state
 
     def __repr__(self):

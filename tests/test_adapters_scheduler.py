@@ -8,6 +8,7 @@ never uses them; :func:`_stable_diffusion_pipeline_class` imports it with empty 
 then removes them.  The tolerance is 64 float32 ulps of the state's scale, as in the adapter's own tests.
 """
 
+import copy
 import gc
 import importlib
 import sys
@@ -302,6 +303,20 @@ def test_image_to_image_starts_at_a_step(unet, config):
         scheduler.step(unet(x_T, scheduler.timesteps[3]).sample, scheduler.timesteps[3], x_T)
 
 
+def test_float64_end_to_end(unet, config):
+    net = copy.deepcopy(unet).double()
+    scheduler = DiffusersScheduler.from_config(config, method="unipc")
+    scheduler.set_timesteps(STEPS)
+    x = x_T = _x_T((2, 2, 8, 8), 5).double()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(net(x, t).sample, t, x).prev_sample
+    ref = _reference(net, config, x_T, scheduler).x
+    assert x.dtype == torch.float64
+    scale = float(ref.abs().max())
+    assert float((x - ref).abs().max()) <= 64 * torch.finfo(torch.float64).eps * scale
+
+
 # -- robustness ---------------------------------------------------------------------------------------------------
 def _running():
     import threading
@@ -325,6 +340,9 @@ def test_an_abandoned_loop_a_new_batch_and_collection_end_the_solve(unet, config
         for t in scheduler.timesteps[:2]:
             x = scheduler.step(unet(x, t).sample, t, x).prev_sample
     assert len(_running()) == 1
+    twin = copy.deepcopy(scheduler)                     # a copy carries the plan, not the running solve
+    assert twin.step_index is None and torch.equal(twin.timesteps, scheduler.timesteps)
+    _, copied = _ddpm(unet, twin, batch=1)
     _, solution = _ddpm(unet, scheduler, batch=3)       # set_timesteps cancels the abandoned solve
     assert solution.x.shape[0] == 3 and not _threads()
     with pytest.raises(sdekit.InvalidParameterError, match="set_timesteps"):
