@@ -343,6 +343,7 @@ def test_an_abandoned_loop_a_new_batch_and_collection_end_the_solve(unet, config
     twin = copy.deepcopy(scheduler)                     # a copy carries the plan, not the running solve
     assert twin.step_index is None and torch.equal(twin.timesteps, scheduler.timesteps)
     _, copied = _ddpm(unet, twin, batch=1)
+    assert copied.x.shape[0] == 1 and len(_running()) >= 1     # the original still waits
     _, solution = _ddpm(unet, scheduler, batch=3)       # set_timesteps cancels the abandoned solve
     assert solution.x.shape[0] == 3 and not _threads()
     with pytest.raises(sdekit.InvalidParameterError, match="set_timesteps"):
