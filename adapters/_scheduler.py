@@ -263,8 +263,8 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
 
     **Arguments** (all kept in ``config``; ``from_config(other_scheduler.config, method=...)`` reads the table)
 
-    - ``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule``, ``trained_betas``: the training
-      table, as diffusers' ``DDPMScheduler`` reads them; ``prediction_type``: ``"epsilon"``, ``"sample"`` or
+    - ``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule``, ``trained_betas``,
+      ``rescale_betas_zero_snr``: the training table, as diffusers' ``DDPMScheduler`` reads them; ``prediction_type``: ``"epsilon"``, ``"sample"`` or
       ``"v_prediction"``; ``variance_type``: ``"learned"``/``"learned_range"`` reads the first half of the
       output's channels.
     - ``method``: a fixed-step method of :func:`sdekit.methods` (default ``"dpmpp_2m"``).
@@ -289,8 +289,8 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
     @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas=None, prediction_type: str = "epsilon",
-                 variance_type=None, method: str = "dpmpp_2m", schedule=None, grid=None, options=None,
-                 seed=None, process=None, quantise: bool = True):
+                 variance_type=None, rescale_betas_zero_snr: bool = False, method: str = "dpmpp_2m",
+                 schedule=None, grid=None, options=None, seed=None, process=None, quantise: bool = True):
         if options is not None and not isinstance(options, dict):
             raise ArgumentTypeError(f"options must be a dict of the method's options, got {type(options).__name__}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)

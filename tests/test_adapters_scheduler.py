@@ -399,6 +399,7 @@ def test_errors_inside_the_solve_and_misuse_are_one_line(unet, config):
     (dict(method="dpmpp_2m", grid=[1.0, 0.5], schedule="karras"), sdekit.InvalidParameterError, "not both"),
     (dict(method="dpmpp_2m", schedule="cosine"), sdekit.InvalidParameterError, "schedule"),
     (dict(method="dpmpp_2m", options=3), sdekit.ArgumentTypeError, "options"),
+    (dict(method="dpmpp_2m", rescale_betas_zero_snr=True), sdekit.InvalidParameterError, "zero-terminal-SNR"),
 ])
 def test_bad_input_is_refused_in_one_line(config, kwargs, error, match):
     with pytest.raises(error, match=match) as err:
