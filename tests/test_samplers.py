@@ -20,7 +20,7 @@ STOCHASTIC = [
     ("dpmpp_sde", {}),
     ("edm_stochastic", {}),
     ("restart", {}),
-    ("restart", {"sigma_min": 1.0, "restarts": 3, "restart_steps": 4}),
+    ("restart", {"sigma_min": 1.0, "sigma_max": 2.0, "restarts": 3, "restart_steps": 4}),
     ("pc", {}),
     ("pc", {"corrector": "annealed_langevin", "n_steps": 2}),
     ("pc", {"predictor": "ancestral", "corrector": "none"}),
