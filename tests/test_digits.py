@@ -240,3 +240,24 @@ def test_the_shipped_model_samples_digits_closer_than_a_gaussian_with_balanced_c
     # clearly closer than the Gaussian: the gap beyond 3 standard errors of the difference (bootstrap, independent)
     assert g_fd - m["fd"].value > 3 * math.hypot(m["fd"].se, g_se), (m["fd"], g_fd, g_se)
     assert 0.05 <= m["class_min"].value and m["class_max"].value <= 0.15, (m["class_min"], m["class_max"])
+
+
+@pytest.mark.slow
+def test_sample_the_shipped_model_with_every_method(tmp_path, capsys):
+    """``sdekit sample --model digits`` with each of ``sdekit.methods()``: finite images of the right shape.  The
+    methods that need a Lévy area (torchsde's srk, log_ode) are refused in one line by ``sdekit sample``, whose
+    keyed noise carries none, for every model."""
+    import numpy as np
+    for i, m in enumerate(sdekit.methods()):
+        label = f"{m.kind}:{m.qualified_name}"
+        budget = ["--tol", "1e-2", "--batch", "1"] if m.stepping == "adaptive" else ["--steps", "4"]
+        out = str(tmp_path / f"s{i}.npz")
+        args = ["sample", "--model", "digits", "--method", label, *budget, "-n", "2", "--out", out, "--quiet"]
+        if m.levy_area != "none":
+            assert main(args) == 2, label
+            assert "levy_area" in capsys.readouterr().err, label
+            continue
+        assert main(args) == 0, label
+        with np.load(out) as f:
+            x = f["x"]
+        assert x.shape == (2, 1, 8, 8) and np.isfinite(x).all(), label
