@@ -20,6 +20,8 @@ import torch
 
 from sdekit import ArgumentTypeError, InvalidParameterError
 
+from sdekit._stepping._dpmpp_multistep import step_orders
+
 from ._adapter import Adapter
 from ._discrete import DiscreteVPSDE
 
@@ -173,12 +175,16 @@ class DiffusersAdapter(Adapter):
             if final_to_one(config):      # diffusers' last step is first order: sdekit's denoise
                 return dict(method="dpmpp_2m", grid=grid, options=dict(denoise=True, lower_order_final=False))
             lowers = bool(config.get("lower_order_final", True)) and n < 15
-            if lowers and n >= 10:
-                raise InvalidParameterError(
-                    f"with final_sigmas_type='sigma_min' and {n} steps diffusers takes a first-order last step "
-                    f"(below 15 steps) and sdekit a second-order one (its lower_order_final acts below 10): use "
-                    f"final_sigmas_type='zero', fewer than 10 or at least 15 steps")
-            return dict(method="dpmpp_2m", grid=grid, options=dict(lower_order_final=lowers))
+            theirs = [1] + [2] * (n - 1)       # a first-order first step; the last one too where diffusers lowers it
+            theirs[-1] = 1 if lowers else theirs[-1]
+            lam = self.sde.log_snr(grid)
+            for lower_order_final in (False, True):   # warm-up only, or orders that follow the grid's log-SNR steps
+                if step_orders(lam, 2, lower_order_final) == theirs:
+                    return dict(method="dpmpp_2m", grid=grid, options=dict(lower_order_final=lower_order_final))
+            raise InvalidParameterError(
+                f"with final_sigmas_type='sigma_min' and {n} steps diffusers lowers only its last step, and "
+                f"sdekit's lower_order_final, which follows the grid's log-SNR steps, lowers others too on this "
+                f"grid: use final_sigmas_type='zero' or at least 15 steps")
         raise InvalidParameterError(f"solve_arguments reproduces DDIMScheduler and DPMSolverMultistepScheduler, "
                                     f"not {name}; use adapter.grid(scheduler.timesteps) with any sdekit method")
 

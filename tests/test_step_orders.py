@@ -6,8 +6,6 @@ import pytest
 import torch
 
 import sdekit
-import sdekit._stepping._dpmpp_multistep as multistep
-import sdekit._stepping._unipc as unipc
 from sdekit._stepping._dpmpp_multistep import LONG_LAST_STEP, REACH, step_orders
 from sdekit.validation import GaussianMixture
 
@@ -25,11 +23,16 @@ def test_a_long_last_step_ends_with_falling_orders():
     assert step_orders(lam, 3, True, last_order=2)[-2:] == [3, 2]
 
 
-def test_without_lower_order_final_only_the_reach_lowers():
-    short_jump = [-4 + 0.5 * k for k in range(10)] + [0.5 + 1.6]       # 1.6 <= REACH * (0.5 + 0.5)
-    assert step_orders(short_jump, 3, False)[-1] == 3
+def test_the_reach_lowers_a_step_beyond_twice_its_nodes_span():
+    short_jump = [-4 + 0.5 * k for k in range(10)] + [0.5 + 1.4]       # 1.4 <= REACH * (0.5 + 0.5), <= 1.5
+    assert step_orders(short_jump, 3, True)[-1] == 3
     long_jump = [-4 + 0.5 * k for k in range(10)] + [0.5 + 2.5]        # beyond twice both spans
-    assert step_orders(long_jump, 3, False)[-1] == 1
+    assert step_orders(long_jump, 3, True)[-1] == 1
+
+
+def test_without_lower_order_final_the_orders_only_warm_up():
+    lam = [0.0, 0.1, 0.2, 0.3, 0.8, 0.9, 4.0]
+    assert step_orders(lam, 3, False) == [1, 2, 3, 3, 3, 3]
 
 
 def test_a_sudden_jump_in_the_middle_uses_fewer_nodes():
@@ -54,9 +57,8 @@ def _linspace_grid(sde, steps, train=1000):
 
 @pytest.mark.parametrize("method,options", [("dpmpp_2m", {}), ("dpmpp_3m", {}), ("unipc", {"variant": "bh1"}),
                                             ("unipc", {"variant": "bh2"})])
-def test_on_diffusers_linspace_grid_lowering_the_long_last_step_wins(method, options, monkeypatch):
-    """The linspace grid's last step jumps by > 3 in log-SNR: the rule lowers it, and the error falls against
-    the orders of a step count (warm-up only: what a 10-step grid got before)."""
+def test_on_diffusers_linspace_grid_lowering_the_long_last_step_wins(method, options):
+    """The linspace grid's last step jumps by > 3 in log-SNR: the rule lowers it, and the error falls."""
     sde = sdekit.VPSDE()
     data = GaussianMixture.default_2d(sde)
     grid = _linspace_grid(sde, 10)
@@ -66,16 +68,10 @@ def test_on_diffusers_linspace_grid_lowering_the_long_last_step_wins(method, opt
     ode = sdekit.probability_flow(sde, data.score)
     truth = ode.solve(x, method="dopri5", t_end=float(grid[-1]), rtol=1e-10, atol=1e-10).x
 
-    def rms():
-        sol = ode.solve(x, method=method, grid=grid, options=options)
+    def rms(opts):
+        sol = ode.solve(x, method=method, grid=grid, options={**options, **opts})
         return math.sqrt(float((sol.x - truth).pow(2).sum(-1).mean()))
 
-    lowered = rms()
-
-    def warm_up_only(lam, p, *_, **__):
-        return [min(p, k + 1) for k in range(len(lam) - 1)]
-
-    for module in (multistep, unipc):
-        monkeypatch.setattr(module, "step_orders", warm_up_only)
-    kept = rms()
+    lowered = rms({})
+    kept = rms({"lower_order_final": False})      # warm-up only: what a 10-step grid got before
     assert lowered < 0.8 * kept, (lowered, kept)

@@ -17,7 +17,8 @@ measured global order 2.1–2.3 instead of 3.  The second-order method uses
 
 The orders follow the grid's steps in log-SNR (:func:`step_orders`): the first steps use the orders the history
 allows, a step much longer than the span of the predictions it would extrapolate uses fewer of them, and with
-``lower_order_final`` (default) a grid whose last step is long in log-SNR ends with falling orders.
+``lower_order_final`` (default; without it the orders only warm up) a grid whose last step is long in log-SNR
+ends with falling orders.
 DPM-Solver's warm-up (``warmup="multistep"``, default) takes a first-order first step, whose local error
 :math:`O(h^2)` limits the third-order method's global order to 2 as :math:`h \to 0` (measured 2.0 on the exact
 VE Gaussian flow, where the first steps dominate); ``warmup="singlestep"`` takes the first step with DPM-
@@ -42,18 +43,23 @@ LONG_LAST_STEP = 1.5
 def step_orders(log_snr, order: int, lower_order_final: bool, last_order: int = 1) -> List[int]:
     r"""The order of each step of a multistep method on a grid with log-SNR values :math:`\lambda_0, \dots, \lambda_n`.
 
-    With :math:`h_k = |\lambda_{k+1} - \lambda_k|`, step :math:`k` takes the largest order :math:`p \le
-    \min(\text{order}, k + 1)` whose nodes :math:`\lambda_k, \dots, \lambda_{k-p+1}` span at least :math:`h_k /
-    \text{REACH}`, so that no step extrapolates the model's predictions far beyond the points they came from (a
-    short warm-up on a grid that starts with short steps, a lower order after a sudden jump). With
-    ``lower_order_final``, when the last step is longer than ``LONG_LAST_STEP`` in log-SNR, step :math:`k` of
-    :math:`n` also takes at most order :math:`n - k + \text{last\_order} - 1` (the last step ``last_order``):
-    near the data the prediction :math:`\hat x_0(\lambda)` levels off (its change goes as
-    :math:`e^{-2\lambda}`), and a polynomial carried over a long final jump overshoots it. The rule reads only
-    the step sizes, so every grid gets it: uniform in t, diffusers' spacings (whose last step on a VP model
-    jumps from :math:`\lambda \approx 1` to 4.6 at 10 steps), Karras, log-SNR, hand-made. Its constants were
-    chosen on diffusers' linspace, leading, trailing and Karras spacings and sdekit's four schedules at 5–20
-    steps (``benchmarks/diffusers_grids.py``, docs/grids.md).
+    Without ``lower_order_final`` the orders only warm up, :math:`\min(\text{order}, k + 1)` (a fixed-order
+    multistep method, as k-diffusion's).  With it (the default of every multistep sampler), with
+    :math:`h_k = |\lambda_{k+1} - \lambda_k|`:
+
+    - step :math:`k` takes the largest order :math:`p \le \min(\text{order}, k + 1)` whose nodes
+      :math:`\lambda_k, \dots, \lambda_{k-p+1}` span at least :math:`h_k / \text{REACH}`, so that no step
+      extrapolates the model's predictions far beyond the points they came from (after a sudden jump, or a
+      first long step);
+    - when the last step is longer than ``LONG_LAST_STEP``, step :math:`k` of :math:`n` also takes at most
+      order :math:`n - k + \text{last\_order} - 1` (the last step ``last_order``): near the data the prediction
+      :math:`\hat x_0(\lambda)` levels off (its change goes as :math:`e^{-2\lambda}`), and a polynomial
+      carried over a long final jump overshoots it.
+
+    The rule reads only the step sizes, so every grid gets it: uniform in t, diffusers' spacings (whose last step
+    on a VP model jumps from :math:`\lambda \approx 1` to 4.6 at 10 steps), Karras, log-SNR, hand-made.  Its
+    constants were chosen on diffusers' linspace, leading, trailing and Karras spacings and sdekit's four
+    schedules at 5–20 steps (``benchmarks/diffusers_grids.py``, docs/grids.md).
     """
     lam = [float(v) for v in log_snr]
     n = len(lam) - 1
@@ -61,7 +67,7 @@ def step_orders(log_snr, order: int, lower_order_final: bool, last_order: int = 
     orders = []
     for k in range(n):
         p = min(order, k + 1)
-        while p > 1 and h[k] > REACH * abs(lam[k] - lam[k - p + 1]):
+        while lower_order_final and p > 1 and h[k] > REACH * abs(lam[k] - lam[k - p + 1]):
             p -= 1
         orders.append(p)
     if lower_order_final and n > 0 and h[-1] > LONG_LAST_STEP:
