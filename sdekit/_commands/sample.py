@@ -30,8 +30,8 @@ def add_parser(sub):
     s.add_argument("--problem", metavar="NAME|MODULE:ATTR",
                    help="mixture (default), gaussian, exact:NAME, or your StudyProblem (or a function returning one)")
     s.add_argument("--score", metavar="MODULE:ATTR", help="your score(x, t) (a float32 network is fine)")
-    s.add_argument("--model", metavar="FILE", help="a model saved by sdekit train, sampled under the SDE it was "
-                                                   "trained with")
+    s.add_argument("--model", metavar="FILE|digits", help="a model saved by sdekit train, or digits (the shipped "
+                                                          "digits U-Net), sampled under the SDE it was trained with")
     s.add_argument("--shape", help="event shape for --score (default 2)")
     s.add_argument("--method", default="sde:euler", help="e.g. euler, sde:ddim, ode:dpmpp_2m (default sde:euler)")
     s.add_argument("--steps", type=count, help=f"fixed steps, 1 to {MAX_STEPS:.0e}")

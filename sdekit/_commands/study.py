@@ -53,9 +53,11 @@ def add_parser(sub):
                    help="mixture (default), gaussian, exact:NAME (gbm, gbm-tv, additive, additive-tv, arctan, sinh: "
                         "forward SDEs with exact solutions), or your StudyProblem (or a function returning one)")
     p.add_argument("--score", metavar="MODULE:ATTR", help="your score(x, t); the reference is then a fine solve")
-    p.add_argument("--model", metavar="FILE", help="a model saved by sdekit train: the study runs on it and, for a "
-                                                   "model of the mixture, on the exact score beside it, under the SDE "
-                                                   "it was trained with (--sde, if given, must name it)")
+    p.add_argument("--model", metavar="FILE|digits",
+                   help="a model saved by sdekit train, or digits (the shipped digits U-Net): the study runs on it "
+                        "and, for a model of the mixture, on the exact score beside it, under the SDE it was trained "
+                        "with (--sde, if given, must name it); a digits model adds digits.md, likelihoods and "
+                        "pictures (docs/trained_models.md)")
     p.add_argument("--shape", help="event shape for --score, comma-separated (default 2)")
     p.add_argument("--methods", help="comma-separated, e.g. 'euler,sde:ddim,ode:dpmpp_2m,dopri5'")
     p.add_argument("--budgets", help="e.g. '8,16,32' (steps), 'nfe=10,20', 'steps=8,16;tol=1e-3,1e-5'")
