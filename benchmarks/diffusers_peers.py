@@ -172,11 +172,11 @@ def end_level(scheduler, sde) -> Tuple[float, float]:
     sigmas = getattr(scheduler, "sigmas", None)
     if sigmas is not None and len(sigmas) > 0:
         last = float(sigmas[-1])
-    else:                                                    # DDIM, PNDM, DEIS: the last timestep's level
-        acp = scheduler.alphas_cumprod
+    else:                                  # DDIM, PNDM: the level after the last timestep, from the float64 table
         k = int(scheduler.timesteps[-1]) - (scheduler.config.num_train_timesteps // scheduler.num_inference_steps)
-        final = acp[k] if k >= 0 else getattr(scheduler, "final_alpha_cumprod", acp[0])
-        last = math.sqrt((1 - float(final)) / float(final))
+        final = float(getattr(scheduler, "final_alpha_cumprod", 0.0)) if k < 0 else 0.0
+        model = EpsModel(sde, lambda x, t: x, scheduler)
+        last = 0.0 if final == 1.0 else float(model.level(torch.tensor([float(max(k, 0))])))
     if last == 0.0:
         return 0.0, 0.0
     t = float(sde.t_of_log_snr(torch.tensor([-math.log(last)], dtype=torch.float64)))
