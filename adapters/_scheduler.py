@@ -27,7 +27,6 @@ the first ``step()`` (or fixed by ``seed=``): a seeded pipeline repeats bit for 
 gets the noise of index ``i`` whatever the batch.
 """
 
-import difflib
 import numbers
 import queue
 import threading
@@ -36,7 +35,8 @@ import weakref
 import torch
 
 import sdekit
-from sdekit import ArgumentTypeError, InvalidParameterError, MethodArgumentError, UnknownMethodError
+from sdekit import ArgumentTypeError, InvalidParameterError, MethodArgumentError
+from sdekit._methods import lookup
 
 from ._adapter import network_output
 from ._diffusers import from_diffusers
@@ -175,22 +175,14 @@ def _resolve(method, process):
     if not isinstance(method, str):
         raise ArgumentTypeError(f"method must be a method name (a string, see sdekit.methods()), got "
                                 f"{type(method).__name__}")
-    table = list(sdekit.methods())
-    key = method.lower()
-    found = ([m for m in table if m.qualified_name.lower() == key] or [m for m in table if m.name.lower() == key])
-    if not found:
-        names = sorted({m.name for m in table})
-        close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
-        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-        raise UnknownMethodError(f"unknown method {method!r}{hint}; DiffusersScheduler takes the fixed-step methods "
-                                 f"of sdekit.methods(): {', '.join(_fixed_names(table))}")
-    if process is None:
-        process = "probability_flow" if any("ode" in m.accepts for m in found) else "reverse"
-    elif process not in _PROCESSES:
+    if process is not None and process not in _PROCESSES:
         raise InvalidParameterError(f"process must be 'probability_flow' (deterministic samplers) or 'reverse' "
                                     f"(stochastic samplers), got {process!r}")
+    m = lookup(method, "sde" if process == "reverse" else "ode")    # solve()'s own lookup and suggestions
+    if process is None:
+        process = "probability_flow" if "ode" in m.accepts else "reverse"
     kind = "ode" if process == "probability_flow" else "sde"
-    m = ([c for c in found if c.kind == kind] or found)[0]
+    table = list(sdekit.methods())
     if m.stepping == "adaptive":
         raise MethodArgumentError(f"{m.name} adapts its steps, but a diffusers pipeline needs every timestep before "
                                   f"its loop starts: use a fixed-step method ({', '.join(_fixed_names(table))})")
