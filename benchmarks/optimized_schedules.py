@@ -25,8 +25,9 @@ the mixtures):
 
 The target (docs/optimized_schedules.md): sdekit's best optimized row at most half the error of the best peer.
 
-    python benchmarks/optimized_schedules.py             # every problem (about 30 minutes on one busy CPU thread)
-    python benchmarks/optimized_schedules.py --quick     # 2-D mixtures only, three methods, fewer samples
+    python benchmarks/optimized_schedules.py                           # every problem: about 2 hours of one CPU thread
+    python benchmarks/optimized_schedules.py --problems "sharp mixture"  # one family (docs/optimized_schedules.md)
+    python benchmarks/optimized_schedules.py --quick                   # 2-D mixtures, three samplers, fewer states
 """
 
 import argparse
