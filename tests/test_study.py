@@ -270,5 +270,5 @@ def test_the_documented_study_runs(tmp_path, monkeypatch, capsys):
     exec(compile(code, "docs/study.md", "exec"), {})
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1] == "[0.5, 1.0]"
-    assert "ode:sdekit.dpmpp_2m ode 2.1 ok" in lines and "ode:sdekit.unipc ode 3.0 ok" in lines
+    assert "ode:sdekit.dpmpp_2m ode 2.2 ok" in lines and "ode:sdekit.unipc ode 3.0 ok" in lines
     assert lines[-2].endswith(" ok") and (tmp_path / "mixture.jsonl").exists()
