@@ -33,7 +33,6 @@ saves to and loads from a small JSON file that names the SDE, the method, its op
 fingerprint of the model, and refuses to load for another.
 """
 
-import difflib
 import hashlib
 import json
 import math
@@ -45,8 +44,8 @@ from typing import Optional
 
 import torch
 
-from ._errors import (ArgumentTypeError, InvalidParameterError, MethodArgumentError, ScoreFunctionError, ShapeError,
-                      UnknownMethodError)
+from ._errors import ArgumentTypeError, InvalidParameterError, MethodArgumentError, ScoreFunctionError, ShapeError
+from ._methods import lookup
 
 __all__ = ["optimize_schedule", "OptimizedSchedule", "load_schedule", "FORMAT"]
 
@@ -65,19 +64,9 @@ PROBE_RTOL = 1e-3
 
 def _resolve_method(name):
     """The registered deterministic fixed-step method called ``name`` (short or ``backend.name``)."""
-    from . import methods
     if not isinstance(name, str):
         raise ArgumentTypeError(f"method must be a method name such as 'dpmpp_2m', got {type(name).__name__}")
-    every = list(methods())
-    key = name.lower()
-    found = ([m for m in every if m.qualified_name.lower() == key] or [m for m in every if m.name.lower() == key])
-    if not found:
-        names = sorted({m.name for m in every})
-        close = difflib.get_close_matches(key, names, n=2, cutoff=0.6)
-        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-        raise UnknownMethodError(f"unknown method {name!r}{hint}; optimize_schedule takes a fixed-step ODE method: "
-                                 f"{', '.join(_fixed_ode_names(every))}")
-    m = ([f for f in found if f.kind == "ode"] or found)[0]
+    m = lookup(name, "ode")                  # solve()'s own lookup, with its suggestions for a misspelt name
     if "ode" not in m.accepts:
         raise MethodArgumentError(f"{m.qualified_name} is a stochastic sampler; optimize_schedule tunes deterministic "
                                   f"fixed-step methods of the probability flow, such as dpmpp_2m, unipc or ddim")
@@ -89,11 +78,6 @@ def _resolve_method(name):
                                   "order, which a grid= cannot say; optimize dpm_solver_3 (all third-order steps) "
                                   "or dpm_solver_2 instead")
     return m
-
-
-def _fixed_ode_names(every):
-    return sorted({m.name for m in every if "ode" in m.accepts and m.stepping != "adaptive"
-                   and m.name != "dpm_solver_fast"})
 
 
 def _positive_int(value, what, example):
@@ -212,7 +196,7 @@ class OptimizedSchedule:
         path = os.fspath(path)
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "w") as fh:
-            json.dump(self.to_dict(), fh, indent=1, sort_keys=True, default=_jsonable)
+            json.dump(self.to_dict(), fh, indent=1, sort_keys=True, default=jsonable)
             fh.write("\n")
         os.replace(tmp, path)
         return path
@@ -270,7 +254,7 @@ class OptimizedSchedule:
                 raise InvalidParameterError(f"{where} was made for {self.method}, not {m.qualified_name}; {fix}")
         if steps is not None and steps != self.steps:
             raise InvalidParameterError(f"{where} has {self.steps} steps, not {steps}; {fix}")
-        if options is not None and _jsonable(dict(options)) != _jsonable(self.options):
+        if options is not None and jsonable(dict(options)) != jsonable(self.options):
             raise InvalidParameterError(f"{where} was made with options {self.options}, not {dict(options)}; {fix}")
         if model is not None:
             given = _model_identity(model)
@@ -306,11 +290,12 @@ def load_schedule(path, process=None, method: Optional[str] = None, steps: Optio
                                   device=device)
 
 
-def _jsonable(v):
+def jsonable(v):
+    """``v`` as JSON's types: dicts with sorted string keys, lists for tuples, ``repr`` for anything else."""
     if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in sorted(v.items())}
+        return {str(k): jsonable(x) for k, x in sorted(v.items())}
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
     if isinstance(v, (str, bool, int, float)) or v is None:
         return v
     return repr(v)
@@ -508,7 +493,7 @@ def optimize_schedule(process, method: str, steps: int, x_T: torch.Tensor, *, op
     calls += 3
     ident = _model_identity(model) if model is not None else {}
     return OptimizedSchedule(
-        grid=grid.clone(), method=m.qualified_name, options=_jsonable(options), steps=steps, t_start=t_start,
+        grid=grid.clone(), method=m.qualified_name, options=jsonable(options), steps=steps, t_start=t_start,
         t_end=t_end, calibration=batch, error=best, stock_error=stock_error, stock_schedule=stock_name, start=start,
         candidates=M, variable=var.name, score_calls=int(calls), evaluations=int(cost["evaluations"]),
         seconds=time.perf_counter() - started, sde=repr(process.sde), model=dict(ident, probe=fingerprint),

@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence
 
 from .._errors import ArgumentTypeError, InvalidParameterError, UnknownMethodError
 from .._methods import lookup
+from .._optimized_schedule import jsonable as _jsonable
 
 __all__ = ["MethodSpec", "Budget", "parse_budgets", "as_method_spec", "config_hash", "OPTIMIZED"]
 
@@ -222,16 +223,6 @@ def as_method_spec(item) -> MethodSpec:
                                         f"got {sorted(item)}")
         return MethodSpec(**item)
     raise ArgumentTypeError(f"a method is a name, a dict or a MethodSpec, got {type(item).__name__}")
-
-
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in sorted(v.items())}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (str, bool, int, float)) or v is None:
-        return v
-    return repr(v)
 
 
 def config_hash(config: dict) -> str:
