@@ -19,6 +19,7 @@ problem's data (the weak errors use the coupled reference instead).
 """
 
 import os
+from functools import cached_property
 
 import torch
 
@@ -64,17 +65,44 @@ class DigitsProblem(StudyProblem):
         adapter, meta = load_model(model) if isinstance(model, str) else model
         name = os.path.basename(str(meta.get("path") or (model if isinstance(model, str) else "model")))
         self.adapter, self.meta = adapter, meta
-        self.data = digits()
-        self.classifier = digits_classifier()
-        test = dequantise(self.data.test_levels, torch.Generator().manual_seed(TEST_SEED))
-        train = dequantise(self.data.train_levels, torch.Generator().manual_seed(TRAIN_SEED))
-        self.test_images = test
-        self.test_stats = gaussian_stats(self.classifier.features(test))
-        self.train_shares = class_frequencies(self.data.train_labels)
-        self.floor, self.floor_std = bootstrap_fd(self.classifier.features(train), self.test_stats, BOOTSTRAP,
-                                                  TRAIN_SEED)
         super().__init__(meta["sde"], _ModelScore(adapter), name=f"digits {name}", event_shape=EVENT_SHAPE,
-                         config=dict(model=name, model_info=meta["info"], fd_floor=self.floor))
+                         config=dict(model=name, model_info=meta["info"]))
+
+    # The judge (data, classifier, floor) is built on first use: sampling the model needs none of it, nor
+    # scikit-learn, which holds the data.
+    @cached_property
+    def data(self):
+        return digits()
+
+    @cached_property
+    def classifier(self):
+        return digits_classifier()
+
+    @cached_property
+    def test_images(self):
+        return dequantise(self.data.test_levels, torch.Generator().manual_seed(TEST_SEED))
+
+    @cached_property
+    def test_stats(self):
+        return gaussian_stats(self.classifier.features(self.test_images))
+
+    @cached_property
+    def train_shares(self):
+        return class_frequencies(self.data.train_labels)
+
+    @cached_property
+    def _floor(self):
+        train = dequantise(self.data.train_levels, torch.Generator().manual_seed(TRAIN_SEED))
+        return bootstrap_fd(self.classifier.features(train), self.test_stats, BOOTSTRAP, TRAIN_SEED)
+
+    @property
+    def floor(self) -> float:
+        """The training split's Fréchet distance to the test split (the floor a sampler is read against)."""
+        return self._floor[0]
+
+    @property
+    def floor_std(self) -> float:
+        return self._floor[1]
 
     def exact_samples(self, n, generator):
         idx = torch.randint(self.test_images.shape[0], (n,), generator=generator)

@@ -129,6 +129,19 @@ def test_the_shipped_model_loads_by_name_with_its_metadata():
         load_model("digitz")
 
 
+def test_sampling_the_shipped_model_needs_no_scikit_learn(tmp_path, monkeypatch):
+    """`sdekit sample --model digits` draws from the network alone: the data (scikit-learn) is for judging."""
+    import sys
+    monkeypatch.setitem(sys.modules, "sklearn", None)               # import sklearn raises ImportError
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    out = tmp_path / "d.pt"
+    assert main(["sample", "--model", "digits", "--method", "ode:ddim", "--steps", "2", "-n", "3",
+                 "--out", str(out)]) in (0, None)
+    assert out.exists()
+    with pytest.raises(InvalidParameterError, match="scikit-learn"):
+        trained_problem("digits").measures(torch.zeros(2, 1, 8, 8), None, 0)
+
+
 def test_the_shipped_classifier_classifies_the_test_split():
     d = digits()
     c = digits_classifier()
