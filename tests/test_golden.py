@@ -136,14 +136,6 @@ GOLDEN = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("case,which,kind,method,kwargs", CASES, ids=[c[0] for c in CASES])
 def test_golden(case, which, kind, method, kwargs):
     got, want = run_case(which, kind, method, kwargs), GOLDEN[case]
