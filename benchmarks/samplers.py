@@ -673,6 +673,7 @@ def main():
     p.add_argument("--full", action="store_true", help="stochastic samplers at NFE 50 too (about 10 minutes more)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--figures", default=None, help="directory for the work-precision plots (PNG and SVG)")
+    p.add_argument("--speed", action="store_true", help="only the speed table (the loops' time per step)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     # k-diffusion's Brownian tree asks torchsde for sigma_max + 4e-14 (float rounding): harmless, said each step
@@ -690,6 +691,10 @@ def main():
     if ks is None:
         print(f"\nNote: {kd_note}.  `pip install --no-deps k-diffusion tqdm` for the comparison; "
               "sdekit's numbers alone follow.")
+    if args.speed:
+        probs = {p.name: p for p in problems()}
+        speed(ks, [(probs["mixture 2-D, VE"], 4096), (probs["Gaussian 64-D, VP"], 1024)], repeats=11)
+        return
     results = []
     for problem in problems():
         ode_rows, note = ode_study(problem, ks, budgets, n_ode[problem.is_mixture], ref_check=not args.quick)
