@@ -26,7 +26,7 @@ import torch
 
 from sdekit import StudyProblem, VPSDE
 from sdekit._sharding import ShardStore, keyed_initial, sample_shard, save_samples, shards
-from sdekit._study import MethodSpec
+from sdekit._study_engine import MethodSpec
 from sdekit.studies import default_problem
 
 

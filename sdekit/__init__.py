@@ -45,7 +45,7 @@ _LAZY = {
     **dict.fromkeys(("PerSample", "Result", "Solution"), "_solution"),
     "solve": "_solve",
     **dict.fromkeys(("OptimizedSchedule", "load_schedule", "optimize_schedule"), "_optimized_schedule"),
-    **dict.fromkeys(("Budget", "Measure", "MethodSpec", "StudyProblem", "StudyTable", "study"), "_study"),
+    **dict.fromkeys(("Budget", "Measure", "MethodSpec", "StudyProblem", "StudyTable", "study"), "_study_engine"),
 }
 
 

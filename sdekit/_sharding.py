@@ -42,7 +42,7 @@ import torch
 
 from ._errors import InvalidParameterError, MethodArgumentError
 from ._keyed import COUNTER_BITS, KeyedBrownian, keyed_bits, keyed_normal
-from ._study._results import atomic_write
+from ._study_engine._results import atomic_write
 
 try:
     import fcntl

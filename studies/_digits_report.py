@@ -152,7 +152,7 @@ def _grid(ax, images, cols, title):
 def write_digits_report(problem, table, out: str, plots: bool = True, likelihood: bool = True, log=print):
     """Write ``digits.md`` and, with ``plots``, ``digits_samples.png`` and ``digits_fd.png`` into ``out``; returns
     the paths written.  ``likelihood=False`` leaves the bits per pixel out."""
-    from sdekit._study._results import atomic_write
+    from sdekit._study_engine._results import atomic_write
     n = table.info.get("samples", 1000) if hasattr(table, "info") else 1000
     lik = likelihoods(problem, out, log) if likelihood else None
     g_fd, g_se, g_x = gaussian_fd(problem, n)
@@ -205,7 +205,7 @@ def _plots(problem, table, out, g_fd, g_x):
         from matplotlib.figure import Figure
     except ImportError:
         return []
-    from sdekit._study._results import atomic_write
+    from sdekit._study_engine._results import atomic_write
     paths = []
     shown = [(k, v) for k, v in table.samples.items() if tuple(v.shape[1:]) == (1, 8, 8)]
     panels = [("test images", problem.test_images)] + [

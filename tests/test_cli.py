@@ -149,7 +149,7 @@ def test_the_documented_toml_is_valid(tmp_path):
     import pathlib
     import re
 
-    from sdekit._study._spec import as_method_spec, parse_budgets
+    from sdekit._study_engine._spec import as_method_spec, parse_budgets
     from sdekit._commands.study import _read_toml
     page = (pathlib.Path(__file__).parents[1] / "docs" / "study.md").read_text()
     conf = tmp_path / "study.toml"

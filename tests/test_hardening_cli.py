@@ -144,7 +144,7 @@ def test_sdekit_help_end_to_end_imports_no_torch():
 @pytest.fixture
 def no_reference(monkeypatch):
     """Fail at once if a study gets as far as its references (without the up-front checks, minutes and GBs)."""
-    import sdekit._study._runner as runner
+    import sdekit._study_engine._runner as runner
 
     def refuse(*a, **k):
         raise AssertionError("the study started building its references")
@@ -233,7 +233,7 @@ def test_sample_refuses_up_front(argv, words, tmp_path, capsys):
 def test_the_limits_are_the_librarys():
     from sdekit._commands import sample, study
     from sdekit._solve import MAX_GRID_STEPS
-    from sdekit._study import _study
+    from sdekit._study_engine import _study
     assert sample.MAX_STEPS == MAX_GRID_STEPS and study.MAX_SAMPLES == _study.MAX_SAMPLES
 
 

@@ -18,7 +18,7 @@ import torch
 
 from sdekit import InvalidParameterError, study
 from sdekit._sharding import Shard, ShardStore, dist_context
-from sdekit._study._results import append_row, read_results, row_checksum, write_in_order
+from sdekit._study_engine._results import append_row, read_results, row_checksum, write_in_order
 from sdekit.cli import main
 from sdekit.studies import GaussianProblem
 

@@ -184,7 +184,7 @@ def test_bad_input_one_line(vp_schedule):
 
 # -- the study's rows -----------------------------------------------------------------------------
 def test_study_spec_parses_and_refuses():
-    from sdekit._study._spec import as_method_spec
+    from sdekit._study_engine._spec import as_method_spec
     spec = as_method_spec("ode:dpmpp_2m[schedule=optimized]")
     assert spec.schedule == "optimized" and spec.label == "ode:sdekit.dpmpp_2m[schedule=optimized]"
     assert as_method_spec({"method": "unipc", "schedule": "optimized"}).process == "ode"
@@ -196,7 +196,7 @@ def test_study_spec_parses_and_refuses():
 
 
 def test_study_optimized_rows_cached_and_apart(tmp_path, monkeypatch):
-    from sdekit._study import _runner
+    from sdekit._study_engine import _runner
     from sdekit.studies import MixtureProblem
     problem = MixtureProblem(sdekit.VPSDE())
     monkeypatch.setattr(_runner, "CALIBRATION_SAMPLES", 32)

@@ -14,9 +14,9 @@ import torch
 
 import sdekit
 from sdekit import Budget, InvalidParameterError, MethodSpec, StudyProblem, UnknownMethodError, study
-from sdekit._study import fit_slope
-from sdekit._study._results import append_row, read_results
-from sdekit._study._runner import keyed_noise
+from sdekit._study_engine import fit_slope
+from sdekit._study_engine._results import append_row, read_results
+from sdekit._study_engine._runner import keyed_noise
 from sdekit.studies import ExactSDEProblem, GaussianProblem, MixtureProblem
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 # -- budgets and methods ----------------------------------------------------------------------
 def test_budgets_parse_every_form():
-    from sdekit._study._spec import parse_budgets
+    from sdekit._study_engine._spec import parse_budgets
     assert parse_budgets("8,16") == [Budget("steps", 8), Budget("steps", 16)]
     assert parse_budgets("nfe=10;tol=1e-3,1e-5") == [Budget("nfe", 10), Budget("tol", 1e-3), Budget("tol", 1e-5)]
     assert parse_budgets([4, "dt=0.5"]) == [Budget("steps", 4), Budget("dt", 0.5)]
@@ -106,7 +106,7 @@ def test_torchsde_rows_read_the_reference_path():
     """A row's Brownian motion, built from its seed and queried on the reference grid first, gives a coarse
     step the sum of the reference's increments over it: the coarse solve and the reference share one path,
     whatever other rows ran before (each row builds its own)."""
-    from sdekit._study._runner import torchsde_noise
+    from sdekit._study_engine._runner import torchsde_noise
     problem = GaussianProblem()
     process = problem.sde_process()
     x = problem.initial(5, torch.Generator().manual_seed(0))

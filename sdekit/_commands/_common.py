@@ -98,7 +98,7 @@ def _problem(sde: Optional[str], problem: Optional[str], score: Optional[str], s
              exact: bool = False) -> object:
     """The problem of ``--sde``, ``--problem``, ``--score`` (with ``--shape``) or ``--model``; ``sde`` is ``None``
     where no ``--sde`` was given (the default, VP, or the SDE a model or score object carries)."""
-    from .._study import StudyProblem
+    from .._study_engine import StudyProblem
     from sdekit.studies import SDES, default_problem
     if sde is not None and sde not in SDES:
         raise UsageError(f"unknown --sde {sde!r}; choose from {', '.join(SDES)}")

@@ -76,7 +76,7 @@ def run(args) -> int:
 
     import sdekit
     from .._sharding import ShardStore, batch_coupling, dist_context, sample_shard, save_samples, shards, wait_for
-    from .._study import MethodSpec
+    from .._study_engine import MethodSpec
     _checked(args)
     spec = MethodSpec(args.method)          # a misspelt method fails here, with the library's suggestion
     problem = _problem(args.sde, args.problem, args.score, _shape(args.shape or "2"), model=args.model)

@@ -134,11 +134,11 @@ def run(args) -> int:
 def _run_study(args, s: dict):
     """The study of the settings ``s``: its exit status and its :class:`sdekit.StudyTable` (this run's rows)."""
     import torch
-    from .._study import save_report, study
+    from .._study_engine import save_report, study
     from sdekit.studies import DEFAULT_BUDGETS, DEFAULT_METHODS
-    from .._study._runner import check_budgets
-    from .._study._spec import as_method_spec, parse_budgets
-    from .._study._study import check_plan
+    from .._study_engine._runner import check_budgets
+    from .._study_engine._spec import as_method_spec, parse_budgets
+    from .._study_engine._study import check_plan
     quiet = bool(s["quiet"])
     methods = DEFAULT_METHODS if s["methods"] is None else s["methods"]
     if isinstance(methods, str):

@@ -182,7 +182,7 @@ class MethodSpec:
 
 
 #: ``schedule=`` of a fixed-step ODE row whose grid :func:`sdekit.optimize_schedule` makes for the problem
-#: (``"ode:dpmpp_2m[schedule=optimized]"``): see ``sdekit/_study/_runner.py``, :func:`optimized_grids`.
+#: (``"ode:dpmpp_2m[schedule=optimized]"``): see ``sdekit/_study_engine/_runner.py``, :func:`optimized_grids`.
 OPTIMIZED = "optimized"
 
 

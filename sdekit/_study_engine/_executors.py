@@ -1,7 +1,7 @@
 r"""Where a study's rows run: here one after another, in local processes, or on a Dask cluster.
 
 A row is a pure function of its configuration (its seed keys its initial states and its Brownian path,
-see :mod:`sdekit._study._runner`), so where it runs changes none of its numbers: an executor only hands
+see :mod:`sdekit._study_engine._runner`), so where it runs changes none of its numbers: an executor only hands
 out the pending rows and gives each finished record back to the caller, which appends it to the results
 file and, at the end, writes the file in the plan's order.  Three executors:
 
