@@ -32,7 +32,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 import weakref
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ import torch
 
 from ._errors import InvalidParameterError, MethodArgumentError
 from ._keyed import COUNTER_BITS, KeyedBrownian, keyed_bits, keyed_normal
-from ._study_engine._results import atomic_write
+from ._study_engine._results import atomic_write, warning
 
 try:
     import fcntl
@@ -147,10 +146,6 @@ def shard_checksum(rec: dict) -> str:
     h = hashlib.sha256(head.encode("utf-8"))
     h.update(x.reshape(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()
-
-
-def _note(text: str) -> None:
-    print(f"sdekit: warning: {text}", file=sys.stderr, flush=True)
 
 
 def _lock_holder(st) -> Optional[int]:
@@ -300,12 +295,12 @@ class ShardStore:
         try:
             rec = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:        # a damaged file (a disk full, an edit): solve that shard again
-            _note(f"{path} cannot be read ({type(err).__name__}); run the same command to solve shard {shard.k} "
+            warning(f"{path} cannot be read ({type(err).__name__}); run the same command to solve shard {shard.k} "
                   f"again")
             return None
         why = self._damage(path, shard, rec)
         if why:
-            _note(f"{path} {why}; run the same command to solve shard {shard.k} again")
+            warning(f"{path} {why}; run the same command to solve shard {shard.k} again")
             return None
         return rec
 
@@ -323,7 +318,7 @@ class ShardStore:
         except Exception as err:
             why = f"cannot be read ({type(err).__name__})"
         if why:
-            _note(f"{path} {why}: solving shard {shard.k} (samples {shard.start}..{shard.stop - 1}) again")
+            warning(f"{path} {why}: solving shard {shard.k} (samples {shard.start}..{shard.stop - 1}) again")
             rec = None                  # the memory map's file is closed before it is removed
             os.remove(path)
             return False

@@ -20,6 +20,7 @@ line naming the fix and exit with status 2; a failure while running exits with 1
 import sys
 from typing import List, Optional
 
+from . import __version__
 from ._commands import COMMANDS, load
 from ._commands._common import UsageError, _Parser, _one_line
 from ._errors import InvalidParameterError, SDEKitError
@@ -27,17 +28,12 @@ from ._errors import InvalidParameterError, SDEKitError
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 
-def _version() -> str:
-    from . import __version__
-    return f"sdekit {__version__}"
-
-
 def build_parser(command: Optional[str] = "*"):
     """The ``sdekit`` argument parser, one sub-command per entry of :data:`COMMANDS`: every one built in full
     (``"*"``), or only ``command`` (its module imported; ``None``: none), the others listed by name and help."""
     parser = _Parser(prog="sdekit", description="sdekit: convergence studies and solver comparisons for "
                                                 "score-based SDEs.")
-    parser.add_argument("--version", action="version", version=_version(), help="print sdekit's version and exit")
+    parser.add_argument("--version", action="version", version=f"sdekit {__version__}", help="print sdekit's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}", parser_class=_Parser)
     for name, line in COMMANDS.items():
         if command in ("*", name):

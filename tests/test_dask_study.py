@@ -7,7 +7,7 @@ import torch
 
 from sdekit import InvalidParameterError, study
 from sdekit._study_engine._executors import DaskExecutor, ProcessExecutor, SerialExecutor, make_executor
-from sdekit._study_engine._runner import write_in_order
+from sdekit._study_engine._results import write_in_order
 from sdekit.cli import main
 from sdekit.studies import GaussianProblem
 

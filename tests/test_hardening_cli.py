@@ -144,11 +144,11 @@ def test_sdekit_help_end_to_end_imports_no_torch():
 @pytest.fixture
 def no_reference(monkeypatch):
     """Fail at once if a study gets as far as its references (without the up-front checks, minutes and GBs)."""
-    import sdekit._study_engine._runner as runner
+    import sdekit._study_engine._executors as executors
 
     def refuse(*a, **k):
         raise AssertionError("the study started building its references")
-    monkeypatch.setattr(runner, "seed_context", refuse)
+    monkeypatch.setattr(executors, "seed_context", refuse)
 
 
 REFUSED = [

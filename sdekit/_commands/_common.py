@@ -40,11 +40,11 @@ def count(text) -> int:
         pass
     try:
         value = float(word)
+        if math.isfinite(value) and value == int(value):
+            return int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number such as 2000 or 1e4, got {text!r}") from None
-    if not math.isfinite(value) or value != int(value):
-        raise argparse.ArgumentTypeError(f"expected a whole number such as 2000 or 1e4, got {text!r}")
-    return int(value)
+        pass
+    raise argparse.ArgumentTypeError(f"expected a whole number such as 2000 or 1e4, got {text!r}")
 
 
 def check_seed(seed, what: str = "--seed") -> int:
@@ -99,7 +99,7 @@ def _problem(sde: Optional[str], problem: Optional[str], score: Optional[str], s
     """The problem of ``--sde``, ``--problem``, ``--score`` (with ``--shape``) or ``--model``; ``sde`` is ``None``
     where no ``--sde`` was given (the default, VP, or the SDE a model or score object carries)."""
     from .._study_engine import StudyProblem
-    from sdekit.studies import SDES, default_problem
+    from sdekit.studies import SDES, ExactSDEProblem, GaussianProblem, default_problem, trained_problem
     if sde is not None and sde not in SDES:
         raise UsageError(f"unknown --sde {sde!r}; choose from {', '.join(SDES)}")
     if model:
@@ -107,14 +107,12 @@ def _problem(sde: Optional[str], problem: Optional[str], score: Optional[str], s
             raise UsageError("give --model or --problem/--score, not both")
         if not isinstance(model, str):
             raise UsageError(f"model must be the path of a .safetensors file from sdekit train, got {model!r}")
-        from sdekit.studies import trained_problem
         out = trained_problem(model, exact=exact)
         _same_sde(sde, out.sde, f"{model} was trained")
         return out
     if problem and score:
         raise UsageError("give --problem or --score, not both")
     if problem in ("mixture", "gaussian") or (problem or "").startswith("exact:"):
-        from sdekit.studies import ExactSDEProblem, GaussianProblem
         if problem == "gaussian":
             return GaussianProblem(SDES[sde or "vp"]())
         if problem.startswith("exact:"):

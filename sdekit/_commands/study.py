@@ -1,5 +1,6 @@
 """``sdekit study``: every method at every budget and seed on one problem; results, summary, orders and plots."""
 
+import copy
 import os
 import sys
 
@@ -99,7 +100,7 @@ def _settings(args) -> dict:
         if args.reference_steps < 1:
             raise UsageError(f"--reference-steps must be at least 1, got {args.reference_steps}")
         out["reference"] = dict(out["reference"], steps=args.reference_steps)
-    for key in ("samples", "seed", "seeds", "workers"):
+    for key in ("samples", "seed", "seeds", "workers", "threads"):
         if out[key] is None and DEFAULTS[key] is None:
             continue
         if isinstance(out[key], bool) or not isinstance(out[key], int):
@@ -113,8 +114,6 @@ def _settings(args) -> dict:
     if out["seed"] + out["seeds"] > SEED_LIMIT:
         raise UsageError(f"seeds run from seed {out['seed']} to seed + seeds - 1, which must stay below 2**64; "
                          f"give a smaller seed or fewer seeds")
-    if out["threads"] is not None and (isinstance(out["threads"], bool) or not isinstance(out["threads"], int)):
-        raise UsageError(f"threads must be an integer, got {out['threads']!r}")
     for key in ("sde", "device", "dtype", "out", "executor", "scheduler"):
         if out[key] is None and DEFAULTS[key] is None:
             continue
@@ -134,11 +133,8 @@ def run(args) -> int:
 def _run_study(args, s: dict):
     """The study of the settings ``s``: its exit status and its :class:`sdekit.StudyTable` (this run's rows)."""
     import torch
-    from .._study_engine import save_report, study
+    from .._study_engine import as_method_spec, check_budgets, check_plan, parse_budgets, save_report, study
     from sdekit.studies import DEFAULT_BUDGETS, DEFAULT_METHODS
-    from .._study_engine._runner import check_budgets
-    from .._study_engine._spec import as_method_spec, parse_budgets
-    from .._study_engine._study import check_plan
     quiet = bool(s["quiet"])
     methods = DEFAULT_METHODS if s["methods"] is None else s["methods"]
     if isinstance(methods, str):
@@ -173,9 +169,7 @@ def _run_study(args, s: dict):
     finally:
         torch.set_num_threads(before)
     files = save_report(table, out, problem=problem, plots=not args.no_plots, log=lambda m: _say(quiet, m))
-    _say(quiet, "")
-    _say(quiet, table.report())
-    _say(quiet, "")
+    _say(quiet, f"\n{table.report()}\n")
     _say(quiet, f"wrote {', '.join(os.path.basename(f) for f in files)} to {out}/")
     if args.strict and any(r["verdict"] in ("CHECK", "failed") for r in table.rows):
         return 1, table
@@ -185,7 +179,6 @@ def _run_study(args, s: dict):
 def _run_with_model(args, s: dict) -> int:
     """``--model FILE``: the study on the trained network (``OUT/model``) and, where its data has an exact score,
     on that score (``OUT/exact``), then the two side by side (``OUT/comparison.md``); ``s`` the settings."""
-    import copy
     from sdekit.studies import trained_problem
     from sdekit.studies._trained import comparison_table
     out, model = s["out"], s["model"]
@@ -207,8 +200,7 @@ def _run_with_model(args, s: dict) -> int:
         text = comparison_table(tables["model"].rows, tables["exact"].rows)
         with open(os.path.join(out, "comparison.md"), "w") as fh:
             fh.write(text + "\n")
-        _say(args.quiet, "")
-        _say(args.quiet, text)
+        _say(args.quiet, f"\n{text}")
         _say(args.quiet, f"wrote comparison.md to {out}/")
     return status
 
@@ -238,7 +230,7 @@ def _run_digits(args, s: dict) -> int:
         s["samples"] = DIGITS_SAMPLES
     if not s["reference"]:
         s["reference"] = dict(DIGITS_REFERENCE)
-    a = _copy_args(args)
+    a = copy.copy(args)
     a.model_part = "model"
     status, table = _run_study(a, s)
     from sdekit.studies import trained_problem
@@ -248,8 +240,3 @@ def _run_digits(args, s: dict) -> int:
                                 log=lambda m: _say(bool(s["quiet"]), m))
     _say(bool(s["quiet"]), f"wrote {', '.join(os.path.basename(f) for f in files)} to {s['out']}/")
     return status
-
-
-def _copy_args(args):
-    import copy
-    return copy.copy(args)

@@ -104,6 +104,7 @@ def run(args) -> int:
     torch.set_num_threads(threads)
     try:
         network, on_log, space = None, None, None
+        what = f"a score MLP ({args.depth} x {args.width}, predicts {args.prediction})"
         if args.data == "digits":
             from sdekit.studies import ScoreUNet
             from sdekit.studies._digits import BPD_OFFSET, DATA_SPACE, EVENT_SHAPE, dequantise, digits, digits_sampler
@@ -134,7 +135,6 @@ def run(args) -> int:
             def sample(n, gen):
                 return train[torch.randint(train.shape[0], (n,), generator=gen, device=gen.device).cpu()]
             data_name, shape, exact = os.path.basename(args.data), tuple(train.shape[1:]), None
-            what = f"a score MLP ({args.depth} x {args.width}, predicts {args.prediction})"
         else:
             mixture = MixtureProblem(sde).mixture
 
@@ -142,7 +142,6 @@ def run(args) -> int:
                 return mixture.sample(n, t=0.0, generator=gen, device=gen.device)
             data_name, shape, exact = "mixture-2d", (2,), mixture
             test = mixture.sample(4000, t=0.0, generator=torch.Generator().manual_seed(derived_seed(args.seed, 1)))
-            what = f"a score MLP ({args.depth} x {args.width}, predicts {args.prediction})"
         _say(args.quiet, f"training {what} on {data_name} under {sde!r}: {args.steps} steps of {args.batch}, "
                          f"lr {args.lr:g}, EMA {args.ema:g}, weighting "
                          f"{args.weighting}, t {args.t_sampler}; threads {threads} ({why})")

@@ -11,9 +11,9 @@ problems, made of :mod:`sdekit.validation`, are in ``sdekit.studies`` beside the
 from ._fit import OrderFit, fit_slope
 from ._problem import Measure, StudyProblem
 from ._report import save_report
-from ._spec import Budget, MethodSpec
-from ._study import study
+from ._spec import Budget, MethodSpec, as_method_spec, parse_budgets
+from ._study import check_budgets, check_plan, study
 from ._table import StudyTable
 
 __all__ = ["study", "StudyProblem", "StudyTable", "Measure", "MethodSpec", "Budget", "OrderFit", "fit_slope",
-           "save_report"]
+           "save_report", "as_method_spec", "parse_budgets", "check_budgets", "check_plan"]

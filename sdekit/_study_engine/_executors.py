@@ -20,6 +20,7 @@ the reference families its rows need) and ``jobs`` (``(row, keep samples)`` pair
 ``finish(record)`` for each row and ``stage(text)`` to name what it is doing.
 """
 
+import numbers
 import os
 import pickle
 import weakref
@@ -28,6 +29,7 @@ from typing import Optional
 import torch
 
 from .._errors import ArgumentTypeError, InvalidParameterError, SDEKitError
+from ._runner import run_row, seed_context
 
 __all__ = ["EXECUTORS", "ExecutorError", "SerialExecutor", "ProcessExecutor", "DaskExecutor", "make_executor"]
 
@@ -47,7 +49,6 @@ def _lost(err, where: str) -> ExecutorError:
 def run_job(problem, row, ctx, settings, test_functions, keep, threads=None):
     """One row, wherever it runs: the study's thread count, the problem's per-seed preparation (cached),
     then :func:`run_row`."""
-    from ._runner import run_row
     _use_threads(threads)
     _prepare(problem, settings.samples, row.seed)
     return run_row(problem, row, ctx, settings, test_functions, keep)
@@ -82,7 +83,6 @@ def _prepare(problem, n: int, seed: int) -> None:
 
 def context_job(problem, seed, settings, families, threads=None):
     """One seed's shared context (initial states, exact samples, references), wherever it runs."""
-    from ._runner import seed_context
     _use_threads(threads)
     ctx = seed_context(problem, seed, settings, families)        # it prepares the problem for the seed
     _prepared(problem).add((settings.samples, int(seed)))
@@ -221,8 +221,10 @@ def make_executor(executor=None, workers: Optional[int] = None, scheduler=None):
     it), or ``None``: local processes when ``workers > 1``, else serial.  ``workers``: processes of
     ``"processes"`` (default: the CPU count).  ``scheduler``: the Dask scheduler's address (``"dask"`` only).
     """
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral)
+                                or workers < 1):
         raise InvalidParameterError(f"workers must be a positive integer, got {workers!r}")
+    workers = None if workers is None else int(workers)
     if _is_client(executor):
         executor, scheduler = "dask", executor if scheduler is None else scheduler
     if executor is None:

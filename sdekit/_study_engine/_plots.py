@@ -13,15 +13,6 @@ from ._results import atomic_write
 __all__ = ["save_plots"]
 
 
-def _figure_class():
-    """matplotlib's ``Figure`` (no pyplot: the caller's backend and open figures are left alone), or ``None``."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
-    return Figure
-
-
 def _save(fig, out, name) -> List[str]:
     from matplotlib.ticker import NullFormatter
     for ax in fig.axes:                      # minor-tick labels of a short log x-axis overlap: drop them
@@ -51,8 +42,9 @@ def _errorbars(ax, pts, label, marker="o"):
 def save_plots(table, out: str, problem=None, log=print) -> List[str]:
     """Write ``convergence``, ``work_precision_nfe``, ``work_precision_time`` and, for a 2-D problem with a
     density, ``samples`` into the folder ``out``; returns the files written."""
-    Figure = _figure_class()
-    if Figure is None:
+    try:                                     # no pyplot: the caller's backend and open figures are left alone
+        from matplotlib.figure import Figure
+    except ImportError:
         log("plots skipped: matplotlib is not installed (pip install matplotlib)")
         return []
     os.makedirs(out, exist_ok=True)

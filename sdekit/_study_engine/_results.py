@@ -34,7 +34,7 @@ try:
 except ImportError:                   # Windows: no advisory locks; one writer at a time
     fcntl = None
 
-__all__ = ["read_results", "append_row", "write_in_order", "atomic_write", "row_checksum", "CHECKSUM"]
+__all__ = ["read_results", "append_row", "write_in_order", "atomic_write", "row_checksum", "CHECKSUM", "warning"]
 
 #: The field that holds a row's checksum.
 CHECKSUM = "sha256"
@@ -93,19 +93,14 @@ def _lock(fd: int, path: str, exclusive: bool) -> bool:
     except OSError as err:
         if path not in _UNLOCKABLE:
             _UNLOCKABLE.add(path)
-            _warn(f"cannot lock {path} ({err.strerror or err}); it is written unlocked: run one study at a time "
+            warning(f"cannot lock {path} ({err.strerror or err}); it is written unlocked: run one study at a time "
                   f"on it")
         return False
 
 
 def _read_all(fd: int) -> bytes:
     os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
-    while True:
-        chunk = os.read(fd, 1 << 20)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
+    return b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -114,7 +109,8 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _warn(text: str) -> None:
+def warning(text: str) -> None:
+    """One line on stderr: ``sdekit: warning: <text>``."""
     print(f"sdekit: warning: {text}", file=sys.stderr, flush=True)
 
 
@@ -143,20 +139,14 @@ def _parse(raw: bytes):
     return row, None
 
 
-def _split(data: bytes):
-    """``(line number, raw line, torn)`` for each non-blank line; ``torn``: the last line, without its newline."""
-    lines = data.split(b"\n")
+def _scan(fd: int):
+    """Every non-blank line of the file open at ``fd``: ``(line number, raw, row, why, torn)``; ``torn``: the
+    last line, without its newline."""
+    lines = _read_all(fd).split(b"\n")
     last = len(lines) - 1                    # the piece after the final newline ('' when the file ends in one)
     for i, raw in enumerate(lines):
         if raw.strip():
-            yield i + 1, raw, i == last
-
-
-def _scan(fd: int):
-    """Every non-blank line of the file open at ``fd``: ``(line number, raw, row, why, torn)``."""
-    for n, raw, torn in _split(_read_all(fd)):
-        row, why = _parse(raw.strip())
-        yield n, raw.strip(), row, why, torn
+            yield (i + 1, raw.strip(), *_parse(raw.strip()), i == last)
 
 
 def read_results(path, required: Iterable[str] = (), keys: Optional[Iterable[str]] = None,
@@ -187,11 +177,11 @@ def read_results(path, required: Iterable[str] = (), keys: Optional[Iterable[str
                 bad.append((n, why))
     if warn and bad:
         for n, why in bad[:_NAMED]:
-            _warn(f"line {n} of {path} {why}: skipped, and its row is run again if this study needs it (delete "
+            warning(f"line {n} of {path} {why}: skipped, and its row is run again if this study needs it (delete "
                   f"the line to silence this)")
         if len(bad) > _NAMED:
             more = ", ".join(str(n) for n, _ in bad[_NAMED:_NAMED + 10]) + (", ..." if len(bad) > _NAMED + 10 else "")
-            _warn(f"{len(bad) - _NAMED} more damaged lines in {path} (lines {more}) skipped the same way")
+            warning(f"{len(bad) - _NAMED} more damaged lines in {path} (lines {more}) skipped the same way")
     return out
 
 
@@ -199,7 +189,7 @@ def read_results(path, required: Iterable[str] = (), keys: Optional[Iterable[str
 def _line(row: dict) -> bytes:
     """The row as one JSON line with its checksum (private ``_`` fields left out; NaN and infinities as null)."""
     text = json.dumps({k: _finite(v) for k, v in row.items() if not k.startswith("_") and k != CHECKSUM},
-                      default=_json_default, allow_nan=False)
+                      default=repr, allow_nan=False)
     clean = json.loads(text)                 # the payload as a reader will see it
     clean[CHECKSUM] = row_checksum(clean)
     return json.dumps(clean, allow_nan=False).encode("ascii") + b"\n"
@@ -261,7 +251,3 @@ def atomic_write(path, write: Callable) -> None:
 def _finite(v):
     """Strict JSON: a NaN or infinite float (an error that could not be measured) is written as null."""
     return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def _json_default(v):
-    return repr(v)

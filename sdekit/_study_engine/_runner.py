@@ -26,16 +26,19 @@ from typing import Dict, List, Optional
 
 import torch
 
+import sdekit
+
+from .. import _optimized_schedule
 from .._brownian import brownian_motion
 from .._errors import InvalidParameterError, SolveError
 from .._grid import uniform_grid
 from .._keyed import KeyedBrownian
-from ._measures import VERDICT_RULE, pathwise_error, verdict, weak_error
+from ._measures import pathwise_error, verdict, weak_error
 from ._results import append_row, read_results, write_in_order
 from ._spec import OPTIMIZED, Budget, MethodSpec, config_hash
 
-__all__ = ["Settings", "Row", "SeedContext", "VERDICT_RULE", "plan_rows", "run_rows", "run_row", "solve_row",
-           "seed_context", "read_results", "append_row", "optimized_grids", "CALIBRATION_SEED", "CALIBRATION_SAMPLES"]
+__all__ = ["Settings", "Row", "SeedContext", "plan_rows", "run_rows", "run_row", "solve_row", "seed_context",
+           "optimized_grids", "CALIBRATION_SEED", "CALIBRATION_SAMPLES"]
 
 #: The reference solves when a problem has no exact one: per family of noise, a method and its options.
 #: ``torchsde_steps`` / ``sdekit_steps`` (or ``steps`` for both) default to :func:`reference_steps`.
@@ -81,21 +84,9 @@ def reference_steps(specs_budgets, problem, fam: str) -> int:
     return max(256, 2 ** math.ceil(math.log2(max(1, 8 * most))))
 
 
-def check_budgets(specs: List[MethodSpec], budgets: List[Budget]):
-    """Each method with the budgets that apply to it; a method that none applies to is an error."""
-    pairs = [(spec, spec.budgets_from(budgets)) for spec in specs]
-    for spec, bs in pairs:
-        if not bs:
-            kinds = "tol=..." if spec.info.stepping == "adaptive" else "steps=..., dt=... or nfe=..."
-            raise InvalidParameterError(f"no budget applies to {spec.label} ({spec.info.stepping} stepping); "
-                                        f"give budgets such as {kinds}")
-    return pairs
-
-
-def plan_rows(problem, specs: List[MethodSpec], budgets: List[Budget], seeds, settings: Settings,
-              test_functions) -> List[Row]:
-    """Every (method, budget, seed) row of the study in order, each with its configuration hash."""
-    pairs = check_budgets(specs, budgets)
+def plan_rows(problem, pairs, seeds, settings: Settings, test_functions) -> List[Row]:
+    """Every (method, budget, seed) row of the study in order, each with its configuration hash; ``pairs``: each
+    method with its budgets, as :func:`check_plan` returns them (it refuses unknown reference settings)."""
     for spec, bs in pairs:
         if spec.process == "ode" and problem.ode_process() is None:
             raise InvalidParameterError(f"{problem.name} is a forward SDE: it has no probability flow for "
@@ -105,17 +96,12 @@ def plan_rows(problem, specs: List[MethodSpec], budgets: List[Budget], seeds, se
                                     f"schedule=optimized rows, which must stay apart from the test states; use "
                                     f"other seeds")
     given = dict(settings.reference)
-    unknown = set(given) - set(DEFAULT_REFERENCE) - {"steps", "torchsde_steps", "sdekit_steps"}
-    if unknown:
-        raise InvalidParameterError(f"unknown reference settings {sorted(unknown)}; use steps, torchsde_steps, "
-                                    f"sdekit_steps, {', '.join(DEFAULT_REFERENCE)}")
     ref = dict(DEFAULT_REFERENCE)
     for fam in ("torchsde", "sdekit"):
         ref[f"{fam}_steps"] = int(given.pop(f"{fam}_steps", given.get("steps") or reference_steps(pairs, problem, fam)))
     given.pop("steps", None)
     ref.update(given)
     settings.reference = ref
-    import sdekit
     base = {"format": 1, "sdekit": sdekit.__version__, "problem": problem.fingerprint(), "samples": settings.samples,
             "dtype": settings.dtype, "device": torch.device(settings.device).type, "reference": ref,
             "tests": sorted(test_functions)}
@@ -129,14 +115,9 @@ def plan_rows(problem, specs: List[MethodSpec], budgets: List[Budget], seeds, se
 
 
 # -- noise and references ---------------------------------------------------------------------
-def _clock(process, problem):
-    s0, s1 = float(process._t_of_s(problem.t_start)), float(process._t_of_s(problem.t_end))
-    return s0, s1
-
-
 def torchsde_noise(problem, process, x, seed: int, steps: int):
     """The row's torchsde Brownian motion: built from ``seed`` and queried first on the reference grid."""
-    s0, s1 = _clock(process, problem)
+    s0, s1 = float(process._t_of_s(problem.t_start)), float(process._t_of_s(problem.t_end))
     y = x.reshape(x.shape[0], -1)
     bm = brownian_motion(s0, s1, y.shape, dtype=x.dtype, device=x.device, seed=int(seed), levy_area="foster",
                          dt=(s1 - s0) / steps)
@@ -176,8 +157,7 @@ def seed_context(problem, seed: int, settings: Settings, families) -> SeedContex
     exact = None
     if problem.exact_samples is not None:
         generator = torch.Generator().manual_seed((int(seed) + 2 ** 32) % 2 ** 64)
-        exact = problem.exact_samples(settings.samples, generator)
-        exact = exact.detach().to(torch.float64)
+        exact = problem.exact_samples(settings.samples, generator).detach().to(torch.float64)
     ctx = SeedContext(int(seed), x0, exact)
     x = x0.to(device=settings.device)
     ref = settings.reference
@@ -216,15 +196,21 @@ def _reference(problem, fam, x, seed, ref):
 
 
 # -- one row --------------------------------------------------------------------------------
+def _steps_of(spec: MethodSpec, budget: Budget, problem, process, x) -> int:
+    """The fixed steps of a steps, NFE or dt budget (an NFE budget over the score evaluations of a step)."""
+    if budget.kind == "nfe":
+        return max(1, budget.value // nfe_per_step(spec, problem, process, x))
+    if budget.kind == "dt":
+        return max(1, math.ceil(abs(problem.t_start - problem.t_end) / budget.value * (1 - 1e-12)))
+    return int(budget.value)
+
+
 def _budget_kwargs(spec: MethodSpec, budget: Budget, problem, process, x) -> dict:
     if budget.kind == "tol":
         return dict(rtol=budget.value, atol=budget.value)
     if budget.kind == "dt":
         return dict(dt=budget.value)
-    steps = budget.value
-    if budget.kind == "nfe":
-        steps = max(1, budget.value // nfe_per_step(spec, problem, process, x))
-    out = dict(steps=int(steps))
+    out = dict(steps=_steps_of(spec, budget, problem, process, x))
     if spec.schedule is not None:
         out["schedule"] = spec.schedule
     return out
@@ -238,28 +224,18 @@ CALIBRATION_SEED = 2 ** 64 - 1
 CALIBRATION_SAMPLES = 256
 
 
-def _steps_of(spec: MethodSpec, budget: Budget, problem, process, x) -> int:
-    if budget.kind == "nfe":
-        return max(1, budget.value // nfe_per_step(spec, problem, process, x))
-    if budget.kind == "dt":
-        return max(1, math.ceil(abs(problem.t_start - problem.t_end) / budget.value * (1 - 1e-12)))
-    return int(budget.value)
-
-
 def optimized_grids(problem, rows: List[Row], settings: Settings, folder: Optional[str] = None, log=None) -> dict:
     """The grid of every ``schedule="optimized"`` (method, budget) of ``rows``, made once each by
     :func:`sdekit.optimize_schedule` on the problem's probability flow from :data:`CALIBRATION_SAMPLES` states of
     ``problem.initial`` drawn with :data:`CALIBRATION_SEED` (float64, on the study's device), and stored in
     ``settings.grids``.  With ``folder`` each is saved as ``folder/<hash>.json`` (the hash of the problem, the
     method, its options, the steps and the calibration) and read back, checked, by a later or resumed study."""
-    from .._optimized_schedule import load_schedule, optimize_schedule
     wanted = {}
     for r in rows:
         if r.spec.schedule == OPTIMIZED:
             wanted.setdefault((r.spec.label, str(r.budget)), r)
     if not wanted:
         return settings.grids
-    import sdekit
     process = problem.ode_process()
     x_cal = None
     for (label, budget), r in wanted.items():
@@ -275,14 +251,14 @@ def optimized_grids(problem, rows: List[Row], settings: Settings, folder: Option
         schedule = None
         if path is not None and os.path.exists(path):
             try:
-                schedule = load_schedule(path, process, method=r.spec.method, steps=steps, options=r.spec.options,
+                schedule = _optimized_schedule.load_schedule(path, process, method=r.spec.method, steps=steps, options=r.spec.options,
                                          device=settings.device)
             except InvalidParameterError as err:
                 if log is not None:
                     log(f"{err}: made again")
         if schedule is None:
             with torch.no_grad():
-                schedule = optimize_schedule(process, r.spec.method, steps, x_cal, options=r.spec.options,
+                schedule = _optimized_schedule.optimize_schedule(process, r.spec.method, steps, x_cal, options=r.spec.options,
                                              t_start=problem.t_start, t_end=problem.t_end)
             if path is not None:
                 os.makedirs(folder, exist_ok=True)
@@ -295,13 +271,10 @@ def optimized_grids(problem, rows: List[Row], settings: Settings, folder: Option
 
 def nfe_per_step(spec: MethodSpec, problem, process, x) -> int:
     """Score evaluations per step of ``spec``: the difference between 3- and 2-step solves of two samples."""
-    counts = []
-    for n in (2, 3):
-        noise = dict(seed=0) if spec.process == "sde" else {}
-        sol = process.solve(x[:2], method=spec.method, steps=n, options=spec.options or None, throw=False,
-                            t_start=problem.t_start, t_end=problem.t_end, **noise)
-        counts.append(sol.nfe)
-    return max(1, counts[1] - counts[0])
+    noise = dict(seed=0) if spec.process == "sde" else {}
+    nfe = [process.solve(x[:2], method=spec.method, steps=n, options=spec.options or None, throw=False,
+                         t_start=problem.t_start, t_end=problem.t_end, **noise).nfe for n in (2, 3)]
+    return max(1, nfe[1] - nfe[0])
 
 
 def solve_row(problem, row: Row, x0: torch.Tensor, settings: Settings):
@@ -365,14 +338,12 @@ REQUIRED = ("key", "label", "method", "backend", "process", "budget", "budget_ki
             "samples", "nfe", "steps", "result", "measures", "verdict")
 
 
-def run_rows(problem, rows: List[Row], settings: Settings, test_functions, results=None, executor=None,
-             progress=None, keep_samples=True):
-    """Run the rows not already in ``results`` on ``executor`` (default: serially, here); returns (records in
-    plan order, rows reused, stale rows, samples).  Each record is appended to ``results`` as it comes back;
-    at the end the file is rewritten in the plan's order (stale rows after), so it is the same file, row for
-    row, whichever executor ran the rows and in whatever order they finished."""
-    from ._executors import SerialExecutor
-    executor = SerialExecutor() if executor is None else executor
+def run_rows(problem, rows: List[Row], settings: Settings, test_functions, executor, results=None, progress=None,
+             keep_samples=True):
+    """Run the rows not already in ``results`` on ``executor`` (:mod:`._executors`); returns (records in plan
+    order, rows reused, stale rows, samples).  Each record is appended to ``results`` as it comes back; at the
+    end the file is rewritten in the plan's order (stale rows after), so it is the same file, row for row,
+    whichever executor ran the rows and in whatever order they finished."""
     keys = {r.key for r in rows}
     done = read_results(results, required=REQUIRED, keys=keys)
     stale = sum(1 for k in done if k not in keys)
@@ -421,12 +392,8 @@ def run_rows(problem, rows: List[Row], settings: Settings, test_functions, resul
 def _keep(rows: List[Row]) -> set:
     """The rows whose samples the plots show: each method's last budget (its largest, as usually listed),
     first seed."""
-    best = {}
-    first = min(r.seed for r in rows) if rows else 0
-    for r in rows:
-        if r.seed == first:
-            best[r.spec.label] = r.key
-    return set(best.values())
+    first = min((r.seed for r in rows), default=0)
+    return set({r.spec.label: r.key for r in rows if r.seed == first}.values())
 
 
 def _bar(progress, total, initial):

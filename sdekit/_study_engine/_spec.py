@@ -67,15 +67,9 @@ def parse_budgets(spec) -> List[Budget]:
     if isinstance(spec, str):
         out = []
         for group in spec.split(";"):
-            group = group.strip()
-            if not group:
-                continue
-            kind, _, values = group.rpartition("=")
+            kind, _, values = group.strip().rpartition("=")
             kind = kind.strip() or "steps"
-            for item in values.split(","):
-                item = item.strip()
-                if item:
-                    out.append(Budget(kind, _number(item, kind)))
+            out += [Budget(kind, _number(v.strip(), kind)) for v in values.split(",") if v.strip()]
         if not out:
             raise InvalidParameterError(f"no budgets in {spec!r}; write e.g. '10,20,40' or 'nfe=10,20;tol=1e-3,1e-5'")
         return out
@@ -86,14 +80,12 @@ def parse_budgets(spec) -> List[Budget]:
     elif isinstance(spec, (list, tuple)):
         out = [b for item in spec for b in parse_budgets(item)]
     else:
-        out = None
-    if out is not None:
-        if not out:
-            raise InvalidParameterError(f"no budgets in {spec!r}; give at least one, e.g. [8, 16, 32] or "
-                                        f"{{ steps = [8, 16], tol = [1e-3, 1e-5] }}")
-        return out
-    raise ArgumentTypeError(f"budgets must be step counts, Budget objects or strings like 'nfe=10,20', "
-                            f"got {type(spec).__name__}")
+        raise ArgumentTypeError(f"budgets must be step counts, Budget objects or strings like 'nfe=10,20', "
+                                f"got {type(spec).__name__}")
+    if not out:
+        raise InvalidParameterError(f"no budgets in {spec!r}; give at least one, e.g. [8, 16, 32] or "
+                                    f"{{ steps = [8, 16], tol = [1e-3, 1e-5] }}")
+    return out
 
 
 def _number(text: str, kind: str):

@@ -10,11 +10,11 @@ import torch
 from .._errors import ArgumentTypeError, InvalidParameterError
 from .._solve import MAX_GRID_STEPS
 from ._executors import make_executor
-from ._runner import DEFAULT_REFERENCE, Settings, check_budgets, family, plan_rows, reference_steps, run_rows
+from ._runner import DEFAULT_REFERENCE, Settings, family, plan_rows, reference_steps, run_rows
 from ._spec import Budget, MethodSpec, as_method_spec, parse_budgets
 from ._table import StudyTable
 
-__all__ = ["study", "check_plan", "MAX_SAMPLES", "SEED_LIMIT"]
+__all__ = ["study", "check_budgets", "check_plan", "MAX_SAMPLES", "SEED_LIMIT"]
 
 #: A row holds its samples, their reference and exact samples in memory at once: at most this many per row
 #: (more seeds give more samples).
@@ -22,6 +22,17 @@ MAX_SAMPLES = 10 ** 7
 #: Seeds are integers in ``[0, SEED_LIMIT)`` (64 bits).
 SEED_LIMIT = 2 ** 64
 _STEP_KEYS = ("steps", "torchsde_steps", "sdekit_steps")
+
+
+def check_budgets(specs: List[MethodSpec], budgets: List[Budget]):
+    """Each method with the budgets that apply to it; a method that none applies to is an error."""
+    pairs = [(spec, spec.budgets_from(budgets)) for spec in specs]
+    for spec, bs in pairs:
+        if not bs:
+            kinds = "tol=..." if spec.info.stepping == "adaptive" else "steps=..., dt=... or nfe=..."
+            raise InvalidParameterError(f"no budget applies to {spec.label} ({spec.info.stepping} stepping); "
+                                        f"give budgets such as {kinds}")
+    return pairs
 
 
 def check_plan(problem, specs: List[MethodSpec], budgets: List[Budget], reference: Optional[dict] = None):
@@ -129,20 +140,17 @@ def study(problem, methods: Sequence, budgets=None, *, samples: int = 1000, seed
                                     f"its samples in memory; more seeds give more), got {samples!r}")
     if reference is not None and not isinstance(reference, dict):
         raise ArgumentTypeError(f"reference must be a dict such as dict(steps=1024), got {type(reference).__name__}")
-    check_plan(problem, specs, shared, reference)
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral)
-                                or workers < 1):
-        raise InvalidParameterError(f"workers must be a positive integer, got {workers!r}")
-    runner = make_executor(executor, None if workers is None else int(workers), scheduler)
+    pairs = check_plan(problem, specs, shared, reference)
+    runner = make_executor(executor, workers, scheduler)
     if dtype not in (torch.float32, torch.float64):
         raise ArgumentTypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     tests = dict(test_functions) if test_functions else dict(problem.test_functions)
     settings = Settings(samples=int(samples), dtype=str(dtype).replace("torch.", ""), device=str(device),
                         reference=dict(reference or {}), threads=torch.get_num_threads())
-    rows = plan_rows(problem, specs, shared, seeds, settings, tests)
+    rows = plan_rows(problem, pairs, seeds, settings, tests)
     path = None if results is None else os.fspath(results)
-    records, reused, stale, kept = run_rows(problem, rows, settings, tests, results=path, executor=runner,
-                                            progress=progress, keep_samples=keep_samples)
+    records, reused, stale, kept = run_rows(problem, rows, settings, tests, runner, results=path, progress=progress,
+                                            keep_samples=keep_samples)
     noise = problem.noise_kind() if any(s.process == "sde" for s in specs) else "additive"
     return StudyTable(records, problem.name, noise, kept, reused, stale, path,
                       info=dict(reference=settings.reference, samples=settings.samples, seeds=seeds))

@@ -32,12 +32,7 @@ class StudyTable:
         self.samples = dict(samples or {})
         self.reused, self.stale, self.results = reused, stale, results
         self.info = dict(info or {})
-        names = []
-        for r in rows:
-            for m in r.get("measures", []):
-                if m not in names:
-                    names.append(m)
-        self.measures = names
+        self.measures = list(dict.fromkeys(m for r in rows for m in r.get("measures", [])))
 
     def __len__(self):
         return len(self.rows)
