@@ -45,7 +45,10 @@ from typing import Optional
 import torch
 
 from ._errors import ArgumentTypeError, InvalidParameterError, MethodArgumentError, ScoreFunctionError, ShapeError
+from ._grid import SCHEDULES, schedule_grid
 from ._methods import lookup
+from ._process import Process
+from ._sde import LinearSDE
 
 __all__ = ["optimize_schedule", "OptimizedSchedule", "load_schedule", "FORMAT"]
 
@@ -91,7 +94,6 @@ class _Variable:
     else time itself; with its map back to times."""
 
     def __init__(self, sde, frame, t_start, t_end):
-        from ._sde import LinearSDE
         self.sde = sde
         self.log_snr = isinstance(sde, LinearSDE) and frame in ("logsnr", "sigma")
         self.t_start, self.t_end = float(t_start), float(t_end)
@@ -389,10 +391,6 @@ def optimize_schedule(process, method: str, steps: int, x_T: torch.Tensor, *, op
     Returns an :class:`OptimizedSchedule`: ``.grid`` (float64, ``steps + 1`` times, ``t_start`` to ``t_end``),
     its calibration error beside the stock schedule's, its cost, and ``.save(path)``.
     """
-    from ._grid import SCHEDULES, schedule_grid
-    from ._process import Process
-    from ._sde import LinearSDE
-
     started = time.perf_counter()
     if not isinstance(process, Process):
         raise ArgumentTypeError(f"process must be sdekit.probability_flow(sde, score), got {type(process).__name__}")

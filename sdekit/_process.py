@@ -11,6 +11,9 @@ Each speaks two dialects.  In natural time and natural shape, :meth:`Process.dri
 torchdiffeq function ``ode(t, x)``.  For torchsde (increasing times, 2-D states) each is an SDE
 with ``f(s, y)`` and ``g(s, y)`` on the clock ``s = T - t`` (reverse processes) or ``s = t``
 (forward), with the state flattened to ``(batch, prod(event_shape))``.
+
+:meth:`Process.solve` and the likelihood methods of :class:`ProbabilityFlowODE` call the package's public
+functions (:func:`sdekit.solve`, :func:`sdekit.log_likelihood`, ...), whose modules import this one.
 """
 
 import inspect
@@ -18,6 +21,8 @@ import numbers
 from typing import Callable, Optional, Sequence
 
 import torch
+
+import sdekit
 
 from ._broadcast import batch_times, per_sample, time_dtype
 from ._errors import ArgumentTypeError, InvalidParameterError, ShapeError
@@ -71,8 +76,9 @@ class Process:
         return self.sde.eps, self.sde.T
 
     def default_span(self):
-        """``(t_start, t_end)`` of a solve when the user gives neither."""
-        return self.sde.T, self.sde.eps
+        """``(t_start, t_end)`` of a solve when the user gives neither: the interval, run in the process's direction."""
+        low, high = self.default_interval()
+        return (low, high) if self.runs_forward else (high, low)
 
     def replace(self, **changes) -> "Process":
         """A copy with some of ``event_shape``, ``sde_type``, ``noise_type``, ``t_min``, ``t_max`` changed.
@@ -126,8 +132,7 @@ class Process:
 
     def solve(self, x: torch.Tensor, method: Optional[str] = None, **options):
         """Integrate from ``t_start`` to ``t_end`` with any registered method; see :func:`sdekit.solve`."""
-        from ._solve import solve
-        return solve(self, x, method=method, **options)
+        return sdekit.solve(self, x, method=method, **options)
 
     # -- the SDE's coefficients, checked on first use -----------------------------------------
     def _sde_f(self, t, x):
@@ -256,9 +261,6 @@ class ReverseSDE(_ScoreDriven):
     Stratonovich methods (heun, midpoint, reversible_heun, log_ode, euler_heun) accept.
     """
 
-    kind = "sde"
-    _score_weight = 1.0
-
 
 class ProbabilityFlowODE(_ScoreDriven):
     r"""The probability-flow ODE :math:`dx/dt = f - \tfrac12 g^2 \nabla\log p_t(x)`, run from ``T`` to ``eps``.
@@ -282,24 +284,20 @@ class ProbabilityFlowODE(_ScoreDriven):
 
         See :func:`sdekit.log_likelihood`; returns a :class:`sdekit.Likelihood` (NFE and the solve's statistics).
         """
-        from ._likelihood import log_likelihood
-        return log_likelihood(self, x, method, **options)
+        return sdekit.log_likelihood(self, x, method, **options)
 
     def encode(self, x, method="dopri5", **options):
         """The latent at ``T`` of data ``x`` (a Solution whose ``x`` is ``z``); see :func:`sdekit.encode`."""
-        from ._likelihood import encode
-        return encode(self, x, method, **options)
+        return sdekit.encode(self, x, method, **options)
 
     def decode(self, z, method="dopri5", **options):
         """The data at ``eps`` of a latent ``z`` (a Solution whose ``x`` is the data); see :func:`sdekit.decode`."""
-        from ._likelihood import decode
-        return decode(self, z, method, **options)
+        return sdekit.decode(self, z, method, **options)
 
 
 class ForwardSDE(Process):
     r"""The forward SDE :math:`dx = f\,dt + g\,dw` as a process from ``0`` to ``T``; NFE counts drift calls."""
 
-    kind = "sde"
     _direction = 1.0
     _expensive = "f"
 
@@ -307,9 +305,6 @@ class ForwardSDE(Process):
         super().__init__(sde, fn if fn is not None else _SDEDrift(sde), **kw)
 
     def default_interval(self):
-        return 0.0, self.sde.T
-
-    def default_span(self):
         return 0.0, self.sde.T
 
     def _natural_drift(self, t, x):

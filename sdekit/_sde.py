@@ -14,6 +14,8 @@ import numbers
 import numpy as np
 import torch
 
+import sdekit
+
 from ._broadcast import batch_times, per_sample
 from ._errors import ArgumentTypeError, InvalidParameterError
 
@@ -97,8 +99,7 @@ class SDE:
 
     def solve(self, x0: torch.Tensor, method: str = "euler", **options):
         """Integrate the forward SDE from ``t_start = 0`` to ``t_end = T``; see :func:`sdekit.solve`."""
-        from ._process import forward
-        return forward(self).solve(x0, method=method, **options)
+        return sdekit.forward(self).solve(x0, method=method, **options)
 
     def __repr__(self):
         return f"{type(self).__name__}(T={self.T}, eps={self.eps})"
