@@ -20,7 +20,7 @@ samples' errors, per sample and with ``per_sample=False``.
 **Reverse SDE** on the same mixture under ``VPSDE()``, 20 000 samples (``--quick``: 4 000).  Measures: sliced W2
 (64 directions) against an exact sample set, and the mode-mass total variation (masses read through the exact
 component posterior), each with its Monte Carlo floor (5 pairs of exact sets: mean +- std).  Methods:
-``improved_euler`` (Brownian path kept) at rtol = atol = 0.2 ... 0.01, the same with ``noise="redraw"``;
+``improved_euler`` (Brownian path kept) at rtol = atol = 0.2 ... 0.01, the same with ``on_reject="redraw"``;
 torchsde's ``euler`` and ``srk`` with sdekit's adaptive controller (one step for the batch: a full step against two
 half steps) at rtol = atol = 0.2 ... 0.02; the best fixed-grid stochastic samplers of the samplers benchmark,
 ``edm_stochastic`` and ``dpmpp_2m_sde``, at NFE 20 ... 200.  The SDE target: ``improved_euler`` at the floor (both
@@ -284,7 +284,7 @@ def sde_rows(sde, mix, n, device, quick):
     for tol in tols:
         add("improved_euler", tol, method="improved_euler", rtol=tol, atol=tol)
     for tol in tols[:3]:
-        add("improved_euler redraw", tol, method="improved_euler", rtol=tol, atol=tol, options={"noise": "redraw"})
+        add("improved_euler redraw", tol, method="improved_euler", rtol=tol, atol=tol, options={"on_reject": "redraw"})
     for name in ("torchsde.euler", "torchsde.srk"):
         for tol in (TORCHSDE_TOLS[:2] if quick else TORCHSDE_TOLS):
             add(name, tol, method=name, rtol=tol, atol=tol)

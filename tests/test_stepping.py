@@ -577,7 +577,7 @@ def test_tiny_eps_with_the_exact_ve_marginal():
 def test_steppers_take_per_sample_times(cls):
     """Four samples on four different grids, stepped together, equal each sample stepped alone on its own
     grid (with its own keyed noise): the steppers are ready for per-sample adaptive stepping."""
-    from sdekit._stepping import Frame
+    from sdekit._stepping import Model
     sde = sdekit.VPSDE()
     score = IsoScore(sde)
     batch, steps = 4, 5
@@ -591,7 +591,7 @@ def test_steppers_take_per_sample_times(cls):
         proc = make(sde, score).replace(event_shape=(2,), t_min=sde.eps, t_max=sde.T)
         noise = (sdekit.KeyedBrownian(sde.eps, sde.T, tuple(xs.shape), seed=4, index=idx, dtype=xs.dtype)
                  if stochastic else None)
-        stepper = cls(Frame(proc, cls.name), noise, {})
+        stepper = cls(Model(proc, cls.name), noise, {})
         for j in range(steps):
             xs = stepper.step(xs, g[:, j].contiguous(), g[:, j + 1].contiguous(), j, steps)
         return xs

@@ -13,7 +13,7 @@ def _register():
         register(Method(
             name=cls.name, backend="sdekit", kind=cls.kind,
             order=cls.strong_order if cls.strong_order is not None else cls.order if on_ode else None,
-            weak_order=cls.order if stochastic else None, order_additive=cls.order_additive,
+            weak_order=cls.weak_order, order_additive=cls.order_additive,
             stepping="adaptive" if cls.adaptive else "fixed",
             integrate=functools.partial(run, cls),
             sde_type="ito" if stochastic else None, description=cls.description, frame=cls.frame, needs=cls.needs,

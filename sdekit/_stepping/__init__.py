@@ -1,4 +1,4 @@
-"""sdekit's own stepping layer: one driver (:func:`run`), one controller module, small steppers, frames, keyed noise.
+"""sdekit's own stepping layer: one driver (:func:`run`), one controller module, small steppers, the model they step (its predictions and coefficients), keyed noise.
 
 Each stepper is one small module; :data:`STEPPERS` lists the fixed-step ones in the order ``sdekit.methods()``
 shows, and :data:`ADAPTIVE_STEPPERS` the adaptive ones (a step size per sample).  Adding a sampler is adding its
@@ -13,7 +13,7 @@ from ._dpmpp_multistep import DPMSolverPP2M, DPMSolverPP3M
 from ._dpmpp_sde import DPMSolverPP2MSDE, DPMSolverPPSDE
 from ._driver import SYNC_EVERY, run, walk
 from ._edm import EDMHeun, EDMStochastic
-from ._frame import Frame
+from ._model import Coef, Model
 from ._improved_euler import ImprovedEuler
 from ._ipndm import IPNDM
 from ._lms import LMS
@@ -29,4 +29,4 @@ STEPPERS = (DDIM, DPMSolver2, DPMSolver3, DPMSolverFast, DPMSolverPP2S, DPMSolve
 ADAPTIVE_STEPPERS = (Bosh3, Dopri5, DPMSolverAdaptive, ImprovedEuler)
 
 
-__all__ = ["run", "walk", "Stepper", "AdaptiveStepper", "Frame", "STEPPERS", "ADAPTIVE_STEPPERS", "SYNC_EVERY"]
+__all__ = ["run", "walk", "Stepper", "AdaptiveStepper", "Model", "Coef", "STEPPERS", "ADAPTIVE_STEPPERS", "SYNC_EVERY"]

@@ -14,10 +14,7 @@ is the posterior :math:`q(x_{t'} \mid x_t, \hat x_0)`, DDPM's ancestral step wit
 fresh at each step, one keyed draw (:meth:`sdekit.KeyedBrownian.step_normal`), as k-diffusion's ``randn``.
 """
 
-import torch
-
 from .._errors import InvalidParameterError
-from ._frame import ps
 from ._stepper import Stepper, check_number
 
 
@@ -27,13 +24,14 @@ class DDIM(Stepper):
     kind = "sde"
     deterministic_on_ode = True
     order = 1.0
+    weak_order = 1.0
     frame = "logsnr"
     needs = "x0"
     schedule = "uniform"
     defaults = {"eta": None, "s_noise": 1.0}
 
     def setup(self, eta, s_noise):
-        on_ode = self.noise is None
+        on_ode = self.brownian is None
         if eta is None:
             eta = 0.0 if on_ode else 1.0
         self.eta = check_number("eta", eta, 0.0, 1.0)
@@ -43,17 +41,15 @@ class DDIM(Stepper):
                                         "with it, or use eta=0 on the probability flow")
 
     def step(self, x, t, t_next, i, n):
-        f = self.frame
-        alpha, sigma, lam, alpha1, sigma1, lam1 = f.ends(t, t_next)
+        alpha, sigma, lam, alpha1, sigma1, lam1 = self.model.ends(t, t_next)
         h = lam1 - lam
-        x0 = f.data(x, t)
+        x0 = self.model.data(x, t)
         if self.eta == 0:
-            return ps(sigma1 / sigma, x) * x - ps(alpha1 * torch.expm1(-h), x) * x0
-        c = self.eta * sigma1 * torch.sqrt(-torch.expm1(-2 * h))
-        eps = (x - ps(alpha, x) * x0) * ps(1 / sigma, x)
+            return sigma1 / sigma * x - alpha1 * (-h).expm1() * x0
+        c = self.eta * sigma1 * (-(-2 * h).expm1()).sqrt()
+        eps = (x - alpha * x0) / sigma
         z = self.fresh_normal(t, t_next, x)
-        return (ps(alpha1, x) * x0 + ps(torch.sqrt((sigma1 * sigma1 - c * c).clamp_min(0)), x) * eps
-                + ps(c * self.s_noise, x) * z)
+        return alpha1 * x0 + (sigma1 * sigma1 - c * c).clamp_min(0).sqrt() * eps + c * self.s_noise * z
 
 
 class EulerAncestral(DDIM):

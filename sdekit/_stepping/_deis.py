@@ -25,7 +25,7 @@ import math
 import torch
 
 from ._dpmpp_multistep import step_orders
-from ._frame import ps
+from ._model import Coef
 from ._stepper import Stepper, check_bool, check_number
 
 _SERIES_BELOW = 0.5
@@ -65,26 +65,27 @@ class DEIS(Stepper):
     defaults = {"order": 3, "lower_order_final": True}
 
     def setup(self, order, lower_order_final):
-        self.p = check_number("order", order, 1, 3, integer=True)
+        self.max_order = check_number("order", order, 1, 3, integer=True)
         self.lower_order_final = check_bool("lower_order_final", lower_order_final)
         self.past = []   # (log rho, noise prediction), newest first
 
     orders = None   # each step's order, from plan(grid); a stepper stepped by hand warms up only
 
     def plan(self, grid):
-        self.orders = step_orders(self.frame.log_snr(grid), self.p, self.lower_order_final, last_order=2)
+        self.orders = step_orders(self.model.log_snr(grid).value, self.max_order, self.lower_order_final,
+                                  last_order=2)
 
     def step(self, x, t, t_next, i, n):
-        f = self.frame
-        rho, rho1 = f.sigma_ve(t), f.sigma_ve(t_next)
+        model = self.model
+        rho, rho1 = model.sigma_ve(t).value, model.sigma_ve(t_next).value
         log_rho = torch.log(rho)
-        self.past = ([(log_rho, f.noise(x, t))] + self.past)[:self.history + 1]
-        p = min(self.orders[i] if self.orders else self.p, len(self.past))
+        self.past = ([(log_rho, model.eps(x, t))] + self.past)[:self.history + 1]
+        p = min(self.orders[i] if self.orders else self.max_order, len(self.past))   # this step's order
         nodes = torch.stack([lr - log_rho for lr, _ in self.past[:p]], -1)            # (batch, p), v_0 = 0
         vandermonde = nodes.unsqueeze(-1) ** torch.arange(p, dtype=nodes.dtype, device=nodes.device)
         moments = exp_moments(torch.log(rho1 / rho), p)                                  # (batch, p)
         c = rho.unsqueeze(-1) * torch.linalg.solve(vandermonde.transpose(-1, -2), moments)   # V^T c = I
-        y = x * ps(1 / f.alpha(t), x)
+        y = model.to_ve(x, t)
         for j, (_, e) in enumerate(self.past[:p]):
-            y = y + ps(c[:, j], x) * e
-        return ps(f.alpha(t_next), x) * y
+            y = y + Coef(c[:, j]) * e
+        return model.from_ve(y, t_next)

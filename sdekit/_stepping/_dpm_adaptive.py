@@ -53,19 +53,19 @@ class DPMSolverAdaptive(AdaptiveStepper):
         return jm_controller(self.theta, 1.0 / self.solver_order, self.fac_max)
 
     def to_clock(self, t):
-        return self.frame.log_snr(t)
+        return self.model.log_snr(t).value
 
     def from_clock(self, u):
-        return self.frame.t_of_log_snr(u)
+        return self.model.t_of_log_snr(u)
 
     def start(self, x, t):
         return {"prev": x}
 
     def initial_step(self, x, t, t_end, carry):
-        left = (self.frame.log_snr(torch.full_like(t, t_end)) - self.frame.log_snr(t)).abs()
+        left = (self.model.log_snr(torch.full_like(t, t_end)) - self.model.log_snr(t)).abs().value
         return torch.minimum(torch.full_like(t, self.h_init), left)
 
     def attempt(self, x, t, t_next, carry, attempt):
-        low, high = dpm_solver_step(self.frame, x, t, t_next, self.solver_order, lower=True)
+        low, high = dpm_solver_step(self.model, x, t, t_next, self.solver_order, lower=True)
         err = error_ratio(high - low, mixed_scale(self.atol, self.rtol, low, carry["prev"]))
         return high, err, {"prev": low}

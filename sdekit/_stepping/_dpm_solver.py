@@ -16,7 +16,7 @@ by ``sde.t_of_log_snr``.
 
 import torch
 
-from ._frame import ps
+from ._model import Coef
 from ._stepper import Stepper
 
 
@@ -29,10 +29,10 @@ class _SingleStep(Stepper):
 
 def _safe(h):
     """``h`` with zeros (a finished sample's zero-length step, discarded) replaced by 1, to divide by."""
-    return torch.where(h == 0, torch.ones_like(h), h)
+    return Coef(torch.where(h.value == 0, torch.ones_like(h.value), h.value))
 
 
-def dpm_solver_step(frame, x, t, t_next, order, lower=False):
+def dpm_solver_step(model, x, t, t_next, order, lower=False):
     r"""One noise-prediction DPM-Solver step of ``order`` 1 (DDIM), 2 (:math:`r_1 = \tfrac12`) or 3
     (:math:`r_1 = \tfrac13, r_2 = \tfrac23`) from per-sample times ``t`` to ``t_next``: ``order`` evaluations.
 
@@ -40,28 +40,27 @@ def dpm_solver_step(frame, x, t, t_next, order, lower=False):
     evaluations give (DPM-Solver-1 for order 2, DPM-Solver-2 with :math:`r_1 = \tfrac13` for order 3): the pair
     whose difference is DPM-Solver-12/23's error estimate.  A zero-length step (a finished sample's) stays finite.
     """
-    alpha, sigma, lam, alpha1, sigma1, lam1 = frame.ends(t, t_next)
+    alpha, sigma, lam, alpha1, sigma1, lam1 = model.ends(t, t_next)
     h = lam1 - lam
-    phi = torch.expm1(h)
-    e0 = frame.noise(x, t)
-    first = ps(alpha1 / alpha, x) * x - ps(sigma1 * phi, x) * e0                  # DPM-Solver-1
+    phi = h.expm1()
+    e0 = model.eps(x, t)
+    first = alpha1 / alpha * x - sigma1 * phi * e0                               # DPM-Solver-1
     if order == 1:
         return (first, first) if lower else first
     r1 = 0.5 if order == 2 else 1.0 / 3.0
-    s1, alpha_s1, sigma_s1 = frame.at_log_snr(lam + r1 * h)
-    u1 = ps(alpha_s1 / alpha, x) * x - ps(sigma_s1 * torch.expm1(r1 * h), x) * e0
-    d1 = frame.noise(u1, s1) - e0
+    s1, alpha_s1, sigma_s1 = model.at_log_snr(lam + r1 * h)
+    u1 = alpha_s1 / alpha * x - sigma_s1 * (r1 * h).expm1() * e0
+    d1 = model.eps(u1, s1) - e0
     if order == 2 or lower:
-        second = first - ps(sigma1 * phi / (2 * r1), x) * d1                       # DPM-Solver-2 with this r1
+        second = first - sigma1 * phi / (2 * r1) * d1                             # DPM-Solver-2 with this r1
     if order == 2:
         return (first, second) if lower else second
     r2 = 2.0 / 3.0
-    s2, alpha_s2, sigma_s2 = frame.at_log_snr(lam + r2 * h)
-    phi2 = torch.expm1(r2 * h)
-    u2 = (ps(alpha_s2 / alpha, x) * x - ps(sigma_s2 * phi2, x) * e0
-          - ps(sigma_s2 * (r2 / r1) * (phi2 / _safe(r2 * h) - 1), x) * d1)
-    d2 = frame.noise(u2, s2) - e0
-    third = first - ps(sigma1 / r2 * (phi / _safe(h) - 1), x) * d2                # DPM-Solver-3
+    s2, alpha_s2, sigma_s2 = model.at_log_snr(lam + r2 * h)
+    phi2 = (r2 * h).expm1()
+    u2 = alpha_s2 / alpha * x - sigma_s2 * phi2 * e0 - sigma_s2 * (r2 / r1) * (phi2 / _safe(r2 * h) - 1) * d1
+    d2 = model.eps(u2, s2) - e0
+    third = first - sigma1 / r2 * (phi / _safe(h) - 1) * d2                      # DPM-Solver-3
     return (second, third) if lower else third
 
 
@@ -72,7 +71,7 @@ class DPMSolver2(_SingleStep):
     needs = "eps"
 
     def step(self, x, t, t_next, i, n):
-        return dpm_solver_step(self.frame, x, t, t_next, 2)
+        return dpm_solver_step(self.model, x, t, t_next, 2)
 
 
 class DPMSolver3(_SingleStep):
@@ -82,7 +81,7 @@ class DPMSolver3(_SingleStep):
     needs = "eps"
 
     def step(self, x, t, t_next, i, n):
-        return dpm_solver_step(self.frame, x, t, t_next, 3)
+        return dpm_solver_step(self.model, x, t, t_next, 3)
 
 
 def fast_orders(evaluations: int) -> list:
@@ -117,7 +116,7 @@ class DPMSolverFast(_SingleStep):
 
     def step(self, x, t, t_next, i, n):
         last = n - len(self.tail)
-        return dpm_solver_step(self.frame, x, t, t_next, 3 if i < last else self.tail[i - last])
+        return dpm_solver_step(self.model, x, t, t_next, 3 if i < last else self.tail[i - last])
 
 
 class DPMSolverPP2S(_SingleStep):
@@ -128,11 +127,11 @@ class DPMSolverPP2S(_SingleStep):
 
     def step(self, x, t, t_next, i, n):
         r = 0.5
-        alpha, sigma, lam, alpha1, sigma1, lam1 = self.frame.ends(t, t_next)
+        alpha, sigma, lam, alpha1, sigma1, lam1 = self.model.ends(t, t_next)
         h = lam1 - lam
-        s, alpha_s, sigma_s = self.frame.at_log_snr(lam + r * h)
-        m0 = self.frame.data(x, t)
-        u = ps(sigma_s / sigma, x) * x - ps(alpha_s * torch.expm1(-r * h), x) * m0
-        ms = self.frame.data(u, s)
+        s, alpha_s, sigma_s = self.model.at_log_snr(lam + r * h)
+        m0 = self.model.data(x, t)
+        u = sigma_s / sigma * x - alpha_s * (-r * h).expm1() * m0
+        ms = self.model.data(u, s)
         w = 1.0 / (2 * r)
-        return ps(sigma1 / sigma, x) * x - ps(alpha1 * torch.expm1(-h), x) * ((1 - w) * m0 + w * ms)
+        return sigma1 / sigma * x - alpha1 * (-h).expm1() * ((1 - w) * m0 + w * ms)

@@ -28,9 +28,6 @@ flow, which it happens to integrate one order better).
 
 from typing import List
 
-import torch
-
-from ._frame import ps
 from ._stepper import Stepper, check_bool, check_choice
 
 #: A step uses the predictions behind it only while it is at most ``REACH`` times as long, in log-SNR, as the span
@@ -90,35 +87,32 @@ class _DPMSolverPPMultistep(Stepper):
     orders = None   # each step's order, from plan(grid); a stepper stepped by hand warms up only
 
     def plan(self, grid):
-        self.orders = step_orders(self.frame.log_snr(grid), self.history + 1, self.lower_order_final)
+        self.orders = step_orders(self.model.log_snr(grid).value, self.history + 1, self.lower_order_final)
 
     def step(self, x, t, t_next, i, n):
-        f = self.frame
-        alpha, sigma, lam, alpha1, sigma1, lam1 = f.ends(t, t_next)
+        model = self.model
+        alpha, sigma, lam, alpha1, sigma1, lam1 = model.ends(t, t_next)
         h = lam1 - lam
-        m0 = f.data(x, t)
-        p = self.orders[i] if self.orders else min(self.history + 1, i + 1)   # the update's order, not the declared one
-        phi1 = torch.expm1(-h)
-        decay, gain = ps(sigma1 / sigma, x) * x, ps(alpha1 * phi1, x)
+        m0 = model.data(x, t)
+        p = self.orders[i] if self.orders else min(self.history + 1, i + 1)   # this step's order
+        phi1 = (-h).expm1()
+        m = m0                                                   # the prediction integrated over the step
         if i == 0 and self.warmup == "singlestep" and n > 1:
-            s, alpha_s, sigma_s = f.at_log_snr(lam + 0.5 * h)   # DPM-Solver++(2S), r = 1/2: the midpoint's x0
-            u = ps(sigma_s / sigma, x) * x - ps(alpha_s * torch.expm1(-0.5 * h), x) * m0
-            out = torch.addcmul(decay, gain, f.data(u, s), value=-1)
+            s, alpha_s, sigma_s = model.at_log_snr(lam + 0.5 * h)   # DPM-Solver++(2S), r = 1/2: the midpoint's x0
+            m = model.data(sigma_s / sigma * x - alpha_s * (-0.5 * h).expm1() * m0, s)
         elif p == 2:                                             # m0 + (m0 - m1)/(2 r), r = (lam - lam_1)/h
             lam_1, m1 = self.past[-1]
-            out = torch.addcmul(decay, gain, torch.lerp(m1, m0, ps(1 + 0.5 * h / (lam - lam_1), x)), value=-1)
-        else:
-            out = torch.addcmul(decay, gain, m0, value=-1)
+            m = m0 + 0.5 * h / (lam - lam_1) * (m0 - m1)
+        out = sigma1 / sigma * x - alpha1 * phi1 * m
         if p == 3:
             (lam_2, m2), (lam_1, m1) = self.past[-2], self.past[-1]
             r0, r1 = (lam - lam_1) / h, (lam_1 - lam_2) / h
-            d1_0 = ps(1 / r0, x) * (m0 - m1)
-            d1_1 = ps(1 / r1, x) * (m1 - m2)
-            d1 = d1_0 + ps(r0 / (r0 + r1), x) * (d1_0 - d1_1)
-            d2 = ps(1 / (r0 + r1), x) * (d1_0 - d1_1)
+            d1_0, d1_1 = (m0 - m1) / r0, (m1 - m2) / r1
+            d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
             phi2 = phi1 / h + 1
             phi3 = phi2 / h - 0.5
-            out = out + ps(alpha1 * phi2, x) * d1 - ps(2 * alpha1 * phi3, x) * d2
+            out = out + alpha1 * phi2 * d1 - 2 * alpha1 * phi3 * d2
         self.past = (self.past + [(lam, m0)])[-self.history:]
         return out
 

@@ -15,14 +15,14 @@ so the two draws of ``dpmpp_sde`` are correlated as the path makes them.
 
 import torch
 
-from ._frame import ps
+from ._model import Coef
 from ._stepper import Stepper, check_choice, check_number
 
 
 def ancestral_split(s, s1, eta):
     r"""k-diffusion's ancestral step from noise ``s`` to ``s1``: :math:`(\sigma_{down}, \sigma_{up})` per sample."""
-    up = torch.minimum(s1, eta * torch.sqrt((s1 * s1 * (s * s - s1 * s1) / (s * s)).clamp_min(0)))
-    return torch.sqrt((s1 * s1 - up * up).clamp_min(0)), up
+    up = torch.minimum(s1.value, eta * torch.sqrt((s1 * s1 * (s * s - s1 * s1) / (s * s)).value.clamp_min(0)))
+    return Coef(torch.sqrt((s1.value * s1.value - up * up).clamp_min(0))), Coef(up)
 
 
 class DPMSolverPP2MSDE(Stepper):
@@ -43,26 +43,25 @@ class DPMSolverPP2MSDE(Stepper):
         self.last = None   # (h, data prediction) of the previous step
 
     def step(self, x, t, t_next, i, n):
-        f = self.frame
-        s, s1 = f.sigma_ve(t), f.sigma_ve(t_next)
-        h = torch.log(s) - torch.log(s1)
+        model = self.model
+        s, s1 = model.sigma_ve(t), model.sigma_ve(t_next)
+        h = s.log() - s1.log()
         eta_h = self.eta * h
-        m0 = f.data(x, t)
-        x_ve = f.to_ve(x, t)
-        c = -torch.expm1(-h - eta_h)
-        out = ps(s1 / s * torch.exp(-eta_h), x) * x_ve + ps(c, x) * m0
+        m0 = model.data(x, t)
+        c = -(-h - eta_h).expm1()
+        out = s1 / s * (-eta_h).exp() * model.to_ve(x, t) + c * m0
         if self.last is not None:
             h_last, m1 = self.last
             r = h_last / h
             if self.solver_type == "midpoint":
-                out = out + ps(0.5 * c / r, x) * (m0 - m1)
+                out = out + 0.5 * c / r * (m0 - m1)
             else:
-                out = out + ps((c / (-h - eta_h) + 1) / r, x) * (m0 - m1)
+                out = out + (c / (-h - eta_h) + 1) / r * (m0 - m1)
         if self.eta > 0:
             z = self.brownian_normal(t, t_next, x)
-            out = out + ps(s1 * torch.sqrt(-torch.expm1(-2 * eta_h)) * self.s_noise, x) * z
+            out = out + s1 * (-(-2 * eta_h).expm1()).sqrt() * self.s_noise * z
         self.last = (h, m0)
-        return f.from_ve(out, t_next)
+        return model.from_ve(out, t_next)
 
 
 class DPMSolverPPSDE(Stepper):
@@ -81,19 +80,18 @@ class DPMSolverPPSDE(Stepper):
         self.r = check_number("r", r, 1e-3, 1.0 - 1e-3)
 
     def step(self, x, t, t_next, i, n):
-        f = self.frame
-        s, s1 = f.sigma_ve(t), f.sigma_ve(t_next)
-        lam, lam1 = -torch.log(s), -torch.log(s1)
-        t_mid = f.t_of_log_snr(lam + self.r * (lam1 - lam))
-        s_mid = f.sigma_ve(t_mid)
-        x_ve = f.to_ve(x, t)
-        m0 = f.data(x, t)
+        model = self.model
+        s, s1 = model.sigma_ve(t), model.sigma_ve(t_next)
+        lam, lam1 = -s.log(), -s1.log()
+        t_mid = model.t_of_log_snr(lam + self.r * (lam1 - lam))
+        s_mid = model.sigma_ve(t_mid)
+        x_ve = model.to_ve(x, t)
+        m0 = model.data(x, t)
         down, up = ancestral_split(s, s_mid, self.eta)
-        x_mid = ps(down / s, x) * x_ve + ps(1 - down / s, x) * m0
-        x_mid = x_mid + ps(up * self.s_noise, x) * self.brownian_normal(t, t_mid, x)
-        m_mid = f.data(f.from_ve(x_mid, t_mid), t_mid)
+        x_mid = down / s * x_ve + (1 - down / s) * m0 + up * self.s_noise * self.brownian_normal(t, t_mid, x)
+        m_mid = model.data(model.from_ve(x_mid, t_mid), t_mid)
         w = 1 / (2 * self.r)
         down, up = ancestral_split(s, s1, self.eta)
-        out = ps(down / s, x) * x_ve + ps(1 - down / s, x) * ((1 - w) * m0 + w * m_mid)
-        out = out + ps(up * self.s_noise, x) * self.brownian_normal(t, t_next, x)
-        return f.from_ve(out, t_next)
+        out = down / s * x_ve + (1 - down / s) * ((1 - w) * m0 + w * m_mid)
+        out = out + up * self.s_noise * self.brownian_normal(t, t_next, x)
+        return model.from_ve(out, t_next)

@@ -35,8 +35,8 @@ from .._evaluator import finite_rows
 from .._grid import save_indices
 from .._solution import STATUS, Outcome, Result
 from ._control import shared_ratio
-from ._frame import Frame
-from ._paths import solve_noise
+from ._model import Model
+from ._paths import solve_brownian
 from ._stepper import check_bool, check_number
 
 SYNC_EVERY = 2
@@ -69,17 +69,17 @@ def run(stepper_class, method, pb):
     if hook is not None and not callable(hook):
         raise InvalidParameterError(f"option hook must be callable as hook(x, t, noise) -> x, "
                                     f"got {type(hook).__name__}")
-    frame = Frame(proc, method.name) if stepper_class.needs != "drift" or denoise else None
+    model = Model(proc, method.name) if stepper_class.needs != "drift" or denoise else None
     stochastic = stepper_class.kind == "sde" and proc.kind == "sde"
-    noise = solve_noise(pb, pb.x0) if stochastic or hook is not None else None
-    stepper = stepper_class(frame, noise if stochastic else None, options, budget=pb.budget)
+    brownian = solve_brownian(pb, pb.x0) if stochastic or hook is not None else None
+    stepper = stepper_class(model, brownian if stochastic else None, options, budget=pb.budget)
     if not adaptive:
         stepper.plan(pb.grid)
-        return walk(stepper, pb, frame=frame, hook=hook, noise=noise, denoise=denoise)
+        return walk(stepper, pb, model=model, hook=hook, brownian=brownian, denoise=denoise)
     stepper.bind(proc, pb.rtol, pb.atol)
     outcome = _Adaptive(stepper, pb, pb.per_sample is False, sync_every).run()
     if denoise:
-        _denoise(outcome, frame, pb)
+        _denoise(outcome, model, pb)
     return outcome
 
 
@@ -123,30 +123,30 @@ def where_rows(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torc
 
 
 # -- the fixed grid: the constant-step controller --------------------------------------------------
-def walk(stepper, pb, frame=None, hook=None, noise=None, denoise=False):
+def walk(stepper, pb, model=None, hook=None, brownian=None, denoise=False):
     """Walk ``pb``'s fixed grid with a built ``stepper``: every sample steps to the grid's next point and every step
     is accepted.  The step counting, ``max_steps``, ``save_at``, the hook and the final denoising step, for sdekit's
     steppers and for torchsde's step functions alike.
 
-    ``frame`` (a :class:`Frame`, needed for ``denoise``) computes the grid's coefficients once; ``hook`` and
-    ``noise`` are the caller's per-step hook and the keyed path it sees.
+    ``model`` (a :class:`Model`, needed for ``denoise``) computes the grid's coefficients once; ``hook`` and
+    ``brownian`` are the caller's per-step hook and the keyed Brownian path it sees.
     """
     proc = pb.process
     x = pb.x0
     batch = x.shape[0]
     times = pb.grid.to(device=x.device)
     n = times.numel() - 1
-    ts = frame.remember(times, x) if frame is not None else [times[i].expand(batch) for i in range(n + 1)]
+    ts = model.remember(times, x) if model is not None else [times[i].expand(batch) for i in range(n + 1)]
     save = save_indices(pb.grid, pb.save_at)
     if hook is not None:
-        x = _hooked(hook, x, ts[0], noise)
+        x = _hooked(hook, x, ts[0], brownian)
     path = [x] if 0 in save else []
     limit = n if pb.max_steps is None else min(n, pb.max_steps)
     for i in range(limit):
         proc.evaluator.step = i + 1
         x = stepper.step(x, ts[i], ts[i + 1], i, n)
         if hook is not None:
-            x = _hooked(hook, x, ts[i + 1], noise)
+            x = _hooked(hook, x, ts[i + 1], brownian)
         if i + 1 in save:
             path.append(x)
     if limit < n:
@@ -155,12 +155,12 @@ def walk(stepper, pb, frame=None, hook=None, noise=None, denoise=False):
                        detail=f"stopped at t={t_reached:.6g} after max_steps={pb.max_steps} of {n} grid steps")
     if denoise:
         proc.evaluator.step = n + 1
-        x = frame.data(x, ts[n])
+        x = model.data(x, ts[n])
     return Outcome(x, pb.t_end, path, steps=n, rejected=0)
 
 
-def _hooked(hook, x, t, noise):
-    out = hook(x, t, noise)
+def _hooked(hook, x, t, brownian):
+    out = hook(x, t, brownian)
     if not (isinstance(out, torch.Tensor) and out.shape == x.shape and out.dtype == x.dtype):
         raise InvalidParameterError(f"the hook returned {type(out).__name__} "
                                     f"{tuple(out.shape) if isinstance(out, torch.Tensor) else ''}; it must return "
@@ -168,14 +168,14 @@ def _hooked(hook, x, t, noise):
     return out
 
 
-def _denoise(outcome, frame, pb):
+def _denoise(outcome, model, pb):
     r"""Replace the samples that reached ``t_end`` by the data prediction :math:`\hat x_0` there (one evaluation)."""
     ev = pb.process.evaluator
     done = outcome.per_sample["status"] == SUCCESS
     before = ev.nfe
     ev.step = None
     t = torch.full_like(outcome.per_sample["t"], pb.t_end)
-    outcome.x = where_rows(done, frame.data(outcome.x, t), outcome.x)
+    outcome.x = where_rows(done, model.data(outcome.x, t), outcome.x)
     outcome.per_sample["nfe"] = outcome.per_sample["nfe"] + (ev.nfe - before) * done
     outcome.stats["row_evaluations"] += (ev.nfe - before) * done.numel()
 
@@ -206,8 +206,8 @@ class _Adaptive:
         self.last_target = len(targets) - 1
         span = max(abs(pb.t_start), abs(pb.t_end), 1.0)
         self.floor = max(pb.dt_min or 0.0, 64 * torch.finfo(torch.float64).eps * span)
-        if stepper.noise is not None:   # no step inside one leaf of the keyed path, where values would share a normal
-            self.floor = max(self.floor, stepper.noise.leaf)
+        if stepper.brownian is not None:   # no step inside one leaf of the keyed path, where values would share a normal
+            self.floor = max(self.floor, stepper.brownian.leaf)
         # the last slot takes the writes of samples that hit no save time; a sample that stops before a save
         # time (max_steps) has NaN there
         self.path = (torch.full((self.n_saves + 1,) + tuple(x.shape), math.nan, dtype=x.dtype, device=dev)
@@ -335,8 +335,8 @@ class _Adaptive:
             a, carry = a.rows(keep), {k: v[keep] for k, v in carry.items()}
             self.rows = self.rows[keep]
             self.evaluator.rows = self.rows
-            if self.stepper.noise is not None:
-                self.stepper.noise = self.stepper.noise.rows(keep)
+            if self.stepper.brownian is not None:
+                self.stepper.brownian = self.stepper.brownian.rows(keep)
         return a, carry, next_read
 
     def _outcome(self, iterations):

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ._frame import ps
+from ._model import Coef
 from ._stepper import Stepper, check_number
 
 
@@ -29,17 +29,17 @@ class EDMHeun(Stepper):
     schedule = "karras"
     defaults = {}
 
-    def heun(self, x_ve, s, t, s1, t1, like):
+    def heun(self, x_ve, s, t, s1, t1):
         """One Heun step in the VE frame from ``(x_ve, s)`` at ``t`` to noise ``s1`` at ``t1``; the natural state."""
-        f = self.frame
-        d = (x_ve - f.data(f.from_ve(x_ve, t), t)) * ps(1 / s, like)
-        x_euler = x_ve + ps(s1 - s, like) * d
-        d1 = (x_euler - f.data(f.from_ve(x_euler, t1), t1)) * ps(1 / s1, like)
-        return f.from_ve(x_ve + ps(0.5 * (s1 - s), like) * (d + d1), t1)
+        model = self.model
+        d = (x_ve - model.data(model.from_ve(x_ve, t), t)) / s
+        x_euler = x_ve + (s1 - s) * d
+        d1 = (x_euler - model.data(model.from_ve(x_euler, t1), t1)) / s1
+        return model.from_ve(x_ve + 0.5 * (s1 - s) * (d + d1), t1)
 
     def step(self, x, t, t_next, i, n):
-        f = self.frame
-        return self.heun(f.to_ve(x, t), f.sigma_ve(t), t, f.sigma_ve(t_next), t_next, x)
+        model = self.model
+        return self.heun(model.to_ve(x, t), model.sigma_ve(t), t, model.sigma_ve(t_next), t_next)
 
 
 class EDMStochastic(EDMHeun):
@@ -56,13 +56,13 @@ class EDMStochastic(EDMHeun):
         self.s_noise = check_number("s_noise", s_noise, 0.0, 10.0)
 
     def step(self, x, t, t_next, i, n):
-        f = self.frame
-        s, s1 = f.sigma_ve(t), f.sigma_ve(t_next)
-        inside = (s >= self.s_min) & (s <= self.s_max)
-        gamma = torch.where(inside, torch.full_like(s, min(self.s_churn / n, math.sqrt(2) - 1)), torch.zeros_like(s))
-        s_top = f.sigma_ve(torch.full_like(t, f.sde.T))
-        s_hat = torch.minimum(s * (1 + gamma), s_top)
-        t_hat = torch.where(s_hat > s, f.t_of_sigma_ve(s_hat).clamp(max=f.sde.T), t)
+        model = self.model
+        s, s1 = model.sigma_ve(t), model.sigma_ve(t_next)
+        inside = (s.value >= self.s_min) & (s.value <= self.s_max)
+        gamma = Coef(inside.double()) * min(self.s_churn / n, math.sqrt(2) - 1)
+        s_top = model.sigma_ve(torch.full_like(t, model.sde.T))
+        s_hat = Coef(torch.minimum((s * (1 + gamma)).value, s_top.value))
+        t_hat = torch.where(s_hat.value > s.value, model.t_of_sigma_ve(s_hat).clamp(max=model.sde.T), t)
         z = self.fresh_normal(t, t_next, x)
-        x_ve = f.to_ve(x, t) + ps(torch.sqrt((s_hat * s_hat - s * s).clamp_min(0)) * self.s_noise, x) * z
-        return self.heun(x_ve, s_hat, t_hat, s1, t_next, x)
+        x_ve = model.to_ve(x, t) + (s_hat * s_hat - s * s).clamp_min(0).sqrt() * self.s_noise * z
+        return self.heun(x_ve, s_hat, t_hat, s1, t_next)

@@ -36,7 +36,7 @@ with the same mixed tolerance.  The partition is then adapted to the path and th
 :class:`sdekit.KeyedBrownian`: a rejected step is retried with a smaller :math:`h` on the *same* path, queried at
 the new :math:`t'` (a Brownian-bridge refinement between the values already fixed), and the next step starts from
 :math:`W(t')`.  The result is a sample of the SDE, not of a rejection-biased process (rejection sampling with
-memory, Rackauckas & Nie 2017).  With ``options={"noise": "redraw"}`` each attempt draws fresh normals instead
+memory, Rackauckas & Nie 2017).  With ``options={"on_reject": "redraw"}`` each attempt draws fresh normals instead
 (keyed by the sample, its time and the attempt), as the paper's implementation does; that keeps the draws that
 make the error estimate small and biases the samples outward.  It exists to show the bias (docs/adaptive.md).
 
@@ -47,7 +47,7 @@ import torch
 
 from .._errors import InvalidParameterError
 from ._control import GROWTH_LIMIT, error_ratio, initial_step, jm_controller, mixed_scale
-from ._frame import ps
+from ._model import Coef
 from ._stepper import AdaptiveStepper, check_number
 
 
@@ -56,36 +56,36 @@ class ImprovedEuler(AdaptiveStepper):
     description = ("Euler-Maruyama / Improved-Euler pair, per-sample steps, Brownian path kept on rejection "
                    "(Jolicoeur-Martineau et al. 2021)")
     kind = "sde"
-    order = 1.0            # weak order
+    order = 2.0            # Heun on an ODE
+    weak_order = 1.0
     strong_order = 0.5     # diagonal noise
     order_additive = 1.0   # additive noise (VP, sub-VP, VE)
-    ode_order = 2.0        # Heun on an ODE
     deterministic_on_ode = True
     evals = 2
     frame = "t"
     needs = "drift"
     default_rtol = 0.05
     default_atol = 0.0078
-    defaults = {"theta": 0.9, "r": 0.9, "h_init": None, "fac_max": GROWTH_LIMIT, "noise": "keep"}
+    defaults = {"theta": 0.9, "r": 0.9, "h_init": None, "fac_max": GROWTH_LIMIT, "on_reject": "keep"}
 
-    def setup(self, theta, r, h_init, fac_max, noise):
+    def setup(self, theta, r, h_init, fac_max, on_reject):
         self.theta = check_number("theta", theta, 1e-3, 1.0)
         self.r = check_number("r", r, 1e-3, 2.0)
         self.h_init = None if h_init is None else check_number("h_init", h_init, 1e-12)
         self.fac_max = check_number("fac_max", fac_max, 1.0)
-        if noise not in ("keep", "redraw"):
-            raise InvalidParameterError(f"option noise must be 'keep' (the Brownian path is refined on rejection) "
-                                        f"or 'redraw' (fresh noise per attempt, biased), got {noise!r}")
-        self.redraw = noise == "redraw"
+        if on_reject not in ("keep", "redraw"):
+            raise InvalidParameterError(f"option on_reject must be 'keep' (the Brownian path is refined on rejection) "
+                                        f"or 'redraw' (fresh noise per attempt, biased), got {on_reject!r}")
+        self.redraw = on_reject == "redraw"
 
     def controller(self):
         return jm_controller(self.theta, self.r, self.fac_max)
 
     def start(self, x, t):
-        self.multiplicative = self.noise is not None and self.process.diffusion_depends_on_x(t.to(x.dtype), x)
+        self.multiplicative = self.brownian is not None and self.process.diffusion_depends_on_x(t.to(x.dtype), x)
         carry = {"prev": x}
-        if self.noise is not None and not self.redraw:
-            carry["w"] = self.noise.value(t).to(x.dtype)
+        if self.brownian is not None and not self.redraw:
+            carry["w"] = self.brownian.value(t).to(x.dtype)
         return carry
 
     def initial_step(self, x, t, t_end, carry):
@@ -96,15 +96,15 @@ class ImprovedEuler(AdaptiveStepper):
 
     def attempt(self, x, t, t_next, carry, attempt):
         proc = self.process
-        dt = ps(t_next - t, x)
+        dt = Coef(t_next - t).like(x)
         carry_next = {}
         dw = None
-        if self.noise is not None:
+        if self.brownian is not None:
             if self.redraw:
                 # keyed by (t, iteration): tags wrap after 2**21 iterations, which could only meet the same t again
-                dw = self.noise.normal(t, tag=attempt % 2 ** 21).to(x.dtype) * ps((t_next - t).abs().sqrt(), x)
+                dw = self.brownian.normal(t, tag=attempt % 2 ** 21).to(x.dtype) * Coef(t_next - t).abs().sqrt()
             else:
-                w_next = self.noise.value(t_next).to(x.dtype)
+                w_next = self.brownian.value(t_next).to(x.dtype)
                 dw = w_next - carry["w"]
                 carry_next["w"] = w_next
         b0 = proc.drift(t, x)
@@ -143,4 +143,4 @@ class ImprovedEuler(AdaptiveStepper):
     def _diffusion(self, t, x):
         """:math:`g(t, x)` shaped to multiply a state (the process's coefficient sees times in x's dtype)."""
         g = self.process.diffusion(t.to(x.dtype), x)
-        return g if g.shape == x.shape else ps(g, x)
+        return Coef(g).like(x)

@@ -16,7 +16,6 @@ non-uniform noise-level grids of diffusion sampling, and the Euler first step, l
 samplers benchmark).  Lagrange coefficients for the actual steps are ``lms``.
 """
 
-from ._frame import ps
 from ._stepper import Stepper, check_number
 
 _ADAMS_BASHFORTH = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12),
@@ -36,15 +35,15 @@ class IPNDM(Stepper):
     defaults = {"order": 4}
 
     def setup(self, order):
-        self.p = check_number("order", order, 1, 4, integer=True)
+        self.max_order = check_number("order", order, 1, 4, integer=True)
         self.past = []   # noise predictions, newest first
 
     def step(self, x, t, t_next, i, n):
-        f = self.frame
-        self.past = ([f.noise(x, t)] + self.past)[:self.p]
+        model = self.model
+        self.past = ([model.eps(x, t)] + self.past)[:self.max_order]
         coefs = _ADAMS_BASHFORTH[len(self.past)]
         slope = coefs[0] * self.past[0]
         for c, e in zip(coefs[1:], self.past[1:]):
             slope = slope.add(e, alpha=c)
-        ds = f.sigma_ve(t_next) - f.sigma_ve(t)
-        return f.from_ve(f.to_ve(x, t) + ps(ds, x) * slope, t_next)
+        ds = model.sigma_ve(t_next) - model.sigma_ve(t)
+        return model.from_ve(model.to_ve(x, t) + ds * slope, t_next)

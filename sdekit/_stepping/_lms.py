@@ -10,7 +10,7 @@ at 16–128 steps, approaching 2).
 
 import torch
 
-from ._frame import ps
+from ._model import Coef
 from ._stepper import Stepper, check_number
 
 _NODES = (-0.8611363115940526, -0.3399810435848563, 0.3399810435848563, 0.8611363115940526)
@@ -47,17 +47,16 @@ class LMS(Stepper):
     defaults = {"order": 4}
 
     def setup(self, order):
-        self.p = check_number("order", order, 1, 4, integer=True)
+        self.max_order = check_number("order", order, 1, 4, integer=True)
         self.past = []   # (sigma, derivative), newest last
 
     def step(self, x, t, t_next, i, n):
-        f = self.frame
-        s, s1 = f.sigma_ve(t), f.sigma_ve(t_next)
-        x_ve = f.to_ve(x, t)
-        d = (x_ve - f.data(x, t)) * ps(1 / s, x)
-        self.past = (self.past + [(s, d)])[-self.p:]
-        nodes = [node for node, _ in self.past]
-        weights = lagrange_weights(nodes, s, s1)
+        model = self.model
+        s, s1 = model.sigma_ve(t), model.sigma_ve(t_next)
+        x_ve = model.to_ve(x, t)
+        d = (x_ve - model.data(x, t)) / s
+        self.past = (self.past + [(s.value, d)])[-self.max_order:]
+        weights = lagrange_weights([node for node, _ in self.past], s.value, s1.value)
         for w, (_, dk) in zip(weights, self.past):
-            x_ve = x_ve + ps(w, x) * dk
-        return f.from_ve(x_ve, t_next)
+            x_ve = x_ve + Coef(w) * dk
+        return model.from_ve(x_ve, t_next)

@@ -9,7 +9,7 @@ from .._keyed import KeyedBrownian
 _ENTROPY_HIGH = 2 ** 62
 
 
-def solve_noise(pb, x):
+def solve_brownian(pb, x):
     """The keyed Brownian path of this solve: the caller's, or one over the span keyed by seed/generator."""
     lo, hi = min(pb.t_start, pb.t_end), max(pb.t_start, pb.t_end)
     if pb.noise is not None:

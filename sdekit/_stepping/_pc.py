@@ -19,9 +19,7 @@ keyed Brownian increments (a finer grid refines the path); the other predictors'
 the step, and the corrector's come from the keyed source at ``(t, step)``.
 """
 
-import torch
-
-from ._frame import ps
+from ._model import Coef
 from ._stepper import Stepper, check_choice, check_number
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral", "none")
@@ -47,39 +45,38 @@ class PredictorCorrector(Stepper):
         self.n_steps = check_number("n_steps", n_steps, 0, 1000, integer=True)
 
     def step(self, x, t, t_next, i, n):
-        f = self.frame
-        a = f.alpha(t) / f.alpha(t_next)
+        a = self.model.alpha(t) / self.model.alpha(t_next)
         if self.corrector != "none":
             for j in range(self.n_steps):
                 x = self._langevin(x, t, a, j)
         return self._predict(x, t, t_next, a)
 
     def _langevin(self, x, t, a, j):
-        s = self.frame.score(x, t)
-        z = self.noise.normal(t, tag=j).to(x.dtype)
+        s = self.model.score(x, t)
+        z = self.brownian.normal(t, tag=j).to(x.dtype)
         if self.corrector == "annealed_langevin":
-            eps = 2 * a * a * (self.snr * self.frame.sigma(t)) ** 2
+            eps = 2 * a * a * (self.snr * self.model.sigma(t)) ** 2
         else:
             s_norm = s.reshape(s.shape[0], -1).norm(dim=1).double()
             z_norm = z.reshape(z.shape[0], -1).norm(dim=1).double()
             if self.norm == "batch":
                 s_norm, z_norm = s_norm.mean().expand_as(s_norm), z_norm.mean().expand_as(z_norm)
-            eps = 2 * a * a * (self.snr * z_norm / s_norm) ** 2
-        return x + ps(eps, x) * s + ps(torch.sqrt(2 * eps), x) * z
+            eps = 2 * a * a * Coef((self.snr * z_norm / s_norm) ** 2)
+        return x + eps * s + (2 * eps).sqrt() * z
 
     def _predict(self, x, t, t_next, a):
         if self.predictor == "none":
             return x
-        f = self.frame
+        model = self.model
         z = self.brownian_normal(t, t_next, x) if self.predictor == "euler_maruyama" else self.fresh_normal(t, t_next, x)
         if self.predictor == "euler_maruyama":
             tx = t.to(x.dtype)
-            dt = t_next - t
-            g = ps(f.process.diffusion(tx, x), x)
-            return x + ps(dt, x) * f.process.drift(tx, x) + ps(dt.abs().sqrt(), x) * g * z
-        sigma, sigma1 = f.sigma(t), f.sigma(t_next)
+            dt = Coef(t_next - t)
+            g = Coef(model.process.diffusion(tx, x).double())   # g(t): the linear SDE's diffusion, per sample
+            return x + dt * model.process.drift(tx, x) + dt.abs().sqrt() * g * z
+        sigma, sigma1 = model.sigma(t), model.sigma(t_next)
         G2 = (sigma * sigma - a * a * sigma1 * sigma1).clamp_min(0)
-        s = f.score(x, t)
+        s = model.score(x, t)
         if self.predictor == "reverse_diffusion":
-            return x - ps(a - 1, x) * x + ps(G2, x) * s + ps(G2.sqrt(), x) * z
-        return (x + ps(G2, x) * s) * ps(1 / a, x) + ps(sigma1 * G2.sqrt() / sigma, x) * z
+            return x - (a - 1) * x + G2 * s + G2.sqrt() * z
+        return (x + G2 * s) / a + sigma1 * G2.sqrt() / sigma * z

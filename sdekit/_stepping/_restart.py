@@ -21,7 +21,7 @@ restarts, interval :math:`[0.06, 0.30]`): 8 evaluations on top of the walk, so `
 import torch
 
 from ._edm import EDMHeun
-from ._frame import ps
+from ._model import Coef
 from ._stepper import check_number
 
 
@@ -41,7 +41,7 @@ class Restart(EDMHeun):
         self.at = None   # the index of the grid point where the restarts happen
 
     def plan(self, grid):
-        levels = self.frame.sigma_ve(grid).tolist()   # sigma / alpha, closed-form or numerical moments
+        levels = self.model.sigma_ve(grid).value.tolist()   # sigma / alpha, closed-form or numerical moments
         self.top, self.t_top = max(levels), float(grid[levels.index(max(levels))])   # the walk's highest level
         below = [k for k in range(1, len(levels)) if levels[k] <= self.sigma_min and levels[k] < levels[k - 1]]
         ok = below and self.restarts > 0 and levels[below[0]] < min(self.sigma_max, self.top)
@@ -54,25 +54,23 @@ class Restart(EDMHeun):
         return x
 
     def _restart(self, x, t_r):
-        f = self.frame
-        s_r = f.sigma_ve(t_r)
+        model = self.model
+        s_r = model.sigma_ve(t_r).value
         s_max = torch.full_like(s_r, min(self.sigma_max, self.top))
-        t_max = f.t_of_sigma_ve(s_max) if self.sigma_max < self.top else torch.full_like(t_r, self.t_top)
+        t_max = model.t_of_sigma_ve(s_max) if self.sigma_max < self.top else torch.full_like(t_r, self.t_top)
         # the restart interval's Karras levels, per sample, from s_max down to s_r
         u = torch.linspace(0, 1, self.restart_steps, dtype=torch.float64, device=s_r.device)
         rho = 7.0
         lo, hi = s_r.unsqueeze(1) ** (1 / rho), s_max.unsqueeze(1) ** (1 / rho)
         levels = (hi + u * (lo - hi)) ** rho                                    # (batch, restart_steps)
         levels[:, 0], levels[:, -1] = s_max, s_r
-        times = [t_max] + [f.t_of_sigma_ve(levels[:, k]) for k in range(1, self.restart_steps - 1)]
+        times = [t_max] + [model.t_of_sigma_ve(levels[:, k]) for k in range(1, self.restart_steps - 1)]
         times.append(t_r)
-        jump = ps(torch.sqrt((s_max * s_max - s_r * s_r).clamp_min(0)) * self.s_noise, x)
+        jump = Coef(torch.sqrt((s_max * s_max - s_r * s_r).clamp_min(0)) * self.s_noise)
         for k in range(self.restarts):
-            z = self.noise.normal(t_r, tag=k).to(x.dtype)
-            x_ve = x * ps(1 / f.alpha(t_r), x) + jump * z
-            s = s_max
+            z = self.brownian.normal(t_r, tag=k).to(x.dtype)
+            x_ve = model.to_ve(x, t_r) + jump * z
             for j in range(1, self.restart_steps):
-                x = self.heun(x_ve, s, times[j - 1], levels[:, j], times[j], x)
-                s = levels[:, j]
-                x_ve = x * ps(1 / f.alpha(times[j]), x)
+                x = self.heun(x_ve, Coef(levels[:, j - 1]), times[j - 1], Coef(levels[:, j]), times[j])
+                x_ve = model.to_ve(x, times[j])
         return x

@@ -24,7 +24,7 @@ from fractions import Fraction as F
 
 from .._errors import InvalidParameterError
 from ._control import error_ratio, hairer_scale, initial_step, pi_controller
-from ._frame import ps
+from ._model import Coef
 from ._stepper import AdaptiveStepper, check_number
 
 
@@ -90,7 +90,7 @@ class RungeKuttaPair(AdaptiveStepper):
     def attempt(self, x, t, t_next, carry, attempt):
         tab = self.tableau
         h = t_next - t
-        hx = ps(h, x)
+        hx = Coef(h)
         ks = [carry["k"]]
         x_new = None
         for i in range(1, tab.stages):

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from .._errors import InvalidParameterError, MethodArgumentError, did_you_mean, unknown_options_message
+from ._model import Coef
 
 
 class Stepper:
@@ -18,13 +19,14 @@ class Stepper:
     - ``name``, ``description`` (one line naming the paper and algorithm); ``notes`` (default ``""``): what else a
       user choosing it must know (the option that reaches a higher order, a ``steps=`` that counts evaluations);
     - ``kind`` (``"ode"``): ``"ode"`` (deterministic: probability-flow ODE) or ``"sde"`` (stochastic: reverse SDE);
-    - ``order`` (``None``, unknown): its order of convergence with its default options, as measured
-      asymptotically: the ODE order, or the weak order of a stochastic stepper;
-    - ``strong_order``, ``order_additive`` (``None``): a stochastic stepper's strong order with diagonal and with
-      additive noise, where it has one;
+    - ``order`` (``None``, unknown): its order of convergence on the probability flow with its default options, as
+      measured asymptotically (an ODE stepper's, or a stochastic one's that also integrates the flow);
+    - ``weak_order``, ``strong_order``, ``order_additive`` (``None``): a stochastic stepper's weak order, and its
+      strong order with diagonal and with additive noise, where it has them;
     - ``deterministic_on_ode`` (``False``): a stochastic stepper that also integrates the probability flow (its
-      noise vanishes there: ``ddim`` with ``eta=0``), with ``order`` its ODE order;
-    - ``frame`` (``"t"``): ``"t"``, ``"sigma"`` or ``"logsnr"``; ``needs`` (``"score"``): ``"drift"``, ``"score"``,
+      noise vanishes there: ``ddim`` with ``eta=0``), with ``order`` its order there;
+    - ``frame`` (``"t"``): the variable it steps in, ``"t"``, ``"sigma"`` or ``"logsnr"``; ``needs``
+      (``"score"``): what it asks of the :class:`~sdekit._stepping._model.Model`, ``"drift"``, ``"score"``,
       ``"x0"`` or ``"eps"``;
     - ``history`` (0): model outputs kept between steps (multistep);
     - ``adaptive``, ``error_estimate`` (``False``), ``error_order`` (``None``): whether it adapts its step
@@ -35,8 +37,9 @@ class Stepper:
     - ``default_rtol``, ``default_atol`` (``None``: ``solve()``'s): an adaptive stepper's own tolerances;
     - ``defaults`` (none): its options and their default values.
 
-    An instance lives for one solve (it holds the history) and is built with the caller's options.
-    ``budget`` is the caller's ``steps=`` for a stepper with ``grid_steps`` (its evaluations), else ``None``.
+    An instance lives for one solve (it holds the history) and is built with the :class:`~sdekit._stepping._model.Model`
+    (``self.model``: predictions, and coefficients as :class:`~sdekit._stepping._model.Coef` values), the keyed
+    Brownian path of a stochastic solve (``self.brownian``, else ``None``) and the caller's options.  ``budget`` is the caller's ``steps=`` for a stepper with ``grid_steps`` (its evaluations), else ``None``.
     ``step(x, t, t_next, i, n)`` returns the state at ``t_next``; ``t`` and ``t_next`` are float64
     tensors of shape ``(batch,)`` (per-sample times), ``i`` the step's index among ``n``.
     """
@@ -46,6 +49,7 @@ class Stepper:
     notes = ""
     kind = "ode"
     order: Optional[float] = None
+    weak_order: Optional[float] = None
     strong_order: Optional[float] = None
     order_additive: Optional[float] = None
     deterministic_on_ode = False
@@ -64,13 +68,13 @@ class Stepper:
     #: the options the loop takes out before the stepper sees the rest (:func:`sdekit._stepping.run`)
     loop_options = ("denoise", "hook")
 
-    def __init__(self, frame, noise, options: dict, budget: Optional[int] = None):
+    def __init__(self, model, brownian, options: dict, budget: Optional[int] = None):
         unknown = sorted(set(options) - set(self.defaults), key=str)
         if unknown:   # solve() checks first, for every backend; a stepper built directly checks here
             raise MethodArgumentError(unknown_options_message(self.name, unknown,
                                                               tuple(sorted(self.defaults)) + self.loop_options))
-        self.frame = frame
-        self.noise = noise
+        self.model = model
+        self.brownian = brownian
         self.budget = budget
         self.opts = {**self.defaults, **options}
         self.setup(**self.opts)
@@ -90,15 +94,14 @@ class Stepper:
         r"""The standard normal of a step whose noise is new at each step (ancestral steps, EDM's churn): one fresh
         keyed draw (:meth:`KeyedBrownian.step_normal`), or with a path built ``refine=True`` the step's increment of
         the path, normalised (:meth:`brownian_normal`), so that a finer grid refines the same path."""
-        if self.noise.refine:
+        if self.brownian.refine:
             return self.brownian_normal(t, t_next, x)
-        return self.noise.step_normal(t).to(x.dtype)
+        return self.brownian.step_normal(t).to(x.dtype)
 
     def brownian_normal(self, t, t_next, x):
         r"""The standard normal :math:`(W(t') - W(t))/\sqrt{|t' - t|}` of this step, from the keyed path: for
         samplers that discretise the path itself (SDE-DPM-Solver++, Euler–Maruyama), so that a finer grid refines it."""
-        dw = self.noise.increment(t, t_next).to(x.dtype)
-        return dw * (1 / torch.sqrt((t_next - t).abs())).to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
+        return self.brownian.increment(t, t_next).to(x.dtype) / Coef(t_next - t).abs().sqrt()
 
 
 def check_number(name: str, value, low: float = 0.0, high: float = float("inf"), integer: bool = False):

@@ -17,7 +17,7 @@ the :math:`\rho` solving :math:`R\rho = b` with :math:`R_{jk} = r_k^{j-1}` and
 import torch
 
 from ._dpmpp_multistep import step_orders
-from ._frame import ps
+from ._model import Coef
 from ._stepper import Stepper, check_bool, check_choice, check_number
 
 
@@ -33,7 +33,7 @@ class UniPC(Stepper):
     defaults = {"order": 3, "variant": "bh2", "lower_order_final": True}
 
     def setup(self, order, variant, lower_order_final):
-        self.p = check_number("order", order, 1, 3, integer=True)
+        self.max_order = check_number("order", order, 1, 3, integer=True)
         self.variant = check_choice("variant", variant, ("bh1", "bh2"))
         self.lower_order_final = check_bool("lower_order_final", lower_order_final)
         self.past = []       # (log-SNR, data prediction) of earlier points, newest last
@@ -42,44 +42,44 @@ class UniPC(Stepper):
     orders = None   # each step's order, from plan(grid); a stepper stepped by hand warms up only
 
     def plan(self, grid):
-        self.orders = step_orders(self.frame.log_snr(grid), self.p, self.lower_order_final)
+        self.orders = step_orders(self.model.log_snr(grid).value, self.max_order, self.lower_order_final)
 
     def step(self, x, t, t_next, i, n):
-        f = self.frame
-        alpha, sigma, lam, alpha1, sigma1, lam1 = f.ends(t, t_next)
+        model = self.model
+        alpha, sigma, lam, alpha1, sigma1, lam1 = model.ends(t, t_next)
         h = lam1 - lam
-        m0 = self.current if self.current is not None else f.data(x, t)
-        p = self.orders[i] if self.orders else min(self.p, i + 1)
+        m0 = self.current if self.current is not None else model.data(x, t)
+        p = self.orders[i] if self.orders else min(self.max_order, i + 1)   # this step's order
         hh = -h
-        phi1 = torch.expm1(hh)
+        phi1 = hh.expm1()
         b_h = hh if self.variant == "bh1" else phi1
         rks, diffs = [], []
         for lam_k, m_k in reversed(self.past[-(p - 1):] if p > 1 else []):
             rk = (lam_k - lam) / h
-            rks.append(rk)
-            diffs.append(ps(1 / rk, x) * (m_k - m0))
-        rks.append(torch.ones_like(h))
+            rks.append(rk.value)
+            diffs.append((m_k - m0) / rk)
+        rks.append(torch.ones_like(h.value))
         rows, b = [], []
         h_phi_k, factorial = phi1 / hh - 1, 1
         for j in range(1, p + 1):
             rows.append(torch.stack(rks, dim=-1) ** (j - 1))
-            b.append(h_phi_k * factorial / b_h)
+            b.append((h_phi_k * factorial / b_h).value)
             factorial *= j + 1
             h_phi_k = h_phi_k / hh - 1 / factorial
         R, b = torch.stack(rows, dim=-2), torch.stack(b, dim=-1)          # (batch, p, p), (batch, p)
-        base = ps(sigma1 / sigma, x) * x - ps(alpha1 * phi1, x) * m0
+        base = sigma1 / sigma * x - alpha1 * phi1 * m0
         out = base
         if diffs:
-            rho_p = torch.full_like(h, 0.5).unsqueeze(-1) if p == 2 else torch.linalg.solve(R[:, :-1, :-1], b[:, :-1])
-            out = base - ps(alpha1 * b_h, x) * sum(ps(rho_p[:, k], x) * d for k, d in enumerate(diffs))
+            rho_p = torch.full_like(h.value, 0.5)[:, None] if p == 2 else torch.linalg.solve(R[:, :-1, :-1], b[:, :-1])
+            out = base - alpha1 * b_h * sum(Coef(rho_p[:, k]) * d for k, d in enumerate(diffs))
         self.past = (self.past + [(lam, m0)])[-self.history:]
         if i == n - 1:
             self.current = None
             return out
-        m1 = f.data(out, t_next)
-        rho_c = torch.full_like(h, 0.5).unsqueeze(-1) if p == 1 else torch.linalg.solve(R, b)
-        corr = ps(rho_c[:, -1], x) * (m1 - m0)
+        m1 = model.data(out, t_next)
+        rho_c = torch.full_like(h.value, 0.5)[:, None] if p == 1 else torch.linalg.solve(R, b)
+        corr = Coef(rho_c[:, -1]) * (m1 - m0)
         for k, d in enumerate(diffs):
-            corr = corr + ps(rho_c[:, k], x) * d
+            corr = corr + Coef(rho_c[:, k]) * d
         self.current = m1
-        return base - ps(alpha1 * b_h, x) * corr
+        return base - alpha1 * b_h * corr

@@ -1,4 +1,5 @@
-r"""The frames a stepper steps in, and the model's predictions in each, for any :class:`sdekit.LinearSDE`.
+r"""The model as a stepper sees it, for any :class:`sdekit.LinearSDE`: its predictions, and the SDE's coefficients
+as :class:`Coef` values that meet the state already cast and shaped.
 
 :math:`\alpha` and :math:`\sigma` come from ``sde.log_alpha_sigma``: the SDE's closed forms, or without them its
 moment ODEs solved numerically from ``drift_coef`` and ``diffusion_coef``; the log-SNR's inverse is
@@ -12,8 +13,9 @@ With :math:`x_t = \alpha(t) x_0 + \sigma(t)\varepsilon` and the score :math:`s \
   in which the probability-flow ODE is :math:`d\tilde x/d\tilde\sigma = (\tilde x - \hat x_0)/\tilde\sigma`
   (Karras et al. 2022, eq. 4).
 
-Coefficients are computed in float64 from float64 per-sample times of shape ``(batch,)`` and cast to the
-state's dtype only where they multiply a state; the model sees times in the state's dtype, at least float32.
+Coefficients are computed in float64 from float64 per-sample times of shape ``(batch,)``, combined in float64
+(:math:`\lambda' - \lambda`, :math:`e^{-h} - 1`, ratios of :math:`\sigma`), and cast to the state's dtype only
+where they multiply a state; the model sees times in the state's dtype, at least float32.
 """
 
 import torch
@@ -29,11 +31,70 @@ def model_time(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.to(dtype=dtype)
 
 
-class Frame:
-    """A bound process seen by a stepper: coefficients of its :class:`LinearSDE` and the model's predictions.
+def _value(c):
+    return c.value if isinstance(c, Coef) else c
 
-    ``evaluate(x, t)`` is the counted, checked score call (the process's evaluator); ``score``,
-    ``data`` and ``noise`` return :math:`s`, :math:`\\hat x_0` and :math:`\\hat\\varepsilon` at per-sample times.
+
+def _binary(op):
+    """The operator ``op`` and its reflection, for :class:`Coef`."""
+    return (lambda self, other: self._apply(other, op)), (lambda self, other: self._apply(other, op, True))
+
+
+def _unary(fn):
+    """The elementwise function ``fn`` of a :class:`Coef`, in float64."""
+    return lambda self: Coef(fn(self.value))
+
+
+class Coef:
+    r"""A per-sample coefficient of a step: float64 values of shape ``(batch,)``.
+
+    Arithmetic with other coefficients and with numbers stays a float64 ``Coef``; arithmetic with a tensor (a
+    state, ``(batch, *event_shape)``) casts the coefficient to the state's dtype and shapes it
+    ``(batch, 1, ..., 1)`` first, so a step reads as its formula: ``sigma1 / sigma * x - alpha1 * phi1 * x0``
+    is :math:`\tfrac{\sigma'}{\sigma}x - \alpha'\varphi_1\hat x_0` with :math:`\sigma'/\sigma` and
+    :math:`\alpha'\varphi_1` formed in float64.  ``value`` is the float64 tensor itself.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: torch.Tensor):
+        self.value = value
+
+    def like(self, x: torch.Tensor) -> torch.Tensor:
+        """The coefficient cast to ``x``'s dtype and shaped to broadcast against it."""
+        return per_sample(self.value.to(x.dtype), x)
+
+    def _apply(self, other, op, reflected=False):
+        if isinstance(other, torch.Tensor):   # a state: the coefficient takes its dtype and shape
+            a, b = self.like(other), other
+            return op(b, a) if reflected else op(a, b)
+        other = _value(other)
+        return Coef(op(other, self.value) if reflected else op(self.value, other))
+
+    __add__, __radd__ = _binary(torch.add)
+    __sub__, __rsub__ = _binary(torch.sub)
+    __mul__, __rmul__ = _binary(torch.mul)
+    __truediv__, __rtruediv__ = _binary(torch.div)
+    __neg__, exp, expm1, log, sqrt, abs = map(_unary, (torch.neg, torch.exp, torch.expm1, torch.log, torch.sqrt,
+                                                         torch.abs))
+
+    def __pow__(self, p):
+        return Coef(self.value ** _value(p))
+
+    def clamp_min(self, low: float):
+        return Coef(self.value.clamp_min(low))
+
+    def __repr__(self):
+        return f"Coef({self.value!r})"
+
+
+class Model:
+    r"""The model of a solve as a stepper sees it: the score function's predictions and the coefficients of its
+    :class:`LinearSDE` at per-sample times.
+
+    ``evaluate(x, t)`` is the counted, checked score call (the process's evaluator); ``score``, ``data`` and
+    ``eps`` return :math:`s`, :math:`\hat x_0` and :math:`\hat\varepsilon` at per-sample times ``t`` (float64
+    ``(batch,)``); ``alpha``, ``sigma``, ``log_snr``, ``sigma_ve`` and ``ends`` return :class:`Coef` values.
     """
 
     def __init__(self, process, method_name: str):
@@ -72,7 +133,7 @@ class Frame:
         return known if known is not None and known[0] is t else None
 
     def _coefs(self, t):
-        """``(alpha, sigma)`` at the per-sample times ``t``."""
+        """``(alpha, sigma)`` at the per-sample times ``t``, float64 tensors."""
         known = self._remembered(t)
         if known is not None:
             return known[1], known[2]
@@ -92,47 +153,49 @@ class Frame:
         alpha, sigma = self._coefs(t)
         return tuple(per_sample(c.to(x.dtype), x) for c in (sigma * sigma, 1 / alpha, sigma))
 
-    def alpha(self, t):
-        return self._coefs(t)[0]
+    def alpha(self, t) -> Coef:
+        return Coef(self._coefs(t)[0])
 
-    def sigma(self, t):
-        return self._coefs(t)[1]
+    def sigma(self, t) -> Coef:
+        return Coef(self._coefs(t)[1])
 
-    def log_snr(self, t):
+    def log_snr(self, t) -> Coef:
         alpha, sigma = self._coefs(t)
-        return self._lam(t, alpha, sigma)
+        return Coef(self._lam(t, alpha, sigma))
 
     def ends(self, t, t_next):
-        r"""``(alpha, sigma, lam, alpha', sigma', lam')`` at the two ends of a step: what every exponential
-        integrator starts from (:math:`h = \lambda' - \lambda`)."""
+        r"""``(alpha, sigma, lam, alpha', sigma', lam')`` at the two ends of a step, as :class:`Coef` values: what
+        every exponential integrator starts from (:math:`h = \lambda' - \lambda`)."""
         (alpha, sigma), (alpha1, sigma1) = self._coefs(t), self._coefs(t_next)
-        return alpha, sigma, self._lam(t, alpha, sigma), alpha1, sigma1, self._lam(t_next, alpha1, sigma1)
+        return (Coef(alpha), Coef(sigma), Coef(self._lam(t, alpha, sigma)),
+                Coef(alpha1), Coef(sigma1), Coef(self._lam(t_next, alpha1, sigma1)))
 
-    def t_of_log_snr(self, lam):
-        return self.sde.t_of_log_snr(lam)
+    def t_of_log_snr(self, lam: Coef) -> torch.Tensor:
+        """The per-sample times at log-SNR ``lam``."""
+        return self.sde.t_of_log_snr(_value(lam))
 
-    def at_log_snr(self, lam):
+    def at_log_snr(self, lam: Coef):
         """``(t, alpha, sigma)`` at log-SNR ``lam``: where a single-step solver evaluates between the ends."""
-        s = self.sde.t_of_log_snr(lam)
+        s = self.t_of_log_snr(lam)
         alpha, sigma = self._coefs(s)
-        return s, alpha, sigma
+        return s, Coef(alpha), Coef(sigma)
 
-    def sigma_ve(self, t):
+    def sigma_ve(self, t) -> Coef:
         r""":math:`\tilde\sigma = \sigma/\alpha`."""
         alpha, sigma = self._coefs(t)
-        return sigma / alpha
+        return Coef(sigma / alpha)
 
     def to_ve(self, x, t):
-        r"""The VE-frame state :math:`\tilde x = x/\alpha`, shaped per sample."""
-        return x * ps(1 / self.alpha(t), x)
+        r"""The VE-frame state :math:`\tilde x = x/\alpha`."""
+        return x / self.alpha(t)
 
     def from_ve(self, x_ve, t):
         r"""The state :math:`x = \alpha\tilde x` of a VE-frame state."""
-        return ps(self.alpha(t), x_ve) * x_ve
+        return self.alpha(t) * x_ve
 
-    def t_of_sigma_ve(self, s):
+    def t_of_sigma_ve(self, s) -> torch.Tensor:
         r"""The time at which :math:`\tilde\sigma =` ``s``: :math:`\lambda^{-1}(-\log s)`."""
-        return self.sde.t_of_log_snr(-torch.log(s))
+        return self.sde.t_of_log_snr(-torch.log(_value(s)))
 
     # -- the model --------------------------------------------------------------------------
     def score(self, x, t):
@@ -144,11 +207,6 @@ class Frame:
         sigma2, inv_alpha, _ = self._model_coefs(t, x)
         return torch.addcmul(x, sigma2, s) * inv_alpha
 
-    def noise(self, x, t):
+    def eps(self, x, t):
         r""":math:`\hat\varepsilon = -\sigma s`."""
         return -self._model_coefs(t, x)[2] * self.score(x, t)
-
-
-def ps(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A float64 per-sample coefficient ``(batch,)`` cast to ``x``'s dtype and shaped to broadcast against it."""
-    return per_sample(coef.to(x.dtype), x)
