@@ -18,6 +18,8 @@ Coefficients are computed in float64 from float64 per-sample times of shape ``(b
 where they multiply a state; the model sees times in the state's dtype, at least float32.
 """
 
+import operator
+
 import torch
 
 from .._broadcast import per_sample
@@ -36,8 +38,20 @@ def _value(c):
 
 
 def _binary(op):
-    """The operator ``op`` and its reflection, for :class:`Coef`."""
-    return (lambda self, other: self._apply(other, op)), (lambda self, other: self._apply(other, op, True))
+    """The operator ``op`` and its reflection, for :class:`Coef`: float64 with a coefficient or a number, in the
+    state's dtype and shape with a tensor."""
+    def forward(self, other):
+        if isinstance(other, Coef):
+            return Coef(op(self.value, other.value))
+        if isinstance(other, torch.Tensor):
+            return op(self.like(other), other)
+        return Coef(op(self.value, other))
+
+    def reflected(self, other):
+        if isinstance(other, torch.Tensor):
+            return op(other, self.like(other))
+        return Coef(op(other, self.value))
+    return forward, reflected
 
 
 def _unary(fn):
@@ -62,19 +76,13 @@ class Coef:
 
     def like(self, x: torch.Tensor) -> torch.Tensor:
         """The coefficient cast to ``x``'s dtype and shaped to broadcast against it."""
-        return per_sample(self.value.to(x.dtype), x)
+        v = self.value.to(x.dtype)
+        return v.view(v.shape + (1,) * (x.dim() - 1)) if v.dim() == 1 else per_sample(v, x)
 
-    def _apply(self, other, op, reflected=False):
-        if isinstance(other, torch.Tensor):   # a state: the coefficient takes its dtype and shape
-            a, b = self.like(other), other
-            return op(b, a) if reflected else op(a, b)
-        other = _value(other)
-        return Coef(op(other, self.value) if reflected else op(self.value, other))
-
-    __add__, __radd__ = _binary(torch.add)
-    __sub__, __rsub__ = _binary(torch.sub)
-    __mul__, __rmul__ = _binary(torch.mul)
-    __truediv__, __rtruediv__ = _binary(torch.div)
+    __add__, __radd__ = _binary(operator.add)
+    __sub__, __rsub__ = _binary(operator.sub)
+    __mul__, __rmul__ = _binary(operator.mul)
+    __truediv__, __rtruediv__ = _binary(operator.truediv)
     __neg__, exp, expm1, log, sqrt, abs = map(_unary, (torch.neg, torch.exp, torch.expm1, torch.log, torch.sqrt,
                                                          torch.abs))
 
