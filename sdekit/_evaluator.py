@@ -152,25 +152,33 @@ class Evaluator:
         return out
 
     def _note(self, x, t, out):
-        """Record the samples that first went non-finite at this call, on the device (no host sync).
-
-        ``_first`` holds, per sample, ``call << 2 | cause`` of its first bad call (0: none), ``_time`` the time
-        of that call as asked for (NaN when the method asked for a NaN time); ``_steps`` the solver's step at
-        each call from which it changed.
-        """
+        """Record the samples that first went non-finite at this call (:meth:`_record`); ``t != t``: a NaN time."""
         x_ok = finite_rows(x)
-        ok = x_ok & finite_rows(out) & (t == t)   # t != t: a NaN time
-        if self.rows is not None:                 # a subset of the batch: scatter into the full batch's rows
-            ok = torch.ones(self.batch, dtype=torch.bool, device=ok.device).index_copy(0, self.rows, ok)
-            x_ok = torch.ones_like(ok).index_copy(0, self.rows, x_ok)
-            t = torch.zeros(self.batch, dtype=t.dtype, device=t.device).index_copy(0, self.rows, t)
+        self._record(x_ok & finite_rows(out) & (t == t), t, x_ok)
+
+    def _record(self, ok, t, x_ok=None):
+        """Record, on the device (no host sync), the samples not ``ok`` at the latest call that have no record yet,
+        with the time ``t`` it asked for and the cause: the state where ``x_ok`` is false, else the output.
+
+        ``_first`` holds, per sample, ``call << 2 | cause`` of its first bad call (0: none), ``_time`` the time of
+        that call (NaN when the method asked for a NaN time); ``_steps`` the solver's step at each call from which
+        it changed.
+        """
         key = self.calls << 2
+        if self.rows is not None:                 # a subset of the batch: scatter into the full batch's rows
+            ok, t = self._scatter(ok, True), self._scatter(t, 0)
+            x_ok = None if x_ok is None else self._scatter(x_ok, True)
         if self._first is None or self._first.shape != ok.shape or self._first.device != ok.device:
             self._first = torch.zeros(ok.shape, dtype=torch.int64, device=ok.device)
-            self._time = torch.zeros_like(t)
+            self._time = torch.zeros(ok.shape, dtype=t.dtype, device=ok.device)
         keep = ok | (self._first != 0)
-        self._first = torch.where(keep, self._first, torch.where(x_ok, key | _SCORE, key | _STATE))
+        code = key | _SCORE if x_ok is None else torch.where(x_ok, key | _SCORE, key | _STATE)
+        self._first = torch.where(keep, self._first, code)
         self._time = torch.where(keep, self._time, t.to(self._time.dtype))
+
+    def _scatter(self, v, fill):
+        """``v``, the values of the running rows ``self.rows``, in a tensor over the full batch filled with ``fill``."""
+        return torch.full((self.batch,), fill, dtype=v.dtype, device=v.device).index_copy(0, self.rows, v)
 
     def failed_rows(self, rows: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         """Which samples have a record so far, a boolean tensor on the device (no host sync), or ``None`` before any.
@@ -188,18 +196,8 @@ class Evaluator:
         non-finite at that call, for a failure the function's output did not show: a value computed from it
         (the divergence of a likelihood's flow, say).  Samples already recorded keep their first record; no sync.
         """
-        if self.calls == 0:
-            return
-        t = batch_times(t, bad, dtype=torch.float64)
-        if self.rows is not None:                 # a subset of the batch: scatter into the full batch's rows
-            bad = torch.zeros(self.batch, dtype=torch.bool, device=bad.device).index_copy(0, self.rows, bad)
-            t = torch.zeros(self.batch, dtype=t.dtype, device=t.device).index_copy(0, self.rows, t)
-        if self._first is None or self._first.shape != bad.shape or self._first.device != bad.device:
-            self._first = torch.zeros(bad.shape, dtype=torch.int64, device=bad.device)
-            self._time = torch.zeros(bad.shape, dtype=t.dtype, device=bad.device)
-        new = bad & (self._first == 0)
-        self._first = torch.where(new, (self.calls << 2) | _SCORE, self._first)
-        self._time = torch.where(new, t.to(self._time.dtype), self._time)
+        if self.calls:
+            self._record(~bad, batch_times(t, bad, dtype=torch.float64))
 
     def _wrong_output(self, out, x) -> str:
         where = f"at evaluation {self.calls}" + ("" if self.step is None else f" (step {self.step})")

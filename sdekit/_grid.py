@@ -15,7 +15,7 @@ from ._errors import InvalidParameterError
 from ._sde import LinearSDE
 
 __all__ = ["uniform_grid", "step_grid", "log_snr_grid", "karras_grid", "quadratic_grid", "schedule_grid",
-           "SCHEDULES", "as_grid", "merge_times", "save_indices"]
+           "SCHEDULES", "as_grid", "merge_times", "save_indices", "strictly_monotone"]
 
 
 def uniform_grid(t_start: float, t_end: float, steps: int) -> torch.Tensor:
@@ -141,13 +141,14 @@ def _check_steps(steps) -> int:
     return int(steps)
 
 
-def _strictly_monotone(grid: torch.Tensor) -> bool:
+def strictly_monotone(grid: torch.Tensor) -> bool:
+    """Whether the 1-D ``grid`` is finite and strictly increasing or strictly decreasing."""
     d = grid.diff()
-    return bool((d > 0).all() or (d < 0).all())
+    return bool(torch.isfinite(grid).all()) and bool((d > 0).all() or (d < 0).all())
 
 
 def _check_strict(grid: torch.Tensor, steps: int) -> torch.Tensor:
-    if not _strictly_monotone(grid):
+    if not strictly_monotone(grid):
         raise InvalidParameterError(
             f"[{float(grid[0])}, {float(grid[-1])}] is too narrow for {steps} distinct steps in float64; "
             "take fewer steps or a wider span"
@@ -209,7 +210,7 @@ def as_grid(grid: Union[torch.Tensor, Sequence[float]], low: float, high: float)
         raise InvalidParameterError("grid must be a 1-D tensor of at least two times, from t_start to t_end")
     if not torch.isfinite(g).all():
         raise InvalidParameterError("grid contains non-finite times")
-    if not _strictly_monotone(g):
+    if not strictly_monotone(g):
         raise InvalidParameterError("grid must be strictly monotone (T down to eps for a reverse process)")
     tol = 1e-12 * max(1.0, abs(high))
     if g.min() < low - tol or g.max() > high + tol:

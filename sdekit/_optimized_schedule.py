@@ -45,7 +45,7 @@ from typing import Optional
 import torch
 
 from ._errors import ArgumentTypeError, InvalidParameterError, MethodArgumentError, ScoreFunctionError, ShapeError
-from ._grid import SCHEDULES, schedule_grid
+from ._grid import SCHEDULES, schedule_grid, strictly_monotone
 from ._methods import lookup
 from ._process import Process
 from ._sde import LinearSDE
@@ -122,11 +122,6 @@ class _Variable:
         u = self.u_start + (self.u_end - self.u_start) * torch.arange(n + 1, dtype=torch.float64) / n
         u[0], u[-1] = self.u_start, self.u_end
         return u
-
-
-def _strict(grid: torch.Tensor) -> bool:
-    d = grid.diff()
-    return bool(torch.isfinite(grid).all()) and bool((d < 0).all() or (d > 0).all())
 
 
 @dataclass
@@ -239,7 +234,7 @@ class OptimizedSchedule:
         except (KeyError, TypeError, ValueError) as err:
             raise InvalidParameterError(f"{path} is a damaged schedule file ({err}); optimize the schedule "
                                         f"again") from None
-        if out.grid.dim() != 1 or out.grid.numel() != out.steps + 1 or not _strict(out.grid):
+        if out.grid.dim() != 1 or out.grid.numel() != out.steps + 1 or not strictly_monotone(out.grid):
             raise InvalidParameterError(f"{path} holds no valid grid of {out.steps} steps; optimize the schedule "
                                         f"again")
         out.check(process=process, method=method, steps=steps, options=options, model=model, where=path,
@@ -403,9 +398,9 @@ def optimize_schedule(process, method: str, steps: int, x_T: torch.Tensor, *, op
     if options is not None and not isinstance(options, dict):
         raise ArgumentTypeError(f"options must be a dict of the method's options, got {type(options).__name__}")
     options = dict(options or {})
-    for what, v in (("reference_tol", reference_tol),):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 < v < 1):
-            raise InvalidParameterError(f"{what} must be a small positive number such as 1e-9, got {v!r}")
+    if isinstance(reference_tol, bool) or not isinstance(reference_tol, numbers.Real) or not 0 < reference_tol < 1:
+        raise InvalidParameterError(f"reference_tol must be a small positive number such as 1e-9, got "
+                                    f"{reference_tol!r}")
     d_start, d_end = process.default_span()
     t_start = float(d_start if t_start is None else t_start)
     t_end = float(d_end if t_end is None else t_end)
@@ -415,7 +410,7 @@ def optimize_schedule(process, method: str, steps: int, x_T: torch.Tensor, *, op
     if isinstance(polish, bool) or not isinstance(polish, numbers.Integral) or polish < 0:
         raise InvalidParameterError(f"polish must be a number of solves >= 0, got {polish!r}")
     var = _Variable(process.sde, m.frame, t_start, t_end)
-    cost = {"calls": 0, "evaluations": 0}
+    cost = {"evaluations": 0}
     batch = x_T.shape[0]
     calls_before = process.nfe
 
@@ -428,7 +423,7 @@ def optimize_schedule(process, method: str, steps: int, x_T: torch.Tensor, *, op
         # -- the reference, at every candidate time ------------------------------------------------
         u_cand = var.uniform(M)
         t_cand = var.times(u_cand[1:-1])
-        if not _strict(t_cand):
+        if not strictly_monotone(t_cand):
             raise InvalidParameterError(f"{M} candidate steps do not fit in [{t_end}, {t_start}] in float64; "
                                         f"give fewer candidates")
         ref = process.solve(x_T, method=reference_method, rtol=reference_tol, atol=reference_tol, save_at=t_cand,
@@ -444,7 +439,7 @@ def optimize_schedule(process, method: str, steps: int, x_T: torch.Tensor, *, op
 
         def error(grid):
             """RMS error, over all entries, of the solve on ``grid`` from the calibration states."""
-            if not _strict(grid):
+            if not strictly_monotone(grid):
                 return math.inf
             sol = run(x_T, grid)
             if not sol.success or not bool(torch.isfinite(sol.x).all()):

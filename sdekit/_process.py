@@ -184,9 +184,7 @@ class Process:
             with torch.enable_grad():
                 xr = x.detach().requires_grad_(True)
                 g = self._sde_g(t, xr)
-                grad = None
-                if isinstance(g, torch.Tensor) and g.requires_grad:
-                    grad = torch.autograd.grad(g.sum(), xr, allow_unused=True)[0]
+                grad = torch.autograd.grad(g.sum(), xr, allow_unused=True)[0] if g.requires_grad else None
             self._x_dependent = grad is not None
         return self._x_dependent
 
@@ -205,8 +203,7 @@ class Process:
     def _natural(self, s, y):
         """The state in its natural shape and the time ``(batch,)`` in :func:`time_dtype` (float32 at least)."""
         x = y if self.event_shape is None else y.view((y.shape[0],) + self.event_shape)
-        t = self._t_of_s(s)
-        return batch_times(t, x, dtype=time_dtype(x.dtype)), x
+        return batch_times(self._t_of_s(s), x, dtype=time_dtype(x.dtype)), x
 
     def _t_of_s(self, s):
         return (self.sde.T - s) if self._direction < 0 else s

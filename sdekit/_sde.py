@@ -84,10 +84,9 @@ class SDE:
 
     def marginal_prob(self, x0: torch.Tensor, t):
         """Mean and standard deviation of :math:`x_t \\mid x_0`; only SDEs with a closed form have it."""
-        raise NotImplementedError(
-            f"{type(self).__name__} has no closed-form marginal; subclass LinearSDE and define "
-            "log_alpha(t) and sigma(t), or use sdekit.validation.LinearMoments for a numerical one"
-        )
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form marginal; subclass LinearSDE and "
+                                  "define log_alpha(t) and sigma(t), or use sdekit.validation.LinearMoments for a "
+                                  "numerical one")
 
     def prior_sampling(self, shape, generator=None, dtype=None, device=None) -> torch.Tensor:
         """Draw ``shape = (batch, *event_shape)`` samples from the prior :math:`p_T`."""
@@ -141,17 +140,13 @@ class LinearSDE(SDE):
         A subclass with a closed form defines it (with :meth:`sigma`); without one, :meth:`log_alpha_sigma`
         integrates the moment ODEs from :meth:`drift_coef` and :meth:`diffusion_coef` instead.
         """
-        raise NotImplementedError(
-            f"{type(self).__name__} has no closed-form log_alpha(t); "
-            "sde.log_alpha_sigma(t) integrates it from drift_coef and diffusion_coef"
-        )
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form log_alpha(t); "
+                                  "sde.log_alpha_sigma(t) integrates it from drift_coef and diffusion_coef")
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
         r""":math:`\sigma(t)`, the standard deviation of :math:`x_t \mid x_0`, in closed form (see :meth:`log_alpha`)."""
-        raise NotImplementedError(
-            f"{type(self).__name__} has no closed-form sigma(t); "
-            "sde.log_alpha_sigma(t) integrates it from drift_coef and diffusion_coef"
-        )
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form sigma(t); "
+                                  "sde.log_alpha_sigma(t) integrates it from drift_coef and diffusion_coef")
 
     def _has_closed_form(self) -> bool:
         """Whether the class defines both :meth:`log_alpha` and :meth:`sigma` itself."""
@@ -216,9 +211,8 @@ class LinearSDE(SDE):
         if math.isnan(lam_0):   # 0/0 at t = 0, where sigma = 0: lambda(0) = +inf
             lam_0 = math.inf if lam_T < math.inf else -math.inf
         if not math.isfinite(lam_T) or lam_0 == lam_T:
-            raise InvalidParameterError(
-                f"{type(self).__name__}'s log-SNR is not invertible on [0, T]: lambda(0)={lam_0}, lambda(T)={lam_T}"
-            )
+            raise InvalidParameterError(f"{type(self).__name__}'s log-SNR is not invertible on [0, T]: "
+                                        f"lambda(0)={lam_0}, lambda(T)={lam_T}")
         decreasing = lam_0 > lam_T
         low, high = min(lam_0, lam_T), max(lam_0, lam_T)
         _check_log_snr_range(lam64, low, high, self.T)
@@ -256,10 +250,8 @@ def _check_log_snr_range(lam64, low, high, T, slack=0.0):
     low -= slack * max(1.0, abs(low)) if math.isfinite(low) else 0.0
     high += slack * max(1.0, abs(high)) if math.isfinite(high) else 0.0
     if lam64.numel() and (float(lam64.min()) < low or float(lam64.max()) > high):
-        raise InvalidParameterError(
-            f"log-SNR values must lie in [{low:.6g}, {high:.6g}] (lambda over [0, T={T}]), "
-            f"got [{float(lam64.min()):.6g}, {float(lam64.max()):.6g}]"
-        )
+        raise InvalidParameterError(f"log-SNR values must lie in [{low:.6g}, {high:.6g}] (lambda over [0, T={T}]), "
+                                    f"got [{float(lam64.min()):.6g}, {float(lam64.max()):.6g}]")
 
 
 _EPS64 = torch.finfo(torch.float64).eps
@@ -430,6 +422,7 @@ class _NumericalMoments:
 
     def _distinct(self, sde, t, fn):
         """``fn`` applied to the distinct values of the times ``t`` (any shape, dtype, device); results shaped like t."""
+        t = t if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=torch.float64)
         flat = t.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
         slack = 1e-12 * self.T
         if flat.numel() and (float(flat.min()) < -slack or float(flat.max()) > self.T + slack):
@@ -440,15 +433,12 @@ class _NumericalMoments:
         return [r[inverse].reshape(t.shape).to(dtype=dtype, device=t.device) for r in fn(values)]
 
     def log_alpha_sigma(self, sde, t):
-        t = t if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=torch.float64)
-
         def fn(u):
             A, V = self._evaluate(self._tables, u)
             return A, torch.exp(A) * torch.sqrt(self.s0 + V)
         return tuple(self._distinct(sde, t, fn))
 
     def log_snr(self, sde, t):
-        t = t if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=torch.float64)
         return self._distinct(sde, t, lambda u: [-0.5 * torch.log(self.s0 + self._evaluate(self._tables, u)[1])])[0]
 
     def t_of_log_snr(self, sde, lam64):
@@ -550,7 +540,7 @@ class VPSDE(LinearSDE):
         return torch.where(torch.isinf(L), torch.full_like(t, math.inf), t)
 
     def __repr__(self):
-        return f"VPSDE(beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T}, eps={self.eps})"
+        return f"{type(self).__name__}(beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T}, eps={self.eps})"
 
 
 class SubVPSDE(VPSDE):
@@ -582,9 +572,6 @@ class SubVPSDE(VPSDE):
         large = torch.asinh(0.5 * torch.exp(-torch.where(neg, torch.zeros_like(lam64), lam64)))
         return _like(self._t_of_neg_log_alpha(torch.where(neg, small, large)), like)
 
-    def __repr__(self):
-        return f"SubVPSDE(beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T}, eps={self.eps})"
-
 
 class VESDE(LinearSDE):
     r"""Variance-exploding SDE: :math:`dx = \sigma_r(t)\sqrt{2\ln(\sigma_{max}/\sigma_{min})}\,dw`.
@@ -613,9 +600,8 @@ class VESDE(LinearSDE):
         super().__init__(T=T, eps=eps)
         sigma_min, sigma_max = _number(sigma_min, "sigma_min"), _number(sigma_max, "sigma_max")
         if not (0 < sigma_min < sigma_max < math.inf):
-            raise InvalidParameterError(
-                f"VESDE needs 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}"
-            )
+            raise InvalidParameterError(f"VESDE needs 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, "
+                                        f"sigma_max={sigma_max}")
         if marginal not in self._MARGINALS:
             raise InvalidParameterError(f"VESDE marginal must be 'reference' (sigma = sigma_r(t), score_sde) or "
                                         f"'exact' (sqrt(sigma_r^2 - sigma_min^2)), got {marginal!r}")
@@ -652,9 +638,7 @@ class VESDE(LinearSDE):
         """
         lam64, like = _float64(lam, "lam")
         y = -2 * lam64 - 2 * math.log(self.sigma_min)
-        if self.marginal == "reference":
-            return _like(y * (self.T / (2 * self._log_ratio)), like)
-        return _like(_softplus(y) * (self.T / (2 * self._log_ratio)), like)
+        return _like((y if self.marginal == "reference" else _softplus(y)) * (self.T / (2 * self._log_ratio)), like)
 
     def __repr__(self):
         return (f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, T={self.T}, eps={self.eps}, "

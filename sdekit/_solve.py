@@ -95,10 +95,9 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
     _check_state(x)
     m = lookup(_DEFAULT_METHOD[process.kind] if method is None else method, process.kind)
     if m.kind == "ode" and process.kind == "sde":
-        raise MethodArgumentError(
-            f"method {m.name!r} integrates ODEs but {type(process).__name__} is an SDE; "
-            f"use an SDE method ({', '.join(n for n in _names('sde'))}) or probability_flow(...)"
-        )
+        raise MethodArgumentError(f"method {m.name!r} integrates ODEs but {type(process).__name__} is an SDE; use an "
+                                  f"SDE method ({', '.join(sorted({n.name for n in methods(kind='sde')}))}) or "
+                                  "probability_flow(...)")
     dt = None if dt is None else _real("dt", dt, positive=True)
     dt_min = None if dt_min is None else _real("dt_min", dt_min, nonnegative=True)
     _check_arguments(x, max_steps=max_steps, options=options, throw=throw, grad=grad, seed=seed,
@@ -176,7 +175,7 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
     wall = time.perf_counter() - start
-    return _solution(m, outcome, x, saves, evaluator, wall, throw)
+    return make_solution(m, outcome, x, saves, evaluator, wall, throw)
 
 
 def _hint_threads(x):
@@ -208,7 +207,7 @@ def _caller_level() -> int:
     return level
 
 
-def _solution(m, outcome, x, saves, evaluator, wall, throw) -> Solution:
+def make_solution(m, outcome, x, saves, evaluator, wall, throw) -> Solution:
     """Turn what a method reached into a :class:`Solution` (in x's dtype, ``t`` the time of ``x``); raise if asked."""
     result, detail = outcome.result, outcome.detail
     x_out = outcome.x.to(dtype=x.dtype)
@@ -269,10 +268,6 @@ def _check_per_sample(m, per_sample, adaptive):
         raise MethodArgumentError(f"{m.qualified_name} takes one step size for the whole batch; for a step size "
                                   f"per sample use an sdekit adaptive method (sdekit.dopri5, sdekit.bosh3, "
                                   f"improved_euler, dpm_adaptive)")
-
-
-def _names(kind):
-    return sorted({m.name for m in methods(kind=kind)})
 
 
 def _check_state(x):

@@ -11,9 +11,9 @@ import time
 import torch
 import torchdiffeq
 
-from .._errors import ArgumentTypeError, MethodArgumentError, SolveError
-from .._evaluator import finite_rows
-from .._solution import STATUS, PerSample, Result, Solution
+from .._errors import ArgumentTypeError, MethodArgumentError
+from .._solution import Outcome, Result, Solution
+from .._solve import make_solution
 
 __all__ = ["adjoint_solve"]
 
@@ -69,38 +69,14 @@ def adjoint_solve(aug, y0, m, t_start, t_end, rtol, atol, adjoint_params, throw,
     try:
         y = torchdiffeq.odeint_adjoint(func, y0, t, rtol=rtol, atol=atol, method=m.name, options=opts or None,
                                        adjoint_params=params)[-1]
-        result, detail = Result.SUCCESS, ""
+        outcome = Outcome(y, t_end, steps=func.accepted, rejected=func.rejected)
     except AssertionError as err:  # torchdiffeq's "underflow in dt" or max_num_steps
         if bound.evaluator.user_error is not None:
             raise bound.evaluator.user_error
-        y, result, detail = y0, Result.DT_TOO_SMALL, f"torchdiffeq stopped: {err}"
+        outcome = Outcome(y0, t_start, steps=func.accepted, rejected=func.rejected, result=Result.DT_TOO_SMALL,
+                          detail=f"torchdiffeq stopped: {err}")
     if y0.is_cuda:
         torch.cuda.synchronize(y0.device)
-    # the flow freezes a sample whose field went non-finite (so that the others finish) and the evaluator
-    # records it: those samples failed although their rows stayed finite
-    failed = ~finite_rows(y.detach())
-    record = bound.evaluator.first_non_finite()
-    if record is not None:
-        failed = failed | record.failed.to(failed.device)
-    reached = result is Result.SUCCESS
-    if reached and bool(failed.any()):
-        rows = failed.nonzero().flatten().tolist()
-        shown = ", ".join(str(r) for r in rows[:8]) + (", ..." if len(rows) > 8 else "")
-        cause = "" if record is None else (f": {bound.evaluator.name} or its divergence went non-finite first at "
-                                           f"t={record.time:.6g} (evaluation {record.evaluation})")
-        result = Result.NON_FINITE
-        detail = f"samples [{shown}] ({len(rows)} of {len(failed)}) went non-finite{cause}, the others reached T"
-    n, dev = y.shape[0], y.device
-    # each sample's status: SUCCESS where the solve reached T, else the solve's code; NON_FINITE where it failed
-    status = torch.full((n,), 0 if reached else STATUS.index(result), dtype=torch.int8, device=dev)
-    status = torch.where(failed.to(dev), STATUS.index(Result.NON_FINITE), status).to(torch.int8)
-    per_sample = PerSample(nfe=torch.full((n,), bound.evaluator.nfe, dtype=torch.int64, device=dev), status=status,
-                           t=torch.full((n,), float(t_end if reached else t_start), dtype=torch.float64, device=dev),
-                           steps=torch.full((n,), func.accepted, dtype=torch.int64, device=dev),
-                           rejected=torch.full((n,), func.rejected, dtype=torch.int64, device=dev))
-    sol = Solution(x=y, t=t_end if reached else t_start, nfe=bound.evaluator.nfe, method=m.name,
-                   backend="torchdiffeq", wall_time=time.perf_counter() - start, result=result, detail=detail,
-                   failed=failed, steps=func.accepted, rejected=func.rejected, per_sample=per_sample)
-    if throw and result is not Result.SUCCESS:
-        raise SolveError(f"{m.name} (adjoint) did not finish: {detail}; {result.message}", sol)
-    return sol
+    # the flow freezes a sample whose field went non-finite (so that the others finish) and the evaluator records
+    # it: make_solution marks those samples failed although their rows stayed finite, as for any solve
+    return make_solution(m, outcome, y0, None, bound.evaluator, time.perf_counter() - start, throw)

@@ -128,8 +128,7 @@ def bits_per_dim(flow, x: torch.Tensor, *, data_range: Sequence[float], bins: in
         u, log_q = _dequantize(dequantize, n, gen)
         model_x = lo + (hi - lo) * (n + u) / bins
     lik = log_likelihood(flow, model_x, generator=gen, **likelihood_options)
-    dim = lik.dim
-    bpd = (-lik.log_likelihood + log_q) / (dim * LN2) + offset
+    bpd = (-lik.log_likelihood + log_q) / (lik.dim * LN2) + offset
     return BitsPerDim(bpd=bpd, offset=offset, log_q=log_q, x=model_x, likelihood=lik)
 
 

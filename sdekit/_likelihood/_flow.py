@@ -80,13 +80,10 @@ class AugmentedFlow(ProbabilityFlowODE):
     score network's parameters.
     """
 
-    def __init__(self, sde, score_fn, event_shape=None, sde_type="ito", t_min=None, t_max=None,
-                 noise_type="diagonal", *, data_shape: Sequence[int], probes: Optional[torch.Tensor] = None,
-                 weight: float = 1.0):
-        if not isinstance(score_fn, _Differentiable):
-            score_fn = _Differentiable(score_fn)
-        super().__init__(sde, score_fn, event_shape=event_shape, sde_type=sde_type, t_min=t_min, t_max=t_max,
-                         noise_type=noise_type)
+    def __init__(self, sde, score_fn, *args, data_shape: Sequence[int], probes: Optional[torch.Tensor] = None,
+                 weight: float = 1.0, **kw):
+        score_fn = score_fn if isinstance(score_fn, _Differentiable) else _Differentiable(score_fn)
+        super().__init__(sde, score_fn, *args, **kw)
         self.data_shape = tuple(int(n) for n in data_shape)
         self.dim = math.prod(self.data_shape)
         self.probes = probes

@@ -18,6 +18,7 @@ from typing import Iterable, Optional
 
 import torch
 
+from .._brownian import check_entropy
 from .._errors import ArgumentTypeError, InvalidParameterError, MethodArgumentError, ShapeError
 from .._methods import lookup, methods
 from .._process import ProbabilityFlowODE
@@ -65,7 +66,7 @@ def check_data(x, what="x", quantised=False):
         raise ArgumentTypeError(f"{what} must be a torch.Tensor of shape (batch, *event_shape), got {type(x).__name__}")
     if not quantised and not x.is_floating_point():
         raise ArgumentTypeError(f"{what} is an integer tensor ({x.dtype}): quantised data need a dequantisation; "
-                         "use sdekit.bits_per_dim(flow, x, data_range=..., dequantize='uniform')")
+                                "use sdekit.bits_per_dim(flow, x, data_range=..., dequantize='uniform')")
     if x.dim() < 1 or x.shape[0] == 0:
         raise ShapeError(f"{what} must have shape (batch, *event_shape) with batch >= 1, got {tuple(x.shape)}")
 
@@ -92,23 +93,13 @@ def check_method(method: str):
 
 def generator_from(generator, seed) -> Optional[torch.Generator]:
     """The probes' generator: ``generator``, one seeded with ``seed`` (on the CPU), or ``None`` (torch's global)."""
-    if generator is not None and seed is not None:
-        raise InvalidParameterError("give generator= or seed=, not both")
-    if generator is not None:
-        if not isinstance(generator, torch.Generator):
-            raise ArgumentTypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        return generator
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
-        raise InvalidParameterError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    return torch.Generator().manual_seed(int(seed))
+    check_entropy(seed, generator)
+    return generator if seed is None else torch.Generator().manual_seed(int(seed))
 
 
 def log_likelihood(flow: ProbabilityFlowODE, x: torch.Tensor, method: str = "dopri5", *,
                    rtol: Optional[float] = None, atol: Optional[float] = None, divergence: str = "auto",
-                   probes: int = 1,
-                   generator: Optional[torch.Generator] = None, seed: Optional[int] = None,
+                   probes: int = 1, generator: Optional[torch.Generator] = None, seed: Optional[int] = None,
                    eps: Optional[float] = None, grad: bool = False, adjoint: bool = False,
                    adjoint_params: Optional[Iterable[torch.Tensor]] = None, throw: bool = True,
                    error_norm: str = "sample", **solve_options) -> Likelihood:

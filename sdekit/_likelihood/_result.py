@@ -45,29 +45,12 @@ class Likelihood:
     probes: int
     solution: Solution
 
-    @property
-    def nfe(self) -> int:
-        return self.solution.nfe
-
-    @property
-    def steps(self):
-        return self.solution.steps
-
-    @property
-    def rejected(self):
-        return self.solution.rejected
-
-    @property
-    def wall_time(self) -> float:
-        return self.solution.wall_time
-
-    @property
-    def method(self) -> str:
-        return self.solution.method
-
-    @property
-    def result(self):
-        return self.solution.result
+    nfe = property(lambda self: self.solution.nfe)
+    steps = property(lambda self: self.solution.steps)
+    rejected = property(lambda self: self.solution.rejected)
+    wall_time = property(lambda self: self.solution.wall_time)
+    method = property(lambda self: self.solution.method)
+    result = property(lambda self: self.solution.result)
 
     @property
     def nll_per_dim(self) -> torch.Tensor:
@@ -104,9 +87,7 @@ class BitsPerDim:
     x: torch.Tensor
     likelihood: Likelihood
 
-    @property
-    def nfe(self) -> int:
-        return self.likelihood.nfe
+    nfe = property(lambda self: self.likelihood.nfe)
 
     def __repr__(self):
         mean = float(self.bpd.detach().float().mean())

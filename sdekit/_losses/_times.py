@@ -46,14 +46,9 @@ def interval(sde, eps):
 
 
 def coefficients(sde, t64):
-    r"""``(log_alpha, sigma)`` of :math:`x_t \mid x_0` at float64 times: the closed forms, or the numerical moments of
-    any ``LinearSDE`` (:meth:`sdekit.LinearSDE.log_alpha_sigma`); a one-line error for an SDE that is not linear."""
-    moments = getattr(sde, "log_alpha_sigma", None)
-    if moments is None:
-        raise InvalidParameterError(
-            f"{type(sde).__name__} is not a LinearSDE: denoising score matching needs the Gaussian transition "
-            f"x_t = alpha(t) x_0 + sigma(t) z; subclass sdekit.LinearSDE (drift_coef, diffusion_coef)")
-    log_alpha, sigma = moments(t64)
+    r"""``(log_alpha, sigma)`` of :math:`x_t \mid x_0` at float64 times for a :class:`sdekit.LinearSDE` (checked by
+    :func:`check_linear`): the closed forms, or the numerical moments (:meth:`sdekit.LinearSDE.log_alpha_sigma`)."""
+    log_alpha, sigma = sde.log_alpha_sigma(t64)
     return log_alpha.to(torch.float64), sigma.to(torch.float64)
 
 
