@@ -289,40 +289,35 @@ class ShardStore:
     def load(self, shard: Shard) -> Optional[dict]:
         """The finished shard's record (``x``, ``nfe``, ...), or ``None`` when it is not there, unreadable or
         its checksum fails (said on stderr; the next run solves it again)."""
-        path = self.path(shard.k)
-        if not os.path.exists(path):
-            return None
-        try:
-            rec = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:        # a damaged file (a disk full, an edit): solve that shard again
-            warning(f"{path} cannot be read ({type(err).__name__}); run the same command to solve shard {shard.k} "
-                  f"again")
-            return None
-        why = self._damage(path, shard, rec)
+        rec, why = self._read(shard)
         if why:
-            warning(f"{path} {why}; run the same command to solve shard {shard.k} again")
-            return None
-        return rec
+            warning(f"{self.path(shard.k)} {why}; run the same command to solve shard {shard.k} again")
+        return None if why else rec
 
     def peek(self, shard: Shard) -> bool:
         """Whether the shard is finished and whole: read memory-mapped and its checksum checked; a damaged file
         (unreadable, or a checksum that fails) is deleted, said on stderr, so the shard is solved again."""
+        rec, why = self._read(shard, mmap=True)
+        if why:
+            warning(f"{self.path(shard.k)} {why}: solving shard {shard.k} (samples {shard.start}..{shard.stop - 1}) "
+                    f"again")
+            rec = None                  # the memory map's file is closed before it is removed
+            os.remove(self.path(shard.k))
+        return rec is not None
+
+    def _read(self, shard: Shard, mmap: bool = False):
+        """``(record, what is wrong with it)`` of the shard's file: ``(None, None)`` when there is none; a file
+        that cannot be read (a disk full, an edit) is damaged, a record of another run is refused."""
         path = self.path(shard.k)
         if not os.path.exists(path):
-            return False
+            return None, None
         try:
-            rec = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            why = self._damage(path, shard, rec)
+            rec = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            return rec, self._damage(path, shard, rec)
         except InvalidParameterError:
             raise
         except Exception as err:
-            why = f"cannot be read ({type(err).__name__})"
-        if why:
-            warning(f"{path} {why}: solving shard {shard.k} (samples {shard.start}..{shard.stop - 1}) again")
-            rec = None                  # the memory map's file is closed before it is removed
-            os.remove(path)
-            return False
-        return True
+            return None, f"cannot be read ({type(err).__name__})"
 
     def _damage(self, path: str, shard: Shard, rec) -> Optional[str]:
         """What is wrong with a shard record read from disk (``None``: nothing); a whole record of another run

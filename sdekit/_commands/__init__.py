@@ -12,7 +12,7 @@ COMMANDS = {
     "methods": "list the registered methods, or show one (sdekit methods NAME)",
     "sample": "draw samples with one method (one process or torchrun) and save them",
     "orders": "measure every method's order (the table of docs/orders.md)",
-    "train": "train a small score MLP (the 2-D mixture, or your .npz/.pt points)",
+    "train": "train a small score network (the 2-D mixture, the digits, or your points)",
 }
 
 

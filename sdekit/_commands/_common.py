@@ -105,8 +105,6 @@ def _problem(sde: Optional[str], problem: Optional[str], score: Optional[str], s
     if model:
         if problem or score:
             raise UsageError("give --model or --problem/--score, not both")
-        if not isinstance(model, str):
-            raise UsageError(f"model must be the path of a .safetensors file from sdekit train, got {model!r}")
         out = trained_problem(model, exact=exact)
         _same_sde(sde, out.sde, f"{model} was trained")
         return out

@@ -1,10 +1,11 @@
 """``sdekit methods``: the table of registered methods, or one method's details (``sdekit methods NAME``)."""
 
+from . import COMMANDS
 from ._common import UsageError
 
 
 def add_parser(sub):
-    m = sub.add_parser("methods", help="list the registered methods, or show one (sdekit methods NAME)",
+    m = sub.add_parser("methods", help=COMMANDS["methods"],
                        description="List the registered methods; with NAME (e.g. dpmpp_2m, torchsde.euler, "
                                    "ode:euler) show that method's details: its orders, stepping, what it needs, "
                                    "its options and notes.")

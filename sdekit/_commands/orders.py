@@ -1,10 +1,11 @@
 """``sdekit orders``: every method's order measured against exact solutions (docs/orders.md)."""
 
+from . import COMMANDS
 from ._common import UsageError
 
 
 def add_parser(sub):
-    o = sub.add_parser("orders", help="measure every method's order (the table of docs/orders.md)",
+    o = sub.add_parser("orders", help=COMMANDS["orders"],
                        description="Measure every method's order against exact solutions (docs/orders.md).")
     o.add_argument("--full", action="store_true", help="the slow tests' settings")
     o.add_argument("--parts", default="strong,ode,tolerance,weak")

@@ -9,6 +9,7 @@ finished shard is saved under ``<out>.shards/`` at once, and the same command re
 
 import os
 
+from . import COMMANDS
 from ._common import UsageError, _device, _dtype, _problem, _say, _shape, _threads, check_seed, count
 
 #: Samples per shard file unless ``--shard-size`` says otherwise.
@@ -20,7 +21,7 @@ MAX_STEPS = 10 ** 7
 
 
 def add_parser(sub):
-    s = sub.add_parser("sample", help="draw samples with one method (one process or torchrun) and save them",
+    s = sub.add_parser("sample", help=COMMANDS["sample"],
                        description="Draw samples of a problem with one method and save them as .pt or .npz. "
                                    "Under torchrun the samples are split between the processes; sample i comes "
                                    "from (seed, i) alone, so the file is the same whatever the number of "

@@ -4,6 +4,7 @@ import copy
 import os
 import sys
 
+from . import COMMANDS
 from ._common import SEED_LIMIT, UsageError, _device, _dtype, _problem, _say, _shape, _threads, check_seed, count
 
 #: Samples per row at most (as ``sdekit.study``'s ``MAX_SAMPLES``: a row holds its samples in memory at once).
@@ -45,7 +46,7 @@ def _read_toml(path: str) -> dict:
 
 
 def add_parser(sub):
-    p = sub.add_parser("study", help="run a convergence study / solver comparison (default: the 2-D mixture)",
+    p = sub.add_parser("study", help=COMMANDS["study"],
                        description="Run a study: every method at every budget and seed; results, summary, orders "
                                    "and plots go to --out, resumable after a kill.")
     p.add_argument("--config", metavar="FILE", help="a TOML file describing the study ([study] table)")
@@ -100,11 +101,11 @@ def _settings(args) -> dict:
         if args.reference_steps < 1:
             raise UsageError(f"--reference-steps must be at least 1, got {args.reference_steps}")
         out["reference"] = dict(out["reference"], steps=args.reference_steps)
-    for key in ("samples", "seed", "seeds", "workers", "threads"):
-        if out[key] is None and DEFAULTS[key] is None:
-            continue
-        if isinstance(out[key], bool) or not isinstance(out[key], int):
-            raise UsageError(f"{key} must be an integer, got {out[key]!r}")
+    for keys, kind, what in ((("samples", "seed", "seeds", "workers", "threads"), int, "an integer"),
+                             (("sde", "device", "dtype", "out", "executor", "scheduler"), str, "a string")):
+        for key in keys:                         # None only where the default is None: TOML has no null
+            if out[key] is not None and (isinstance(out[key], bool) or not isinstance(out[key], kind)):
+                raise UsageError(f"{key} must be {what}, got {out[key]!r}")
     if out["samples"] < 2 or out["seeds"] < 1 or (out["workers"] or 1) < 1:
         raise UsageError("need samples >= 2, seeds >= 1 and workers >= 1")
     if out["samples"] > MAX_SAMPLES:
@@ -114,11 +115,6 @@ def _settings(args) -> dict:
     if out["seed"] + out["seeds"] > SEED_LIMIT:
         raise UsageError(f"seeds run from seed {out['seed']} to seed + seeds - 1, which must stay below 2**64; "
                          f"give a smaller seed or fewer seeds")
-    for key in ("sde", "device", "dtype", "out", "executor", "scheduler"):
-        if out[key] is None and DEFAULTS[key] is None:
-            continue
-        if not isinstance(out[key], str):
-            raise UsageError(f"{key} must be a string, got {out[key]!r}")
     _device(out["device"])
     return out
 

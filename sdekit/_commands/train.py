@@ -8,13 +8,14 @@ and in bits per pixel of the 17-level images; other data train a :class:`sdekit.
 import math
 import os
 
+from . import COMMANDS
 from ._common import UsageError, _device, _say, _threads
 
 PREDICTIONS = ("eps", "x0", "v", "score", "edm")
 
 
 def add_parser(sub):
-    p = sub.add_parser("train", help="train a small score network (the 2-D mixture, the digits, or your points)",
+    p = sub.add_parser("train", help=COMMANDS["train"],
                        description="Train a score network by denoising score matching (sdekit.losses) on the "
                                    "embedded 2-D mixture, scikit-learn's digits (a U-Net) or your points, and save "
                                    "it as safetensors with its SDE, parameterisation and architecture; sdekit study "

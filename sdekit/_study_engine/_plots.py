@@ -50,13 +50,13 @@ def save_plots(table, out: str, problem=None, log=print) -> List[str]:
     os.makedirs(out, exist_ok=True)
     paths = []
     labels = table.labels
+    pathwise = {label: table.pathwise(next(r for r in table.rows if r["label"] == label)) for label in labels}
 
     # convergence: pathwise error against the step, the fitted slope in the legend
     fig = Figure(figsize=(7, 5))
     ax = fig.subplots()
     for label in labels:
-        first = next(r for r in table.rows if r["label"] == label)
-        measure = table.pathwise(first)
+        measure = pathwise[label]
         if measure is None:
             continue
         pts = _series(table, label, "h", measure)
@@ -77,8 +77,7 @@ def save_plots(table, out: str, problem=None, log=print) -> List[str]:
         axes = fig.subplots(1, len(measures), squeeze=False)
         for ax, m in zip(axes[0], measures):
             for label in labels:
-                first = next(r for r in table.rows if r["label"] == label)
-                y = table.pathwise(first) if m == "pathwise" else m
+                y = pathwise[label] if m == "pathwise" else m
                 if y is None:
                     continue
                 pts = _series(table, label, x, y)

@@ -57,9 +57,6 @@ class Settings:
     #: The grids of ``schedule="optimized"`` rows, ``{(label, str(budget)): [times]}`` (:func:`optimized_grids`).
     grids: dict = field(default_factory=dict)
 
-    def torch_dtype(self):
-        return getattr(torch, self.dtype)
-
 
 @dataclass
 class Row:
@@ -281,7 +278,7 @@ def solve_row(problem, row: Row, x0: torch.Tensor, settings: Settings):
     """The row's solve from ``x0`` on its own noise (no errors measured): a :class:`sdekit.Solution`."""
     spec, fam = row.spec, family(row.spec)
     process = problem.sde_process() if spec.process == "sde" else problem.ode_process()
-    x0 = x0.to(device=settings.device, dtype=settings.torch_dtype())
+    x0 = x0.to(device=settings.device, dtype=getattr(torch, settings.dtype))
     span = dict(t_start=problem.t_start, t_end=problem.t_end)
     if spec.schedule == OPTIMIZED:
         key = (spec.label, str(row.budget))

@@ -150,9 +150,8 @@ class MethodSpec:
             label = f"{process}:{m.qualified_name}" + (f"[{opts[1:]}]" if opts else "")
             object.__setattr__(self, "label", label)
         if self.budgets is not None:
-            object.__setattr__(self, "budgets", tuple(parse_budgets(list(self.budgets)
-                                                                    if not isinstance(self.budgets, str)
-                                                                    else self.budgets)))
+            budgets = self.budgets if isinstance(self.budgets, str) else list(self.budgets)
+            object.__setattr__(self, "budgets", tuple(parse_budgets(budgets)))
 
     @property
     def info(self):
