@@ -180,12 +180,10 @@ def _run_with_model(args, s: dict) -> int:
     out, model = s["out"], s["model"]
     if not isinstance(model, str):
         raise UsageError(f"model must be the path of a .safetensors file from sdekit train, got {model!r}")
-    parts = ["model"]
     data = trained_problem(model).config.get("model_info", {}).get("data")
     if data == "digits":
         return _run_digits(args, s)
-    if data == "mixture-2d":
-        parts.append("exact")
+    parts = ["model", "exact"] if data == "mixture-2d" else ["model"]
     status, tables = 0, {}
     for part in parts:
         a = copy.copy(args)
@@ -215,6 +213,7 @@ DIGITS_REFERENCE = {"ode_tol": 1e-5}
 def _run_digits(args, s: dict) -> int:
     """``--model`` of a digits model: the study on it (``OUT``), then ``digits.md``, the likelihoods and the
     pictures of :mod:`sdekit.studies._digits_report`."""
+    from sdekit.studies import trained_problem
     from sdekit.studies._digits_report import write_digits_report
     s = dict(s)
     given = _read_toml(args.config) if getattr(args, "config", None) else {}
@@ -229,7 +228,6 @@ def _run_digits(args, s: dict) -> int:
     a = copy.copy(args)
     a.model_part = "model"
     status, table = _run_study(a, s)
-    from sdekit.studies import trained_problem
     problem = trained_problem(s["model"])
     files = write_digits_report(problem, table, s["out"], plots=not args.no_plots,
                                 likelihood=not getattr(args, "no_likelihood", False),
