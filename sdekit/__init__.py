@@ -11,23 +11,12 @@ torchsde, torchdiffeq, scipy or sdekit's own diffusion samplers through one :fun
     sol.x, sol.nfe
 """
 
+import importlib
+
 from ._errors import (ArgumentTypeError, InvalidParameterError, MethodArgumentError, ScoreFunctionError,
                       SDEKitError, ShapeError, SolveError, UnknownMethodError)
 
 __version__ = "0.1.0"
-
-__all__ = [
-    "study", "StudyProblem", "StudyTable", "MethodSpec", "Budget", "Measure",
-    "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE",
-    "Process", "ReverseSDE", "ProbabilityFlowODE", "ForwardSDE", "reverse", "probability_flow", "forward",
-    "solve", "Solution", "PerSample", "Result", "Method", "methods", "brownian_motion", "uniform_grid", "step_grid",
-    "log_snr_grid", "karras_grid", "quadratic_grid", "schedule_grid", "SCHEDULES", "KeyedBrownian", "keyed_normal",
-    "SDEKitError", "ArgumentTypeError", "InvalidParameterError", "ShapeError", "ScoreFunctionError",
-    "UnknownMethodError",
-    "MethodArgumentError", "SolveError",
-    "log_likelihood", "bits_per_dim", "encode", "decode", "Likelihood", "BitsPerDim", "AugmentedFlow",
-    "optimize_schedule", "OptimizedSchedule", "load_schedule",
-]
 
 #: Where each public name lives: imported on first use (PEP 562), so that ``import sdekit`` and ``sdekit --help``
 #: load neither torch nor scipy until something needs them.
@@ -48,9 +37,11 @@ _LAZY = {
     **dict.fromkeys(("Budget", "Measure", "MethodSpec", "StudyProblem", "StudyTable", "study"), "_study_engine"),
 }
 
+__all__ = [*_LAZY, "SDEKitError", "ArgumentTypeError", "InvalidParameterError", "ShapeError", "ScoreFunctionError",
+           "UnknownMethodError", "MethodArgumentError", "SolveError"]
+
 
 def __getattr__(name):
-    import importlib
     if name == "losses":
         return importlib.import_module(".losses", __name__)
     where = _LAZY.get(name)

@@ -63,13 +63,9 @@ def close_names(word: str, names: Iterable[str], n: int = 3) -> List[str]:
     found = [x for x in names if _squash(x) == _squash(word) and _squash(word)]
     if found:   # the same name but for case and punctuation: nothing else is as close
         return found[:n]
-    by_lower = {}
-    for x in names:
-        by_lower.setdefault(x.lower(), x)
+    by_lower = {x.lower(): x for x in reversed(names)}       # reversed: the first name of each spelling wins
     found += [by_lower[x] for x in difflib.get_close_matches(word.lower(), list(by_lower), n=n, cutoff=0.7)]
-    by_squash = {}
-    for x in names:
-        by_squash.setdefault(_squash(x), x)
+    by_squash = {_squash(x): x for x in reversed(names)}
     found += [by_squash[x] for x in difflib.get_close_matches(_squash(word), list(by_squash), n=n, cutoff=0.75)]
     return list(dict.fromkeys(found))[:n]
 

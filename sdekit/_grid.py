@@ -149,10 +149,8 @@ def strictly_monotone(grid: torch.Tensor) -> bool:
 
 def _check_strict(grid: torch.Tensor, steps: int) -> torch.Tensor:
     if not strictly_monotone(grid):
-        raise InvalidParameterError(
-            f"[{float(grid[0])}, {float(grid[-1])}] is too narrow for {steps} distinct steps in float64; "
-            "take fewer steps or a wider span"
-        )
+        raise InvalidParameterError(f"[{float(grid[0])}, {float(grid[-1])}] is too narrow for {steps} distinct steps "
+                                    "in float64; take fewer steps or a wider span")
     return grid
 
 
@@ -214,9 +212,8 @@ def as_grid(grid: Union[torch.Tensor, Sequence[float]], low: float, high: float)
         raise InvalidParameterError("grid must be strictly monotone (T down to eps for a reverse process)")
     tol = 1e-12 * max(1.0, abs(high))
     if g.min() < low - tol or g.max() > high + tol:
-        raise InvalidParameterError(
-            f"grid spans [{float(g.min())}, {float(g.max())}] but the process lives on [{low}, {high}]"
-        )
+        raise InvalidParameterError(f"grid spans [{float(g.min())}, {float(g.max())}] but the process lives on "
+                                    f"[{low}, {high}]")
     return g
 
 

@@ -180,10 +180,8 @@ class OptimizedSchedule:
     # -- files --------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         """The JSON-able record of the file: the grid as exact float64 numbers, and every field."""
-        out = {"format": FORMAT}
-        for k, v in self.__dict__.items():
-            out[k] = [float(t) for t in self.grid.tolist()] if k == "grid" else (list(v) if k == "event_shape" else v)
-        return out
+        return {"format": FORMAT, **self.__dict__, "grid": [float(t) for t in self.grid.tolist()],
+                "event_shape": list(self.event_shape)}
 
     def save(self, path) -> str:
         """Write the schedule to ``path`` (JSON; the grid's float64 values round-trip exactly); returns the path.
@@ -225,8 +223,7 @@ class OptimizedSchedule:
             raise InvalidParameterError(f"{path} is not a schedule file of this version (format "
                                         f"{data.get('format') if isinstance(data, dict) else None!r}, expected "
                                         f"{FORMAT!r}); optimize the schedule again")
-        data = dict(data)
-        data.pop("format")
+        data = {k: v for k, v in data.items() if k != "format"}
         try:
             data["grid"] = torch.tensor(data["grid"], dtype=torch.float64)
             data["event_shape"] = tuple(data["event_shape"])
@@ -279,12 +276,9 @@ class OptimizedSchedule:
         return self
 
 
-def load_schedule(path, process=None, method: Optional[str] = None, steps: Optional[int] = None,
-                  options: Optional[dict] = None, model=None, device="cpu") -> OptimizedSchedule:
-    """:meth:`OptimizedSchedule.load`: read a saved schedule and check it against the process, method, steps,
-    options and model it is used with (a mismatch is refused in one line); ``device``: where the score runs."""
-    return OptimizedSchedule.load(path, process=process, method=method, steps=steps, options=options, model=model,
-                                  device=device)
+#: Read a saved schedule and check it against the process, method, steps, options and model it is used with
+#: (:meth:`OptimizedSchedule.load`, whose docstring it has: a mismatch is refused in one line).
+load_schedule = OptimizedSchedule.load
 
 
 def jsonable(v):

@@ -308,8 +308,8 @@ class _NumericalMoments:
                         f"panels differ by {gap:.2g}): drift_coef/diffusion_coef are too rough on [0, T]; define "
                         f"closed-form log_alpha(t) and sigma(t)")
                 break
-        self.edges, self.A, self.V, self.f_series, self.q_series = table
-        self.panels = panels
+        self.table, self.panels = table, panels            # (edges, A, V, f_series, q_series)
+        self.edges, self.V = table[0], table[2]
 
     def matches(self, sde) -> bool:
         """Whether the tables still describe ``sde`` (same T, initial sigma and coefficients at the probe times)."""
@@ -416,10 +416,6 @@ class _NumericalMoments:
         return A_u, V_u, scale * (p[..., :-1] * q_series[k]).sum(-1)
 
     # -- queries -----------------------------------------------------------------------------
-    @property
-    def _tables(self):
-        return self.edges, self.A, self.V, self.f_series, self.q_series
-
     def _distinct(self, sde, t, fn):
         """``fn`` applied to the distinct values of the times ``t`` (any shape, dtype, device); results shaped like t."""
         t = t if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=torch.float64)
@@ -434,12 +430,12 @@ class _NumericalMoments:
 
     def log_alpha_sigma(self, sde, t):
         def fn(u):
-            A, V = self._evaluate(self._tables, u)
+            A, V = self._evaluate(self.table, u)
             return A, torch.exp(A) * torch.sqrt(self.s0 + V)
         return tuple(self._distinct(sde, t, fn))
 
     def log_snr(self, sde, t):
-        return self._distinct(sde, t, lambda u: [-0.5 * torch.log(self.s0 + self._evaluate(self._tables, u)[1])])[0]
+        return self._distinct(sde, t, lambda u: [-0.5 * torch.log(self.s0 + self._evaluate(self.table, u)[1])])[0]
 
     def t_of_log_snr(self, sde, lam64):
         """Float64 times, shaped like ``lam64``, at which the log-SNR is ``lam64``."""
@@ -464,7 +460,7 @@ class _NumericalMoments:
         t = lo + frac.clamp(0, 1) * (hi - lo)
         done = torch.zeros_like(t, dtype=torch.bool)
         for _ in range(100):   # Newton: a few steps; bisection alone would need at most ~60 here
-            _, V, dV = self._evaluate(self._tables, t, derivative=True)
+            _, V, dV = self._evaluate(self.table, t, derivative=True)
             resid = V - target
             lo = torch.where(resid < 0, t, lo)
             hi = torch.where(resid > 0, t, hi)

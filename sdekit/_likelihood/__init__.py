@@ -8,13 +8,10 @@ r"""Likelihoods through the probability-flow ODE: log-densities, bits per dimens
 - :class:`AugmentedFlow`: the augmented ODE itself, a :class:`sdekit.Process`.
 """
 
-from ._bpd import bits_per_dim, data_offset, dequantize_uniform
+from ._bpd import bits_per_dim
 from ._codec import decode, encode
-from ._divergence import AUTO_EXACT_DIM, DIVERGENCES, EXACT_MAX_DIM, divergence, draw_probes
 from ._flow import AugmentedFlow
-from ._loglik import LIKELIHOOD_EPS, log_likelihood
+from ._loglik import log_likelihood
 from ._result import BitsPerDim, Likelihood
 
-__all__ = ["log_likelihood", "bits_per_dim", "encode", "decode", "AugmentedFlow", "Likelihood", "BitsPerDim",
-           "dequantize_uniform", "data_offset", "divergence", "draw_probes", "DIVERGENCES", "EXACT_MAX_DIM",
-           "AUTO_EXACT_DIM", "LIKELIHOOD_EPS"]
+__all__ = ["log_likelihood", "bits_per_dim", "encode", "decode", "AugmentedFlow", "Likelihood", "BitsPerDim"]
