@@ -109,10 +109,7 @@ def weighting_values(sde, weighting, t64, sigma_data=0.5):
     if not callable(weighting):
         raise ArgumentTypeError(f"weighting must be 'variance', 'likelihood' or callable lambda(t), "
                                 f"got {type(weighting).__name__}")
-    w = weighting(t64)
-    if not isinstance(w, torch.Tensor):
-        w = torch.as_tensor(w, dtype=torch.float64)
-    w = w.to(device=t64.device, dtype=torch.float64)
+    w = torch.as_tensor(weighting(t64), dtype=torch.float64, device=t64.device)
     if w.dim() == 0:
         w = w.expand(t64.shape)
     if w.shape != t64.shape:
