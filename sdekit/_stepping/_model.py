@@ -60,7 +60,8 @@ def _unary(fn):
 
 
 class Coef:
-    r"""A per-sample coefficient of a step: float64 values of shape ``(batch,)``.
+    r"""A per-sample coefficient of a step: float64 values of shape ``(batch,)``, or ``(1,)`` where every sample
+    has the same (on a fixed grid, so that the coefficients cost what scalars do whatever the batch).
 
     Arithmetic with other coefficients and with numbers stays a float64 ``Coef``; arithmetic with a tensor (a
     state, ``(batch, *event_shape)``) casts the coefficient to the state's dtype and shapes it
@@ -115,23 +116,24 @@ class Model:
         self.process = process
         self.evaluate = process.evaluator
         self._known = {}    # id(time tensor) -> (the tensor, alpha, sigma, lam, model): the grid's, computed up front
+        self.batch = None   # the batch of the remembered grid: times the model sees are per sample
 
     def remember(self, times, x):
         """Per-sample time tensors ``(batch,)`` for the 1-D grid ``times`` and the state ``x``, their coefficients
         computed at once for the whole grid.
 
         A stepper asked for alpha, sigma or log-SNR at one of these tensors, or for the model's predictions
-        there, gets the coefficients without recomputing them.
+        there, gets the coefficients without recomputing them, of shape ``(1,)``: every sample has the same.
         """
-        batch = x.shape[0]
+        batch = self.batch = x.shape[0]
         log_alpha, sigma = self.sde.log_alpha_sigma(times)
         alpha = torch.exp(log_alpha)
         lam = torch.log(alpha / sigma)
         shape = (times.numel(),) + (1,) * x.dim()
         model = [c.to(x.dtype).view(shape) for c in (sigma * sigma, 1 / alpha, sigma)]
         ts = [times[i].expand(batch) for i in range(times.numel())]
-        self._known = {id(t): (t, alpha[i].expand(batch), sigma[i].expand(batch), lam[i].expand(batch),
-                               tuple(c[i] for c in model)) for i, t in enumerate(ts)}
+        self._known = {id(t): (t, alpha[i:i + 1], sigma[i:i + 1], lam[i:i + 1], tuple(c[i] for c in model))
+                       for i, t in enumerate(ts)}
         return ts
 
     # -- coefficients (float64, per sample) -----------------------------------------------------
@@ -178,15 +180,19 @@ class Model:
         return (Coef(alpha), Coef(sigma), Coef(self._lam(t, alpha, sigma)),
                 Coef(alpha1), Coef(sigma1), Coef(self._lam(t_next, alpha1, sigma1)))
 
+    def _per_sample(self, t):
+        """Times ``(batch,)`` from times computed from shared coefficients (shape ``(1,)``)."""
+        return t.expand(self.batch) if self.batch is not None and t.shape == (1,) else t
+
     def t_of_log_snr(self, lam: Coef) -> torch.Tensor:
         """The per-sample times at log-SNR ``lam``."""
-        return self.sde.t_of_log_snr(_value(lam))
+        return self._per_sample(self.sde.t_of_log_snr(_value(lam)))
 
     def at_log_snr(self, lam: Coef):
         """``(t, alpha, sigma)`` at log-SNR ``lam``: where a single-step solver evaluates between the ends."""
-        s = self.t_of_log_snr(lam)
+        s = self.sde.t_of_log_snr(_value(lam))
         alpha, sigma = self._coefs(s)
-        return s, Coef(alpha), Coef(sigma)
+        return self._per_sample(s), Coef(alpha), Coef(sigma)
 
     def sigma_ve(self, t) -> Coef:
         r""":math:`\tilde\sigma = \sigma/\alpha`."""
@@ -203,7 +209,7 @@ class Model:
 
     def t_of_sigma_ve(self, s) -> torch.Tensor:
         r"""The time at which :math:`\tilde\sigma =` ``s``: :math:`\lambda^{-1}(-\log s)`."""
-        return self.sde.t_of_log_snr(-torch.log(_value(s)))
+        return self._per_sample(self.sde.t_of_log_snr(-torch.log(_value(s))))
 
     # -- the model --------------------------------------------------------------------------
     def score(self, x, t):
