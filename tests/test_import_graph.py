@@ -25,13 +25,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: so that ``sdekit --help`` imports neither torch nor scipy; the package's lazy attributes load on first use.
 LOCAL_IMPORTS_ALLOWED = ("sdekit/__init__.py", "sdekit/cli.py", "sdekit/losses.py", "sdekit/_commands/*")
 
-#: Function-local imports of sdekit modules that other work is removing now, by file, one reason each (shrink it).
-PENDING = {
-    "sdekit/_study*/_executors.py": "the study engine is being reorganised (worker entry points import the runner)",
-    "sdekit/_study*/_runner.py": "the study engine is being reorganised (it imports sdekit and the schedules lazily)",
-}
-
-
 def _packages():
     """``{package name: folder}`` for sdekit and the packages pyproject.toml maps into it."""
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
@@ -161,7 +154,7 @@ def test_no_sdekit_import_inside_a_function(scanned):
     _, local = scanned
     sdekit_files = [(path.replace(os.sep, "/"), line, target) for path, line, target in local
                     if path.replace(os.sep, "/").startswith("sdekit/")]
-    allowed = LOCAL_IMPORTS_ALLOWED + tuple(PENDING)
+    allowed = LOCAL_IMPORTS_ALLOWED
     bad = [f"{path}:{line} imports {target}" for path, line, target in sdekit_files
            if not any(fnmatch.fnmatch(path, pattern) for pattern in allowed)]
     assert not bad, "imports of sdekit modules inside functions: " + "; ".join(bad)
