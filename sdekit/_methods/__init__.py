@@ -62,8 +62,8 @@ class MethodTable(list):
 def methods(kind: str = None, backend: str = None) -> List[Method]:
     """Every registered method (optionally of one ``kind`` or ``backend``), printable as a table.
 
-    Columns: name, backend, kind (SDE or ODE method), the processes it takes (SDE: a reverse or forward SDE; ODE: a probability
-    flow), order (the ODE order, or the strong order under diagonal noise for SDE methods), strong order
+    Columns: name, backend, kind (SDE or ODE method), the processes it takes (SDE: a reverse or forward SDE;
+    ODE: a probability flow), order (the ODE order, or the strong order under diagonal noise for SDE methods), strong order
     under additive noise, weak order, fixed/adaptive stepping, calculus, the frame it steps in (t, sigma,
     log-SNR), what it needs from the model (drift, score, x0, eps), the model outputs it keeps
     (history), whether it estimates its error, the default schedule of ``steps=``, and notes (the option that

@@ -1,4 +1,5 @@
-"""sdekit's own stepping layer: one driver (:func:`run`), one controller module, small steppers, the model they step (its predictions and coefficients), keyed noise.
+"""sdekit's own stepping layer: one driver (:func:`run`), one controller module, small steppers, the model they
+step (its predictions and coefficients), keyed noise.
 
 Each stepper is one small module; :data:`STEPPERS` lists the fixed-step ones in the order ``sdekit.methods()``
 shows, and :data:`ADAPTIVE_STEPPERS` the adaptive ones (a step size per sample).  Adding a sampler is adding its

@@ -206,7 +206,7 @@ class _Adaptive:
         self.last_target = len(targets) - 1
         span = max(abs(pb.t_start), abs(pb.t_end), 1.0)
         self.floor = max(pb.dt_min or 0.0, 64 * torch.finfo(torch.float64).eps * span)
-        if stepper.brownian is not None:   # no step inside one leaf of the keyed path, where values would share a normal
+        if stepper.brownian is not None:   # no step inside a leaf of the keyed path, where values share a normal
             self.floor = max(self.floor, stepper.brownian.leaf)
         # the last slot takes the writes of samples that hit no save time; a sample that stops before a save
         # time (max_steps) has NaN there

@@ -68,7 +68,8 @@ class PredictorCorrector(Stepper):
         if self.predictor == "none":
             return x
         model = self.model
-        z = self.brownian_normal(t, t_next, x) if self.predictor == "euler_maruyama" else self.fresh_normal(t, t_next, x)
+        draw = self.brownian_normal if self.predictor == "euler_maruyama" else self.fresh_normal
+        z = draw(t, t_next, x)
         if self.predictor == "euler_maruyama":
             tx = t.to(x.dtype)
             dt = Coef(t_next - t)

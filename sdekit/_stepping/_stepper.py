@@ -37,9 +37,11 @@ class Stepper:
     - ``default_rtol``, ``default_atol`` (``None``: ``solve()``'s): an adaptive stepper's own tolerances;
     - ``defaults`` (none): its options and their default values.
 
-    An instance lives for one solve (it holds the history) and is built with the :class:`~sdekit._stepping._model.Model`
-    (``self.model``: predictions, and coefficients as :class:`~sdekit._stepping._model.Coef` values), the keyed
-    Brownian path of a stochastic solve (``self.brownian``, else ``None``) and the caller's options.  ``budget`` is the caller's ``steps=`` for a stepper with ``grid_steps`` (its evaluations), else ``None``.
+    An instance lives for one solve (it holds the history) and is built with the
+    :class:`~sdekit._stepping._model.Model` (``self.model``: predictions, and coefficients as
+    :class:`~sdekit._stepping._model.Coef` values), the keyed Brownian path of a stochastic solve
+    (``self.brownian``, else ``None``) and the caller's options.  ``budget`` is the caller's ``steps=`` for a
+    stepper with ``grid_steps`` (its evaluations), else ``None``.
     ``step(x, t, t_next, i, n)`` returns the state at ``t_next``; ``t`` and ``t_next`` are float64
     tensors of shape ``(batch,)`` (per-sample times), ``i`` the step's index among ``n``.
     """
@@ -100,7 +102,8 @@ class Stepper:
 
     def brownian_normal(self, t, t_next, x):
         r"""The standard normal :math:`(W(t') - W(t))/\sqrt{|t' - t|}` of this step, from the keyed path: for
-        samplers that discretise the path itself (SDE-DPM-Solver++, Euler–Maruyama), so that a finer grid refines it."""
+        samplers that discretise the path itself (SDE-DPM-Solver++, Euler–Maruyama), so that a finer grid refines
+        it."""
         return self.brownian.increment(t, t_next).to(x.dtype) / Coef(t_next - t).abs().sqrt()
 
 
