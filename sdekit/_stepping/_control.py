@@ -42,9 +42,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .._broadcast import per_sample
 from .._errors import InvalidParameterError
 from .._evaluator import finite_rows
+from ._model import Coef
 
 #: :math:`1 + \pi/2`: the most a step may grow by at once under Söderlind's arctangent limiter
 #: :math:`1 + \arctan(f - 1)` (Söderlind & Wang 2006; k-diffusion's ``dpm_adaptive``), used as a plain bound
@@ -116,7 +116,7 @@ def initial_step(f, x: torch.Tensor, t: torch.Tensor, t_end: float, f0: torch.Te
     span = (t_end - t).abs()
     h0 = torch.minimum(h0, span)
     direction = torch.sign(t_end - t)
-    f1 = f(t + direction * h0, x + per_sample((direction * h0).to(x.dtype), x) * f0)
+    f1 = f(t + direction * h0, x + Coef(direction * h0) * f0)
     d2 = rms((f1 - f0) / scale) / h0
     dmax = torch.maximum(d1, d2)
     h1 = torch.where(dmax <= 1e-15, (h0 * 1e-3).clamp_min(1e-6), (0.01 / dmax.clamp_min(1e-300)) ** (1.0 / (order + 1)))

@@ -45,6 +45,7 @@ On an ODE process (zero diffusion, no noise) the pair is Euler / Heun.
 
 import torch
 
+from .._broadcast import per_sample
 from .._errors import InvalidParameterError
 from ._control import GROWTH_LIMIT, error_ratio, initial_step, jm_controller, mixed_scale
 from ._model import Coef
@@ -142,5 +143,4 @@ class ImprovedEuler(AdaptiveStepper):
 
     def _diffusion(self, t, x):
         """:math:`g(t, x)` shaped to multiply a state (the process's coefficient sees times in x's dtype)."""
-        g = self.process.diffusion(t.to(x.dtype), x)
-        return Coef(g).like(x)
+        return per_sample(self.process.diffusion(t.to(x.dtype), x), x)

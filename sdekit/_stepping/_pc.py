@@ -19,6 +19,7 @@ keyed Brownian increments (a finer grid refines the path); the other predictors'
 the step, and the corrector's come from the keyed source at ``(t, step)``.
 """
 
+from .._broadcast import per_sample
 from ._model import Coef
 from ._stepper import Stepper, check_choice, check_number
 
@@ -73,7 +74,7 @@ class PredictorCorrector(Stepper):
         if self.predictor == "euler_maruyama":
             tx = t.to(x.dtype)
             dt = Coef(t_next - t)
-            g = Coef(model.process.diffusion(tx, x).double())   # g(t): the linear SDE's diffusion, per sample
+            g = per_sample(model.process.diffusion(tx, x), x)   # g(t) in x's dtype: per sample, or shaped like x
             return x + dt * model.process.drift(tx, x) + dt.abs().sqrt() * g * z
         sigma, sigma1 = model.sigma(t), model.sigma(t_next)
         G2 = (sigma * sigma - a * a * sigma1 * sigma1).clamp_min(0)
