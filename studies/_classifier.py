@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from sdekit import InvalidParameterError, ShapeError
+from sdekit.validation._linalg import psd_sqrt
 
 from ._digits import EVENT_SHAPE, dequantise, digits
 
@@ -126,16 +127,11 @@ def gaussian_stats(features: torch.Tensor) -> GaussianStats:
     return GaussianStats(f.mean(0), torch.cov(f.T).reshape(f.shape[1], f.shape[1]), f.shape[0])
 
 
-def _sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
-    w, v = torch.linalg.eigh(0.5 * (a + a.T))
-    return (v * w.clamp(min=0).sqrt()) @ v.T
-
-
 def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
     r"""The Fréchet distance between the Gaussians of two :class:`GaussianStats` (squared units of the features):
     :math:`\|\mu_a-\mu_b\|^2 + \mathrm{tr}\,\Sigma_a + \mathrm{tr}\,\Sigma_b - 2\,\mathrm{tr}(\Sigma_a^{1/2}
     \Sigma_b\Sigma_a^{1/2})^{1/2}`."""
-    root = _sqrtm_psd(a.cov)
+    root = psd_sqrt(a.cov)
     cross = torch.linalg.eigvalsh(root @ b.cov @ root).clamp(min=0).sqrt().sum()
     d = a.mean - b.mean
     return float(d @ d + a.cov.trace() + b.cov.trace() - 2 * cross)
@@ -144,7 +140,6 @@ def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
 def class_frequencies(labels: torch.Tensor) -> torch.Tensor:
     """The share of each class 0–9 among ``labels`` (float64, sums to 1)."""
     return torch.bincount(labels.reshape(-1).cpu(), minlength=10).to(torch.float64) / labels.numel()
-
 
 
 if __name__ == "__main__":            # python -m sdekit.studies._classifier: train the shipped classifier again
