@@ -76,10 +76,12 @@ def did_you_mean(word, names) -> str:
     return f" (did you mean {' or '.join(map(repr, hint))}?)" if hint else ""
 
 
-def unknown_options_message(method_name: str, unknown, takes) -> str:
-    """One line: the options ``method_name`` does not take, a close match for each misspelt one, and every
-    option it takes (``takes``, the loop's own included), last."""
-    takes = tuple(takes)
-    said = ", ".join(f"{k!r}{did_you_mean(k, takes)}" for k in unknown)
+def unknown_options_message(method_name: str, unknown, takes, renamed=None) -> str:
+    """One line: the options ``method_name`` does not take, the new name of each renamed one (``renamed``:
+    ``{old: new}``) or a close match for each misspelt one, and every option it takes (``takes``, the loop's own
+    included), last."""
+    takes, renamed = tuple(takes), renamed or {}
+    said = ", ".join(f"{k!r} (now {renamed[k]!r})" if k in renamed else f"{k!r}{did_you_mean(k, takes)}"
+                     for k in unknown)
     return f"{method_name} does not take option(s) {said}; it takes: {', '.join(takes) or 'none'}"
 

@@ -387,7 +387,7 @@ def _check_option_names(m, options):
     unknown = sorted((k for k in options if k not in m.options), key=str)
     if unknown:
         who = m.name if m.backend == "sdekit" else f"{m.name} ({m.backend})"
-        raise MethodArgumentError(unknown_options_message(who, unknown, m.options))
+        raise MethodArgumentError(unknown_options_message(who, unknown, m.options, m.renamed_options))
 
 
 def _resolve_stepping(m, steps, dt, grid, rtol, atol) -> bool:

@@ -165,6 +165,10 @@ def test_options_are_checked():
     rev = sdekit.reverse(sde, data.score)
     with pytest.raises(sdekit.InvalidParameterError, match="redraw"):
         rev.solve(x, method="improved_euler", seed=0, options={"on_reject": "fresh"})
+    # the option's former name is refused with its new one (not a guess at a similar name such as denoise)
+    with pytest.raises(sdekit.MethodArgumentError, match=r"'noise' \(now 'on_reject'\)") as err:
+        rev.solve(x, method="improved_euler", seed=0, options={"noise": "redraw"})
+    assert "did you mean" not in str(err.value)
     with pytest.raises(sdekit.InvalidParameterError, match="theta"):
         rev.solve(x, method="improved_euler", seed=0, options={"theta": 2.0})
     flow = sdekit.probability_flow(sde, data.score)

@@ -34,7 +34,8 @@ class Method:
       counts evaluations); shown by :func:`sdekit.methods`.
     - ``grid_steps``: for a method whose ``steps=`` is a budget of model evaluations (``dpm_solver_fast``),
       the number of grid steps a budget takes; ``None``: ``steps=`` counts steps.
-    - ``options``: the option names it takes (``solve(options=...)``); ``None``: the backend's own.
+    - ``options``: the option names it takes (``solve(options=...)``); ``None``: the backend's own;
+      ``renamed_options``: ``{old: new}`` for options it took under another name (refused, naming the new one).
     - ``default_rtol``, ``default_atol``: the tolerances an adaptive method uses when the caller gives none
       (``None``: ``solve()``'s, 1e-5 each).
     - ``processes``: the process kinds it integrates (``("sde", "ode")``); default: an SDE method takes both
@@ -59,6 +60,7 @@ class Method:
     schedule: str = "uniform"
     grid_steps: Optional[Callable] = field(default=None, repr=False, compare=False)
     options: Optional[tuple] = None
+    renamed_options: dict = field(default_factory=dict, repr=False, compare=False)
     processes: Optional[tuple] = None
     default_rtol: Optional[float] = None
     default_atol: Optional[float] = None

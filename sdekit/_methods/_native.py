@@ -19,7 +19,7 @@ def _register():
             sde_type="ito" if stochastic else None, description=cls.description, frame=cls.frame, needs=cls.needs,
             history=cls.history, error_estimate=cls.error_estimate, schedule=cls.schedule, grid_steps=cls.grid_steps,
             notes=cls.notes, options=tuple(sorted(cls.defaults)) + cls.loop_options,
-            default_rtol=cls.default_rtol, default_atol=cls.default_atol,
+            renamed_options=cls.renamed_options, default_rtol=cls.default_rtol, default_atol=cls.default_atol,
             processes=("sde", "ode") if stochastic and on_ode else ("sde",) if stochastic else ("ode",)))
 
 

@@ -68,6 +68,7 @@ class ImprovedEuler(AdaptiveStepper):
     default_rtol = 0.05
     default_atol = 0.0078
     defaults = {"theta": 0.9, "r": 0.9, "h_init": None, "fac_max": GROWTH_LIMIT, "on_reject": "keep"}
+    renamed_options = {"noise": "on_reject"}
 
     def setup(self, theta, r, h_init, fac_max, on_reject):
         self.theta = check_number("theta", theta, 1e-3, 1.0)

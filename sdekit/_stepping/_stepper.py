@@ -35,7 +35,8 @@ class Stepper:
     - ``grid_steps`` (``None``): for a stepper whose ``steps=`` is a budget of model evaluations, the function
       giving the number of grid steps a budget takes;
     - ``default_rtol``, ``default_atol`` (``None``: ``solve()``'s): an adaptive stepper's own tolerances;
-    - ``defaults`` (none): its options and their default values.
+    - ``defaults`` (none): its options and their default values; ``renamed_options`` (none): ``{old: new}`` for
+      an option it took under another name, so that the old name is refused with the new one.
 
     An instance lives for one solve (it holds the history) and is built with the
     :class:`~sdekit._stepping._model.Model` (``self.model``: predictions, and coefficients as
@@ -66,6 +67,7 @@ class Stepper:
     default_rtol: Optional[float] = None
     default_atol: Optional[float] = None
     defaults: Dict[str, object] = {}
+    renamed_options: Dict[str, str] = {}
 
     #: the options the loop takes out before the stepper sees the rest (:func:`sdekit._stepping.run`)
     loop_options = ("denoise", "hook")
@@ -74,7 +76,8 @@ class Stepper:
         unknown = sorted(set(options) - set(self.defaults), key=str)
         if unknown:   # solve() checks first, for every backend; a stepper built directly checks here
             raise MethodArgumentError(unknown_options_message(self.name, unknown,
-                                                              tuple(sorted(self.defaults)) + self.loop_options))
+                                                              tuple(sorted(self.defaults)) + self.loop_options,
+                                                              self.renamed_options))
         self.model = model
         self.brownian = brownian
         self.budget = budget
