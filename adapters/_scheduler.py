@@ -182,10 +182,9 @@ def _resolve(method, process):
     if process is None:
         process = "probability_flow" if "ode" in m.accepts else "reverse"
     kind = "ode" if process == "probability_flow" else "sde"
-    table = list(sdekit.methods())
     if m.stepping == "adaptive":
         raise MethodArgumentError(f"{m.name} adapts its steps, but a diffusers pipeline needs every timestep before "
-                                  f"its loop starts: use a fixed-step method ({', '.join(_fixed_names(table))})")
+                                  f"its loop starts: use a fixed-step method ({', '.join(_fixed_names())})")
     if kind not in m.accepts:
         other = "reverse" if kind == "ode" else "probability_flow"
         raise MethodArgumentError(f"{m.name} integrates the {'reverse SDE' if kind == 'ode' else 'probability flow'} "
@@ -197,8 +196,10 @@ def _resolve(method, process):
     return m, process
 
 
-def _fixed_names(table):
-    return sorted({m.name for m in table if m.stepping != "adaptive" and (m.backend == "sdekit" or "ode" in m.accepts)})
+def _fixed_names():
+    """The fixed-step methods a scheduler takes (torchsde's on the flow only), named when refusing an adaptive one."""
+    return sorted({m.name for m in sdekit.methods()
+                   if m.stepping != "adaptive" and (m.backend == "sdekit" or "ode" in m.accepts)})
 
 
 def _grid_list(grid):
@@ -256,9 +257,9 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
     **Arguments** (all kept in ``config``; ``from_config(other_scheduler.config, method=...)`` reads the table)
 
     - ``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule``, ``trained_betas``,
-      ``rescale_betas_zero_snr``: the training table, as diffusers' ``DDPMScheduler`` reads them; ``prediction_type``: ``"epsilon"``, ``"sample"`` or
-      ``"v_prediction"``; ``variance_type``: ``"learned"``/``"learned_range"`` reads the first half of the
-      output's channels.
+      ``rescale_betas_zero_snr``: the training table, as diffusers' ``DDPMScheduler`` reads them;
+      ``prediction_type``: ``"epsilon"``, ``"sample"`` or ``"v_prediction"``; ``variance_type``:
+      ``"learned"``/``"learned_range"`` reads the first half of the output's channels.
     - ``method``: a fixed-step method of :func:`sdekit.methods` (default ``"dpmpp_2m"``).
     - ``schedule``: how ``set_timesteps(N)`` spaces the grid (``"logsnr"``, ``"karras"``, ``"uniform"``,
       ``"quadratic"``; default: the method's own); ``grid``: explicit sdekit times (decreasing, from at most 1),
@@ -390,13 +391,12 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
         if plan is not None:
             return plan
         recorder = _TimeRecorder()
-        sde = self._adapter(recorder).sde
-        solution = self._process(sde, recorder).solve(torch.ones(1, 1, dtype=dtype),
-                                                      **self._solve_arguments(steps, grid, 0), throw=False)
+        adapter = self._adapter(recorder)
+        solution = self._process(adapter.sde, recorder).solve(torch.ones(1, 1, dtype=dtype),
+                                                              **self._solve_arguments(steps, grid, 0), throw=False)
         if not recorder.times:
             raise InvalidParameterError(f"{self.method.name} made no evaluation on this grid; give more steps")
         times = torch.cat(recorder.times)
-        adapter = self._adapter(recorder)
         tau = adapter.time.to_network(times.double())          # what Adapter.output hands the UNet
         timesteps = tau.long() if self.config.quantise else tau.to(torch.float32)
         plan = dict(times=times, timesteps=timesteps, nfe=solution.nfe, steps=solution.steps)
