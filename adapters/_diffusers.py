@@ -19,7 +19,6 @@ import warnings
 import torch
 
 from sdekit import ArgumentTypeError, InvalidParameterError
-
 from sdekit._stepping._dpmpp_multistep import step_orders
 
 from ._adapter import Adapter
@@ -176,7 +175,8 @@ class DiffusersAdapter(Adapter):
                 return dict(method="dpmpp_2m", grid=grid, options=dict(denoise=True, lower_order_final=False))
             lowers = bool(config.get("lower_order_final", True)) and n < 15
             theirs = [1] + [2] * (n - 1)       # a first-order first step; the last one too where diffusers lowers it
-            theirs[-1] = 1 if lowers else theirs[-1]
+            if lowers:
+                theirs[-1] = 1
             lam = self.sde.log_snr(grid)
             for lower_order_final in (False, True):   # warm-up only, or orders that follow the grid's log-SNR steps
                 if step_orders(lam, 2, lower_order_final) == theirs:
