@@ -12,6 +12,7 @@ import copy
 import gc
 import importlib
 import sys
+import threading
 import types
 import warnings
 
@@ -319,17 +320,14 @@ def test_float64_end_to_end(unet, config):
 
 # -- robustness ---------------------------------------------------------------------------------------------------
 def _running():
-    import threading
     return [t for t in threading.enumerate() if t.name == "sdekit-DiffusersScheduler"]
 
 
 def _threads():
     """The scheduler's solve threads still running (one that has handed over its result is given a second to end)."""
-    import threading
-    for t in threading.enumerate():
-        if t.name == "sdekit-DiffusersScheduler":
-            t.join(1.0)
-    return [t for t in threading.enumerate() if t.name == "sdekit-DiffusersScheduler"]
+    for t in _running():
+        t.join(1.0)
+    return _running()
 
 
 def test_an_abandoned_loop_a_new_batch_and_collection_end_the_solve(unet, config):
