@@ -25,8 +25,8 @@ import torch
 
 from sdekit import InvalidParameterError
 
-__all__ = ["Digits", "digits", "BINS", "DATA_RANGE", "BPD_OFFSET", "EVENT_SHAPE", "DATA_SPACE", "to_levels", "dequantise",
-           "digits_sampler"]
+__all__ = ["Digits", "digits", "BINS", "DATA_RANGE", "BPD_OFFSET", "EVENT_SHAPE", "DATA_SPACE", "to_levels",
+           "dequantise", "digits_sampler"]
 
 #: Grey levels of the digits (0 .. 16).
 BINS = 17
@@ -71,9 +71,9 @@ def digits(dtype=torch.float64) -> Digits:
     levels, labels = _CACHE["raw"]
     levels = levels.reshape(-1, *EVENT_SHAPE)
     test = torch.arange(levels.shape[0]) % 5 == 0
-    x = (levels.to(dtype) / 8 - 1)
-    return Digits(x[~test], x[test], labels[~test].clone(), labels[test].clone(), levels[~test].clone(),
-                  levels[test].clone())
+    x = levels.to(dtype) / 8 - 1
+    # boolean indexing copies: the cached tensors are never handed out
+    return Digits(x[~test], x[test], labels[~test], labels[test], levels[~test], levels[test])
 
 
 def to_levels(x: torch.Tensor) -> torch.Tensor:
@@ -89,13 +89,11 @@ def dequantise(levels: torch.Tensor, generator: torch.Generator = None, dtype=to
     return (levels.to(dtype) + u - 0.5) / 8 - 1
 
 
-def digits_sampler(levels: torch.Tensor, dequantised: bool = True):
+def digits_sampler(levels: torch.Tensor):
     """``sample(n, generator)`` for :func:`sdekit.studies.train_score_model`: ``n`` images drawn with replacement
-    from ``levels`` (integer levels), dequantised (default) or at the levels themselves, in float64 on the
-    generator's device."""
+    from ``levels`` (integer levels), dequantised, in float64 on the generator's device."""
     def sample(n, generator):
         dev = generator.device
         idx = torch.randint(levels.shape[0], (n,), generator=generator, device=dev).cpu()
-        pick = levels[idx].to(dev)
-        return dequantise(pick, generator) if dequantised else pick.to(torch.float64) / 8 - 1
+        return dequantise(levels[idx].to(dev), generator)
     return sample
