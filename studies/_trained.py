@@ -28,6 +28,8 @@ from sdekit.adapters import Adapter, load_checkpoint
 from sdekit.adapters._loading import corrupt_checkpoint
 from sdekit.losses import nll_bound, score_matching_loss
 
+from ._unet import ScoreUNet
+
 __all__ = ["ScoreMLP", "TrainResult", "train_score_model", "save_model", "load_model", "trained_problem",
            "MODEL_FORMAT", "sde_spec", "sde_from_spec", "load_points", "check_points", "check_seed",
            "derived_seed", "NETWORKS", "BUILTIN_MODELS", "model_path"]
@@ -76,6 +78,10 @@ class ScoreMLP(torch.nn.Module):
         angle = tau * self.freqs.to(x.dtype)
         h = torch.cat([x.reshape(n, -1), tau, torch.sin(angle), torch.cos(angle)], dim=1)
         return self.net(h).reshape(x.shape)
+
+
+#: The network classes a model file may hold, by the name its metadata gives.
+NETWORKS = {"ScoreMLP": ScoreMLP, "ScoreUNet": ScoreUNet}
 
 
 # -- the SDE in the metadata -----------------------------------------------------------------------------------
@@ -421,9 +427,3 @@ def comparison_table(model_rows, exact_rows) -> str:
             _cell(r, "modes"), _cell(e, "modes"), _cell(r, "moments"), _cell(e, "moments"),
             f"{r['verdict']} / {e['verdict'] if e else '-'}"]) + " |")
     return "\n".join(lines)
-
-
-from ._unet import ScoreUNet  # noqa: E402
-
-#: The network classes a model file may hold, by the name its metadata gives.
-NETWORKS = {"ScoreMLP": ScoreMLP, "ScoreUNet": ScoreUNet}
