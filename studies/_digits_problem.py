@@ -27,6 +27,7 @@ from sdekit import Measure, StudyProblem
 
 from ._classifier import class_frequencies, digits_classifier, frechet_distance, gaussian_stats
 from ._digits import EVENT_SHAPE, dequantise, digits
+from ._trained import _ModelScore, derived_seed, load_model
 
 __all__ = ["DigitsProblem", "load_digits_problem", "FD_K", "CLASS_BAND", "BOOTSTRAP"]
 
@@ -61,9 +62,8 @@ class DigitsProblem(StudyProblem):
     """
 
     def __init__(self, model="digits"):
-        from ._trained import _ModelScore, load_model
         adapter, meta = load_model(model) if isinstance(model, str) else model
-        name = os.path.basename(str(meta.get("path") or (model if isinstance(model, str) else "model")))
+        name = os.path.basename(str(meta.get("path", "model")))     # load_model records the file it read
         self.adapter, self.meta = adapter, meta
         super().__init__(meta["sde"], _ModelScore(adapter), name=f"digits {name}", event_shape=EVENT_SHAPE,
                          config=dict(model=name, model_info=meta["info"]))
@@ -113,7 +113,7 @@ class DigitsProblem(StudyProblem):
         return class_frequencies(self.classifier.predict(x))
 
     def measures(self, x, exact, seed):
-        fd, se = bootstrap_fd(self.classifier.features(x), self.test_stats, BOOTSTRAP, (int(seed) + 7) % 2 ** 64)
+        fd, se = bootstrap_fd(self.classifier.features(x), self.test_stats, BOOTSTRAP, derived_seed(seed, 7))
         shares = self.class_shares(x)
         q = self.train_shares
         z = float(((shares - q).abs() / (q * (1 - q) / x.shape[0]).sqrt()).max())
@@ -131,8 +131,3 @@ class DigitsProblem(StudyProblem):
 def load_digits_problem(model="digits") -> DigitsProblem:
     """:class:`DigitsProblem` of ``model`` (``"digits"``, a path, or ``(adapter, metadata)``)."""
     return DigitsProblem(model)
-
-
-def is_digits_model(meta) -> bool:
-    """Whether a model's metadata says it was trained on the digits."""
-    return isinstance(meta.get("info"), dict) and meta["info"].get("data") == "digits"
