@@ -27,7 +27,7 @@ from sdekit.validation import (GaussianData, GaussianMixture, exact_sdes, mean_c
 
 __all__ = ["MixtureProblem", "GaussianProblem", "ExactSDEProblem", "SDES", "DEFAULT_METHODS", "DEFAULT_BUDGETS",
            "default_problem", "run_orders", "ScoreMLP", "train_score_model", "save_model", "load_model",
-           "trained_problem", "ScoreUNet", "digits", "load_digits_problem", "DigitsProblem"]
+           "trained_problem", "ScoreUNet", "digits", "DigitsProblem"]
 
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
@@ -154,4 +154,4 @@ def run_orders(argv) -> int:
 from ._trained import ScoreMLP, load_model, save_model, train_score_model, trained_problem  # noqa: E402
 from ._unet import ScoreUNet  # noqa: E402
 from ._digits import digits  # noqa: E402
-from ._digits_problem import DigitsProblem, load_digits_problem  # noqa: E402
+from ._digits_problem import DigitsProblem  # noqa: E402

@@ -29,7 +29,7 @@ from ._classifier import class_frequencies, digits_classifier, frechet_distance,
 from ._digits import EVENT_SHAPE, dequantise, digits
 from ._trained import _ModelScore, derived_seed, load_model
 
-__all__ = ["DigitsProblem", "load_digits_problem", "FD_K", "CLASS_BAND", "BOOTSTRAP"]
+__all__ = ["DigitsProblem", "FD_K", "CLASS_BAND", "BOOTSTRAP"]
 
 #: ``fd`` is ok within ``floor + FD_K * (floor_std + se)``.
 FD_K = 3.0
@@ -126,8 +126,3 @@ class DigitsProblem(StudyProblem):
             "class_min": Measure(float(shares.min())),
             "class_max": Measure(float(shares.max())),
         }
-
-
-def load_digits_problem(model="digits") -> DigitsProblem:
-    """:class:`DigitsProblem` of ``model`` (``"digits"``, a path, or ``(adapter, metadata)``)."""
-    return DigitsProblem(model)
