@@ -22,9 +22,12 @@ import os
 
 import torch
 
-from ._classifier import gaussian_stats, frechet_distance
+import sdekit
+from sdekit._study_engine._results import atomic_write
+
 from ._digits import BINS, BPD_OFFSET, DATA_RANGE, dequantise
 from ._digits_problem import BOOTSTRAP, bootstrap_fd
+from ._trained import _ModelScore, evaluate_bound
 
 __all__ = ["gaussian_bpd", "mixture_bpd", "model_bpd", "write_digits_report", "fitted_gaussian"]
 
@@ -33,16 +36,25 @@ LN2 = math.log(2.0)
 LIK_SEED, FIT_SEED = 11, 12
 
 
+def _mean_se(bpd: torch.Tensor) -> dict:
+    """The mean of per-image bits per pixel and its standard error over the images."""
+    return dict(bpd=float(bpd.mean()), se=float(bpd.std() / math.sqrt(bpd.numel())))
+
+
 def _per_pixel(nll: torch.Tensor) -> dict:
     """Bits per pixel (mean and standard error over images) of per-image negative log-densities in nats."""
-    bpd = nll.to(torch.float64) / (64 * LN2) + BPD_OFFSET
-    return dict(bpd=float(bpd.mean()), se=float(bpd.std() / math.sqrt(bpd.numel())))
+    return _mean_se(nll.to(torch.float64) / (64 * LN2) + BPD_OFFSET)
+
+
+def _training_copies(train_levels: torch.Tensor, copies: int = 4, seed: int = FIT_SEED) -> torch.Tensor:
+    """``copies`` dequantised copies of the training images, flattened to ``(copies * n, 64)``."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([dequantise(train_levels, g) for _ in range(copies)]).reshape(-1, 64)
 
 
 def fitted_gaussian(train_levels: torch.Tensor, copies: int = 4, seed: int = FIT_SEED):
     """``torch.distributions.MultivariateNormal`` fitted to ``copies`` dequantised copies of the training images."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.cat([dequantise(train_levels, g) for _ in range(copies)]).reshape(-1, 64)
+    x = _training_copies(train_levels, copies, seed)
     return torch.distributions.MultivariateNormal(x.mean(0), covariance_matrix=torch.cov(x.T))
 
 
@@ -56,8 +68,7 @@ def mixture_bpd(train_levels, test_images, components=(2, 5, 10, 20)) -> dict:
     """Test bits per pixel of a Gaussian mixture fitted to the dequantised training split (components by BIC on
     the training data); ``"components"`` says how many."""
     from sklearn.mixture import GaussianMixture
-    g = torch.Generator().manual_seed(FIT_SEED)
-    x = torch.cat([dequantise(train_levels, g) for _ in range(4)]).reshape(-1, 64).numpy()
+    x = _training_copies(train_levels).numpy()
     best = None
     for k in components:
         gm = GaussianMixture(k, covariance_type="full", random_state=0, reg_covar=1e-6, max_iter=200).fit(x)
@@ -72,8 +83,6 @@ def mixture_bpd(train_levels, test_images, components=(2, 5, 10, 20)) -> dict:
 def model_bpd(adapter, sde, test_levels, seed: int = LIK_SEED, batch: int = 120) -> dict:
     """Test bits per pixel through the probability flow of ``adapter`` (:func:`sdekit.bits_per_dim` with uniform
     dequantisation of the levels, ``bins=17``, ``data_range=(-17/16, 17/16)``) and the likelihood bound."""
-    import sdekit
-    from ._trained import evaluate_bound
     flow = sdekit.probability_flow(sde, _GradScore(adapter))
     parts, g = [], torch.Generator().manual_seed(seed)
     for lo in range(0, test_levels.shape[0], batch):
@@ -81,21 +90,13 @@ def model_bpd(adapter, sde, test_levels, seed: int = LIK_SEED, batch: int = 120)
                                 dequantize="uniform", generator=g, dtype=torch.float64, eps=sde.eps,
                                 rtol=1e-5, atol=1e-5)
         parts.append(r.bpd.detach().to(torch.float64))
-    bpd = torch.cat(parts)
     x = dequantise(test_levels, torch.Generator().manual_seed(seed))
-    bound = evaluate_bound(adapter, sde, x, draws=8, seed=seed)
-    per = bound.values.to(torch.float64) / (64 * LN2) + BPD_OFFSET
-    return dict(bpd=float(bpd.mean()), se=float(bpd.std() / math.sqrt(bpd.numel())),
-                bound=float(per.mean()), bound_se=float(per.std() / math.sqrt(per.numel())))
+    bound = _per_pixel(evaluate_bound(adapter, sde, x, draws=8, seed=seed).values)
+    return dict(_mean_se(torch.cat(parts)), bound=bound["bpd"], bound_se=bound["se"])
 
 
-class _GradScore:
-    """The network's score in its own dtype with autograd on (the flow's divergence needs it), float64 out."""
-
-    nfe_per_call = 1
-
-    def __init__(self, adapter):
-        self.adapter, self.dtype = adapter, next(adapter.network.parameters()).dtype
+class _GradScore(_ModelScore):
+    """:class:`_ModelScore` with autograd on (the flow's divergence needs it)."""
 
     def __call__(self, x, t):
         return self.adapter(x.to(self.dtype), t).to(x.dtype)
@@ -118,10 +119,7 @@ def likelihoods(problem, out: str, log=print) -> dict:
     log("likelihoods of the test split: Gaussian, Gaussian mixture, the model's probability flow ...")
     res = dict(key=key, gaussian=gaussian_bpd(d.train_levels, test), mixture=mixture_bpd(d.train_levels, test),
                model=model_bpd(problem.adapter, problem.sde, d.test_levels))
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(res, fh, indent=1)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fh.write(json.dumps(res, indent=1).encode("utf-8")))
     return res
 
 
@@ -152,8 +150,7 @@ def _grid(ax, images, cols, title):
 def write_digits_report(problem, table, out: str, plots: bool = True, likelihood: bool = True, log=print):
     """Write ``digits.md`` and, with ``plots``, ``digits_samples.png`` and ``digits_fd.png`` into ``out``; returns
     the paths written.  ``likelihood=False`` leaves the bits per pixel out."""
-    from sdekit._study_engine._results import atomic_write
-    n = table.info.get("samples", 1000) if hasattr(table, "info") else 1000
+    n = table.info["samples"]
     lik = likelihoods(problem, out, log) if likelihood else None
     g_fd, g_se, g_x = gaussian_fd(problem, n)
     shares = problem.class_shares(g_x)
@@ -192,7 +189,8 @@ def _likelihood_lines(lik):
     return ["", "Test bits per pixel (360 images, 17 grey levels, uniform dequantisation in cells of width 1/8, "
                   "offset 3 bits; ± 1.96 standard errors over the images):", "",
               "| model | bits per pixel |", "|---|---|",
-              f"| score model, probability flow (exact likelihood of the flow) | {m['bpd']:.4f} ± {1.96 * m['se']:.2g} |",
+              f"| score model, probability flow (exact likelihood of the flow) | {m['bpd']:.4f} ± "
+              f"{1.96 * m['se']:.2g} |",
               f"| score model, likelihood bound (Song et al. 2021b, Theorem 3) | {m['bound']:.4f} ± "
               f"{1.96 * m['bound_se']:.2g} |",
               f"| Gaussian mixture ({gm['components']} components, by BIC on the training split) | "
@@ -205,7 +203,6 @@ def _plots(problem, table, out, g_fd, g_x):
         from matplotlib.figure import Figure
     except ImportError:
         return []
-    from sdekit._study_engine._results import atomic_write
     paths = []
     shown = [(k, v) for k, v in table.samples.items() if tuple(v.shape[1:]) == (1, 8, 8)]
     panels = [("test images", problem.test_images)] + [
@@ -220,10 +217,9 @@ def _plots(problem, table, out, g_fd, g_x):
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(f"Samples (first 24 of each method at its largest budget): {problem.name}", fontsize=9)
-    for ext in ("png",):
-        p = os.path.join(out, f"digits_samples.{ext}")
-        atomic_write(p, lambda fh: fig.savefig(fh, format=ext, dpi=110, bbox_inches="tight"))
-        paths.append(p)
+    p = os.path.join(out, "digits_samples.png")
+    atomic_write(p, lambda fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight"))
+    paths.append(p)
     fig = Figure(figsize=(6.5, 4.5))
     ax = fig.subplots()
     for label in table.labels:
