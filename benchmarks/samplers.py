@@ -299,6 +299,32 @@ def is_default(lib, name, grid):
     return grid == sd_default(SD_EXTRA.get(name, (name,))[0])
 
 
+def best_cells(rows, lib, name, budgets, describe):
+    """A table row's cells, one per budget: ``describe(top, mine)`` of ``lib``'s ``name`` at that budget, ``top`` its
+    lowest-error row over grids and ``mine`` all its rows there, then ``@n`` where ``top`` took n evaluations
+    instead; ``-`` where it has none.  Rows are ``(lib, method, grid, budget, nfe, error, ...)``."""
+    cells = []
+    for b in budgets:
+        mine = [r for r in rows if r[0] == lib and r[1] == name and r[3] == b]
+        if not mine:
+            cells.append("-")
+            continue
+        top = min(mine, key=lambda r: r[5])
+        cells.append(describe(top, mine) + (f" @{top[4]}" if top[4] != b else ""))
+    return cells
+
+
+def ode_cell(top, mine):
+    """An ODE table's cell: the best error, its grid (``*`` the method's default) and, in brackets, the error on
+    the default grid where another one won."""
+    lib, name = top[0], top[1]
+    dflt = [r for r in mine if is_default(lib, name, r[2])]
+    cell = f"{top[5]:.2e} {GRID_MARK[top[2]]}" + ("*" if is_default(lib, name, top[2]) else "")
+    if dflt and dflt[0] is not top:
+        cell += f" ({dflt[0][5]:.2e})"
+    return cell
+
+
 def best(rows, lib, nfe, grid=None, options=False):
     """The lowest error of ``lib`` at exactly ``nfe`` evaluations (over methods and grids, or on one grid);
     ``options``: sdekit's rows with a documented option (:data:`SD_OPTIONS`) count too."""
@@ -321,22 +347,7 @@ def print_ode(problem, rows, note, budgets, have_kd):
     for lib in libs:
         names = (SD_ODE + tuple(SD_EXTRA)) if lib == "sdekit" else KD_ODE
         for name in names:
-            cells = []
-            for b in budgets:
-                mine = [r for r in rows if r[0] == lib and r[1] == name and r[3] == b]
-                if not mine:
-                    cells.append("-")
-                    continue
-                top = min(mine, key=lambda r: r[5])
-                dflt = [r for r in mine if is_default(lib, name, r[2])]
-                mark = GRID_MARK[top[2]] + ("*" if is_default(lib, name, top[2]) else "")
-                cell = f"{top[5]:.2e} {mark}"
-                if dflt and dflt[0] is not top:
-                    cell += f" ({dflt[0][5]:.2e})"
-                if top[4] != b:
-                    cell += f" @{top[4]}"
-                cells.append(cell)
-            print(f"| {lib} | {name} | " + " | ".join(cells) + " |")
+            print(f"| {lib} | {name} | " + " | ".join(best_cells(rows, lib, name, budgets, ode_cell)) + " |")
     if not have_kd:
         return
     print("\nSame algorithm in both libraries, same grid (every grid and budget): largest RMS difference of the "
@@ -428,7 +439,7 @@ def print_sde(problem, rows, measure, budgets, have_kd):
             print(f"| {lib} | {label} | {GRID_MARK[grid]} | " + " | ".join(cells) + " |")
     if not have_kd:
         return
-    print(f"\nBest of each library per budget (sdekit / k-diffusion; ratio):\n")
+    print("\nBest of each library per budget (sdekit / k-diffusion; ratio):\n")
     print(f"| NFE | sliced W2 | ratio | {measure.second_name} | ratio |")
     print("|---|---|---|---|---|")
     for b in budgets:
