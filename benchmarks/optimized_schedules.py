@@ -16,7 +16,8 @@ the mixtures):
   single-evaluation multistep ``dpmpp_3m``, ``unipc``, UniPC's bh1 variant of order 2 (diffusers' default) and
   ``ipndm``, and at 10 NFE the single-step ``dpm_solver_2``; ``--methods`` takes any others), calibrated on
   states drawn with seed 1 (``--calibration`` of them) and tested on states drawn with seed 2: two independent
-  draws of the exact law at T, so the test states are never the calibration ones.  An option row is also shown on its stock schedule;
+  draws of the exact law at T, so the test states are never the calibration ones.  An option row is also shown
+  on its stock schedule;
 - k-diffusion: every ODE sampler of ``samplers.KD_ODE`` on the uniform, log-SNR (= k-diffusion's exponential) and
   Karras grids, and ``dpm_fast`` on its own;
 - diffusers: every ODE scheduler of ``diffusers_peers.PEERS`` with each spacing of ``diffusers_peers.SPACINGS``
@@ -42,11 +43,10 @@ import warnings
 import torch
 
 import sdekit
-from sdekit.validation import GaussianMixture
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from samplers import (GRIDS, KD_ODE, PER_STEP, SD_ODE, Problem, grid_of, load_k_diffusion, run_kd,  # noqa: E402
-                      sharp_mixture)
+from samplers import (GRIDS, KD_ODE, PER_STEP, SD_ODE, Problem, best_cells, grid_of, load_k_diffusion,  # noqa: E402
+                      rms, run_kd, sharp_mixture)
 
 try:
     import diffusers_peers
@@ -144,25 +144,25 @@ class ImageGaussian:
     def _back(self, c):
         return (self.dct.T @ c.reshape(-1, 3, 32, 32) @ self.dct).reshape(c.shape[0], -1)
 
-    def _moments(self, t, like):
+    def _moments(self, t):
         t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
         alpha, sigma = self.sde.alpha(t).to(torch.float64), self.sde.sigma(t).to(torch.float64)
         var = alpha[:, None] ** 2 * self.var.reshape(1, -1) + sigma[:, None] ** 2
         return alpha[:, None], var
 
     def score(self, x, t):
-        alpha, var = self._moments(t, x)
+        alpha, var = self._moments(t)
         c = self._to(x.to(torch.float64)).reshape(x.shape[0], -1)
         return self._back(-(c - alpha * self.mean_c) / var).to(x.dtype)
 
     def sample(self, n, t=0.0, generator=None):
-        alpha, var = self._moments(torch.full((n,), float(t), dtype=torch.float64), None)
+        alpha, var = self._moments(torch.full((n,), float(t), dtype=torch.float64))
         c = alpha * self.mean_c + var.sqrt() * torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return self._back(c)
 
     def flow_map(self, x, t, s):
-        at, vt = self._moments(torch.full((x.shape[0],), float(t), dtype=torch.float64), x)
-        as_, vs = self._moments(torch.full((x.shape[0],), float(s), dtype=torch.float64), x)
+        at, vt = self._moments(torch.full((x.shape[0],), float(t), dtype=torch.float64))
+        as_, vs = self._moments(torch.full((x.shape[0],), float(s), dtype=torch.float64))
         c = self._to(x.to(torch.float64)).reshape(x.shape[0], -1)
         return self._back(as_ * self.mean_c + (vs / vt).sqrt() * (c - at * self.mean_c)).to(x.dtype)
 
@@ -180,10 +180,11 @@ def problems(quick):
 
 
 class Exact:
-    """The exact flow map from the test states to any end time (cached per end time)."""
+    """The exact flow map from the test states to any end time (cached per end time): the closed form, or for a
+    mixture (``problem.is_mixture``) dopri5 at ``rtol = atol = tol``."""
 
-    def __init__(self, problem, x_T):
-        self.problem, self.x_T, self.cache = problem, x_T, {}
+    def __init__(self, problem, x_T, tol=1e-10):
+        self.problem, self.x_T, self.tol, self.cache = problem, x_T, tol, {}
 
     def __call__(self, t_end):
         key = round(float(t_end), 15)
@@ -191,15 +192,11 @@ class Exact:
             p = self.problem
             if p.is_mixture:
                 pf = sdekit.probability_flow(p.sde, p.score)
-                self.cache[key] = pf.solve(self.x_T, method="dopri5", rtol=1e-10, atol=1e-10,
+                self.cache[key] = pf.solve(self.x_T, method="dopri5", rtol=self.tol, atol=self.tol,
                                            t_end=float(t_end)).x
             else:
                 self.cache[key] = p.data.flow_map(self.x_T, p.sde.T, float(t_end))
         return self.cache[key]
-
-
-def rms(d):
-    return float(d.pow(2).mean().sqrt())
 
 
 # -- rows ---------------------------------------------------------------------------------------
@@ -296,19 +293,8 @@ def report(problem, rows, budgets, costs):
     print("| library | method | " + " | ".join(f"NFE {b}" for b in budgets) + " |")
     print("|" + "---|" * (2 + len(budgets)))
     for lib in ("sdekit optimized", "sdekit", "k-diffusion", "diffusers"):
-        names = []
-        for r in rows:
-            if r[0] == lib and r[1] not in names:
-                names.append(r[1])
-        for name in names:
-            cells = []
-            for b in budgets:
-                mine = [r for r in rows if r[0] == lib and r[1] == name and r[3] == b]
-                if not mine:
-                    cells.append("-")
-                    continue
-                top = min(mine, key=lambda r: r[5])
-                cells.append(f"{top[5]:.2e} ({top[2]})" + (f" @{top[4]}" if top[4] != b else ""))
+        for name in dict.fromkeys(r[1] for r in rows if r[0] == lib):      # in the order of the rows
+            cells = best_cells(rows, lib, name, budgets, lambda top, mine: f"{top[5]:.2e} ({top[2]})")
             print(f"| {lib} | {name} | " + " | ".join(cells) + " |")
     print("\n| NFE | sdekit optimized best | sdekit stock best | best peer | optimized / peer | stock / peer |")
     print("|---|---|---|---|---|---|")
