@@ -62,22 +62,6 @@ class DigitsBench:
         return self.sde.prior_sampling((n, 64), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-class Reference(opt.Exact):
-    """dopri5 at ``rtol = atol = tol`` from the test states to any end time (cached per end time)."""
-
-    def __init__(self, problem, x_T, tol):
-        super().__init__(problem, x_T)
-        self.tol = tol
-
-    def __call__(self, t_end):
-        key = round(float(t_end), 15)
-        if key not in self.cache:
-            pf = sdekit.probability_flow(self.problem.sde, self.problem.score)
-            self.cache[key] = pf.solve(self.x_T, method="dopri5", rtol=self.tol, atol=self.tol,
-                                       t_end=float(t_end)).x
-        return self.cache[key]
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="32 states, 5 and 10 NFE, no optimized grids")
@@ -103,7 +87,7 @@ def main():
     print(f"\nRMS error against dopri5 at {args.reference_tol:g} from the same {n} prior states (seed {TEST_SEED}); "
           f"the network in float64.")
     x_T = problem.x_T(n, TEST_SEED)
-    exact = Reference(problem, x_T, args.reference_tol)
+    exact = opt.Exact(problem, x_T, tol=args.reference_tol)
     started = time.perf_counter()
     exact(problem.sde.eps)
     print(f"(reference: {time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
