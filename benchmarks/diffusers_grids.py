@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sdekit  # noqa: E402
-from diffusers_peers import make, run, sdekit_grid  # noqa: E402
+from diffusers_peers import SPACINGS, make, run, sdekit_grid  # noqa: E402
 from samplers import problems, rms  # noqa: E402
 
 #: diffusers' scheduler (a key of diffusers_peers.PEERS) -> sdekit's method and options of the same algorithm.
@@ -37,7 +37,6 @@ PAIRS = {
     "deis_2": ("deis", {"order": 2}),
     "deis_3": ("deis", {"order": 3}),
 }
-SPACINGS = ("linspace", "leading", "trailing", "karras")
 
 
 def exact_end(problem, x_start, grid):
