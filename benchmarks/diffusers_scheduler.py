@@ -36,7 +36,8 @@ import warnings
 import torch
 
 import sdekit
-from sdekit.adapters import DiffusersScheduler, DiscreteVPSDE
+from sdekit.adapters import DiffusersScheduler, DiscreteVPSDE, from_diffusers
+from sdekit.adapters._diffusers import final_to_one
 from sdekit.validation import GaussianMixture
 
 import diffusers
@@ -122,8 +123,8 @@ def rms(d):
     return float(d.pow(2).mean().sqrt())
 
 
-def steps_for(nfe, per_step, extra=0):
-    return max(1, (nfe - extra) // per_step)
+def steps_for(nfe, per_step):
+    return max(1, nfe // per_step)
 
 
 def accuracy(budgets, n):
@@ -143,12 +144,11 @@ def accuracy(budgets, n):
 
     rows = []
     for name in SDEKIT:
-        probe = DiffusersScheduler.from_config(config, method=name)
-        probe.set_timesteps(4)
-        per = probe.order
+        s = DiffusersScheduler.from_config(config, method=name)
+        s.set_timesteps(4)
+        per = s.order
         cells = []
         for nfe in budgets:
-            s = DiffusersScheduler.from_config(config, method=name)
             start, t0, x, used = run_loop(s, model, z, steps_for(nfe, per))
             cells.append((used, error(start, t0, x, sde.eps)))
         rows.append(("sdekit", name, cells))
@@ -159,14 +159,10 @@ def accuracy(budgets, n):
             per = 2 if cls in ("HeunDiscreteScheduler", "KDPM2DiscreteScheduler") else 1
             steps = steps_for(nfe + 1, per) if per == 2 else nfe      # 2 steps - 1 evaluations: the last is Euler
             start, t0, x, used = run_loop(s, model, z, steps)
-            end = 1e-9 if _final_to_one(s.config) else sde.eps
+            end = 1e-9 if final_to_one(s.config) else sde.eps
             cells.append((used, error(start, t0, x, end)))
         rows.append(("diffusers", label, cells))
     return rows
-
-
-def _final_to_one(config):
-    return bool(config.get("set_alpha_to_one", True)) and config.get("final_sigmas_type", "zero") == "zero"
 
 
 def print_accuracy(rows, budgets):
@@ -217,7 +213,6 @@ def per_step(fn, steps):
 
 
 def speed(repeats, steps=50):
-    from sdekit.adapters import from_diffusers
     config = DDPMScheduler(num_train_timesteps=N_TRAIN, clip_sample=False).config
     cases = [("0.1 x, (1, 3, 32, 32)", Cheap(32, 3), 1), ("0.1 x, (4, 4, 64, 64)", Cheap(64, 4), 4),
              ("UNet2DModel 16/32, (4, 3, 32, 32)", small_unet(3, 32), 4)]
