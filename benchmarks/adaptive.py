@@ -60,7 +60,7 @@ import sdekit
 from sdekit.validation import mode_masses, monte_carlo_floor, sliced_wasserstein
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from samplers import Denoiser, load_k_diffusion, sharp_mixture, steps_for  # noqa: E402  (the samplers benchmark's)
+from samplers import Denoiser, load_k_diffusion, sharp_mixture, sigma_ve, steps_for  # noqa: E402  (the samplers')
 
 ODE_TOLS = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
 DPM_TOLS = (5e-2, 1e-2, 1e-3, 1e-4, 1e-5)
@@ -83,6 +83,12 @@ def _timed(fn, device):
     return out, time.perf_counter() - start
 
 
+def _errors(x, ref):
+    """The RMS error over the batch (``err``), the median (``med``) and the largest (``worst``) of the samples'."""
+    per = (x - ref).pow(2).mean(1).sqrt()
+    return dict(err=float((x - ref).pow(2).mean().sqrt()), med=float(per.median()), worst=float(per.max()))
+
+
 def _nfe(sol, batch):
     """(mean per-sample NFE, evaluations made per sample): the same number for a batch-wide method."""
     if "nfe_mean" in sol.stats:
@@ -100,10 +106,8 @@ def ode_rows(sde, mix, n, device, quick):
     def add(label, family, setting, **kw):
         sol, wall = _timed(lambda: flow.solve(x, **kw), device)
         mean, made = _nfe(sol, n)
-        per = (sol.x - ref).pow(2).mean(1).sqrt()
-        err = float((sol.x - ref).pow(2).mean().sqrt())
-        rows.append(dict(label=label, family=family, setting=setting, err=err, med=float(per.median()),
-                         worst=float(per.max()), nfe=mean, made=made, wall=wall))
+        rows.append(dict(label=label, family=family, setting=setting, **_errors(sol.x, ref), nfe=mean, made=made,
+                         wall=wall))
 
     tols = ODE_TOLS[:4] if quick else ODE_TOLS
     for tol in tols:
@@ -195,14 +199,13 @@ def kd_rows(ks, name, sde, score, x, exact, device):
     """dpm_adaptive (per sample and shared) and k-diffusion's sample_dpm_adaptive at each of KD_TOLS."""
     flow = sdekit.probability_flow(sde, score)
     T, eps = torch.tensor([sde.T], dtype=torch.float64), torch.tensor([sde.eps], dtype=torch.float64)
-    s_max, s_min = (float(sde.sigma(t) / sde.alpha(t)) for t in (T, eps))
+    s_max, s_min = (float(sigma_ve(sde, t)) for t in (T, eps))
     rows = []
     for rtol, atol in KD_TOLS:
         model = Denoiser(sde, score)
         out, wall = _timed(lambda: ks.sample_dpm_adaptive(model, x / float(sde.alpha(T)), s_min, s_max, rtol=rtol,
                                                            atol=atol, disable=True) * float(sde.alpha(eps)), device)
-        kd = dict(err=float((out - exact).pow(2).mean().sqrt()), med=float((out - exact).pow(2).mean(1).sqrt().median()),
-                  nfe=float(model.nfe), wall=wall)
+        kd = dict(**_errors(out, exact), nfe=float(model.nfe), wall=wall)
         variants = [("dpm_adaptive", {}), ("dpm_adaptive shared", {"per_sample": False})]
         if (rtol, atol) == KD_TOLS[0]:   # the reference's controller, no growth limit (sdekit's default before)
             variants.append(("dpm_adaptive fac_max=inf", {"options": {"fac_max": math.inf}}))
@@ -210,8 +213,7 @@ def kd_rows(ks, name, sde, score, x, exact, device):
             sol, wall = _timed(lambda: flow.solve(x, method="dpm_adaptive", rtol=rtol, atol=atol, **kw), device)
             mean, made = _nfe(sol, x.shape[0])
             rows.append(dict(problem=name, label=label, rtol=rtol, atol=atol, kd=kd, wall=wall, nfe=mean, made=made,
-                             err=float((sol.x - exact).pow(2).mean().sqrt()),
-                             med=float((sol.x - exact).pow(2).mean(1).sqrt().median())))
+                             **_errors(sol.x, exact)))
     return rows
 
 
@@ -224,10 +226,9 @@ def kd_report(rows):
     for r in rows:
         kd = r["kd"]
         err_ratio, nfe_ratio = r["err"] / kd["err"], r["made"] / kd["nfe"]
-        print(f"| {r['problem']} | {r['rtol']:g}, {r['atol']:g} | {kd['err']:.2e} ({kd['med']:.1e}) / {kd['nfe']:.0f} | "
-              f"{r['label']} | {r['err']:.2e} ({r['med']:.1e}) | {r['nfe']:.1f} ({r['made']:.1f}) | {err_ratio:.2f} | "
-              f"{r['nfe'] / kd['nfe']:.2f} "
-              f"({nfe_ratio:.2f}) | {r['wall']:.3f} ({kd['wall']:.3f}) |")
+        print(f"| {r['problem']} | {r['rtol']:g}, {r['atol']:g} | {kd['err']:.2e} ({kd['med']:.1e}) / "
+              f"{kd['nfe']:.0f} | {r['label']} | {r['err']:.2e} ({r['med']:.1e}) | {r['nfe']:.1f} ({r['made']:.1f}) | "
+              f"{err_ratio:.2f} | {r['nfe'] / kd['nfe']:.2f} ({nfe_ratio:.2f}) | {r['wall']:.3f} ({kd['wall']:.3f}) |")
         if (r["rtol"], r["atol"]) == KD_TOLS[0] and "fac_max" not in r["label"]:
             verdicts.append((r, err_ratio <= 1 and nfe_ratio <= 1.2))
     print("\nTarget at the default tolerances (error <= k-diffusion's, evaluations made <= 1.2x its NFE):")
