@@ -41,7 +41,8 @@ from samplers import NetworkCost, grid_of, load_k_diffusion, run_kd, sharp_mixtu
 
 
 class DiagonalGaussian:
-    r"""Data :math:`N(\mu, \mathrm{diag}(v))` under a linear SDE: score :math:`-(x - \alpha\mu)/(\alpha^2 v + \sigma^2)`."""
+    r"""Data :math:`N(\mu, \mathrm{diag}(v))` under a linear SDE: score
+    :math:`-(x - \alpha\mu)/(\alpha^2 v + \sigma^2)`."""
 
     def __init__(self, sde, dim, device):
         g = torch.Generator().manual_seed(11)
