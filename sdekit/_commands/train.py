@@ -5,6 +5,7 @@ dequantised; :mod:`sdekit.studies._digits`) and reports the held-out likelihood 
 and in bits per pixel of the 17-level images; other data train a :class:`sdekit.studies.ScoreMLP`.
 """
 
+import functools
 import math
 import os
 
@@ -67,11 +68,10 @@ def _check(args):
     if args.t_sampler not in T_SAMPLERS:
         raise UsageError(f"--t-sampler must be uniform or importance, got {args.t_sampler!r}")
     digits = args.data == "digits"
-    for name, mlp, image in (("steps", 4000, 2000), ("batch", 512, 128), ("lr", 2e-3, 1e-3), ("ema", 0.999, 0.995)):
+    for name, mlp, image in (("steps", 4000, 2000), ("batch", 512, 128), ("lr", 2e-3, 1e-3), ("ema", 0.999, 0.995),
+                             ("grad_clip", None, 1.0)):
         if getattr(args, name) is None:
             setattr(args, name, image if digits else mlp)
-    if args.grad_clip is None and digits:
-        args.grad_clip = 1.0
     for name in ("steps", "batch", "width", "depth", "channels"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1")
@@ -108,23 +108,21 @@ def run(args) -> int:
         what = f"a score MLP ({args.depth} x {args.width}, predicts {args.prediction})"
         if args.data == "digits":
             from sdekit.studies import ScoreUNet
-            from sdekit.studies._digits import BPD_OFFSET, DATA_SPACE, EVENT_SHAPE, dequantise, digits, digits_sampler
+            from sdekit.studies._digits import (BINS, BPD_OFFSET, DATA_SPACE, EVENT_SHAPE, dequantise, digits,
+                                                digits_sampler)
             d = digits()
             sample = digits_sampler(d.train_levels)
             test = dequantise(d.test_levels, torch.Generator().manual_seed(derived_seed(args.seed, 1)))
             data_name, shape, exact, space = "digits", EVENT_SHAPE, None, DATA_SPACE
-            channels = args.channels
+            network = functools.partial(ScoreUNet, EVENT_SHAPE, channels=args.channels)
+            if args.eval_every and not args.quiet:      # the bounds are printed, not kept: none under --quiet
 
-            def network():
-                return ScoreUNet(EVENT_SHAPE, channels=channels)
-
-            def on_log(step, loss, model, bar):
-                if args.eval_every and step % args.eval_every == 0 and step < args.steps:
-                    b = evaluate_bound(model, sde, test, draws=2, seed=args.seed)
-                    text = (f"step {step}: loss {loss:.4g}, held-out bound {b.mean:.2f} ± {1.96 * b.mean_se:.2g} "
-                            f"nats = {b.bits_per_dim + BPD_OFFSET:.4f} bits/pixel")
-                    (bar.write if bar is not None else (lambda m: _say(args.quiet, m)))(text)
-            what = f"a score U-Net ({channels} channels, predicts {args.prediction})"
+                def on_log(step, loss, model, bar):     # bar: the progress bar, there unless --quiet
+                    if step % args.eval_every == 0 and step < args.steps:
+                        b = evaluate_bound(model, sde, test, draws=2, seed=args.seed)
+                        bar.write(f"step {step}: loss {loss:.4g}, held-out bound {b.mean:.2f} ± "
+                                  f"{1.96 * b.mean_se:.2g} nats = {b.bits_per_dim + BPD_OFFSET:.4f} bits/pixel")
+            what = f"a score U-Net ({args.channels} channels, predicts {args.prediction})"
         elif args.data:
             points = load_points(args.data, torch.float32)     # the network trains in float32
             perm = torch.randperm(points.shape[0], generator=torch.Generator().manual_seed(args.seed))
@@ -160,7 +158,7 @@ def run(args) -> int:
         line = f"held-out likelihood bound {bound.mean:.4f} ± {1.96 * bound.mean_se:.2g} nats"
         if space is not None:
             bpd = bound.bits_per_dim + BPD_OFFSET
-            info.update(data_space=space, data_range=[-1.0, 1.0], bins=17, nll_bound_bits_per_dim=bpd,
+            info.update(data_space=space, data_range=[-1.0, 1.0], bins=BINS, nll_bound_bits_per_dim=bpd,
                         nll_bound_bits_per_dim_se=bound.mean_se / (bound.dim * math.log(2)), held_out="test split",
                         network="ScoreUNet", channels=args.channels, device=args.device)
             line += f" = {bpd:.4f} bits per pixel of the 17-level test images (dequantised; offset 3 bits)"
