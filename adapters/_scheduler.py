@@ -476,9 +476,7 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
         steps, grid = self._planned
         if grid is None:
             sde = self._adapter(_TimeRecorder()).sde
-            grid = sdekit.schedule_grid(sde, self.config.schedule or self.method.schedule,
-                                        self.method.grid_steps(steps) if self.method.grid_steps else steps,
-                                        sde.T, sde.eps).tolist()
+            grid = self.method.steps_grid(sde, steps, sde.T, sde.eps, self.config.schedule).tolist()
         j = begin // self.order
         sub = grid[j:]
         ok = begin % self.order == 0 and j < len(grid) - 1

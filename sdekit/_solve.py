@@ -21,7 +21,7 @@ from ._brownian import check_entropy
 from ._errors import (ArgumentTypeError, InvalidParameterError, MethodArgumentError, SDEKitError, ShapeError,
                       SolveError, unknown_options_message)
 from ._evaluator import finite_rows
-from ._grid import as_grid, merge_times, schedule_grid, step_grid
+from ._grid import as_grid, merge_times, step_grid
 from ._methods import Problem, lookup, methods
 from ._process import Process
 from ._solution import STATUS, Outcome, PerSample, Result, Solution
@@ -128,8 +128,8 @@ def solve(process: Process, x: torch.Tensor, method: Optional[str] = None, *,
         if grid is None:
             _check_grid_size(steps if steps is not None else math.ceil(abs(t_end - t_start) / dt * (1 - 1e-12)),
                              f"steps={steps!r}" if steps is not None else f"dt={dt!r}")
-            grid = (schedule_grid(process.sde, schedule or m.schedule, m.grid_steps(steps) if m.grid_steps else steps,
-                                  t_start, t_end) if steps is not None else step_grid(t_start, t_end, dt))
+            grid = (m.steps_grid(process.sde, steps, t_start, t_end, schedule) if steps is not None
+                    else step_grid(t_start, t_end, dt))
         the_grid = merge_times(grid, saves)
     want_grad = bool(grad) or (x.requires_grad and torch.is_grad_enabled())
     if want_grad and m.backend == "scipy":

@@ -6,6 +6,8 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from .._grid import schedule_grid
+
 
 @dataclass(frozen=True)
 class Method:
@@ -81,6 +83,13 @@ class Method:
     def adaptive(self) -> bool:
         """Whether the method can adapt its step."""
         return self.stepping in ("adaptive", "either")
+
+    def steps_grid(self, sde, steps: int, t_start: float, t_end: float, schedule: Optional[str] = None):
+        """The grid ``solve(steps=..., schedule=...)`` builds for this method: ``schedule`` (default the method's
+        own) from ``t_start`` to ``t_end``, with the grid steps a budget takes for a method whose ``steps=``
+        counts evaluations (``grid_steps``)."""
+        return schedule_grid(sde, schedule or self.schedule, self.grid_steps(steps) if self.grid_steps else steps,
+                             t_start, t_end)
 
 
 @dataclass
