@@ -198,6 +198,17 @@ def test_train_digits_then_sample_and_study_the_file(tmp_path, capsys):
     assert saved["x"].shape == (6, 1, 8, 8) and bool(torch.isfinite(saved["x"]).all())
 
 
+def test_train_digits_prints_the_held_out_bound_every_eval_every_steps(tmp_path, capsys):
+    """--eval-every need not be a multiple of the log interval (50 steps): the bound is printed at the first log
+    after each multiple (step 50 for --eval-every 30 over 60 steps; never at the end, which has its own line)."""
+    path = str(tmp_path / "d.safetensors")
+    assert main(["train", "--data", "digits", "--steps", "60", "--batch", "8", "--channels", "8",
+                 "--eval-every", "30", "--out", path]) == 0
+    printed = capsys.readouterr()
+    lines = [ln for ln in (printed.out + printed.err).splitlines() if "held-out bound" in ln]
+    assert len(lines) == 1 and lines[0].startswith("step 50:"), lines
+
+
 def test_study_of_a_digits_model_writes_its_report_and_pictures(tmp_path):
     path = str(tmp_path / "d.safetensors")
     assert main(["train", "--data", "digits", "--steps", "10", "--batch", "16", "--channels", "8", "--out", path,

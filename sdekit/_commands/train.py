@@ -13,6 +13,8 @@ from . import COMMANDS
 from ._common import UsageError, _device, _say, _threads
 
 PREDICTIONS = ("eps", "x0", "v", "score", "edm")
+#: Steps between the loss logs (and the digits U-Net's held-out bounds, at the first log after each --eval-every).
+LOG_EVERY = 50
 
 
 def add_parser(sub):
@@ -118,7 +120,8 @@ def run(args) -> int:
             if args.eval_every and not args.quiet:      # the bounds are printed, not kept: none under --quiet
 
                 def on_log(step, loss, model, bar):     # bar: the progress bar, there unless --quiet
-                    if step % args.eval_every == 0 and step < args.steps:
+                    # at the first log at or after each multiple of --eval-every (logs come every LOG_EVERY steps)
+                    if step // args.eval_every > max(0, step - LOG_EVERY) // args.eval_every and step < args.steps:
                         b = evaluate_bound(model, sde, test, draws=2, seed=args.seed)
                         bar.write(f"step {step}: loss {loss:.4g}, held-out bound {b.mean:.2f} ± "
                                   f"{1.96 * b.mean_se:.2g} nats = {b.bits_per_dim + BPD_OFFSET:.4f} bits/pixel")
@@ -148,7 +151,7 @@ def run(args) -> int:
                                    t_sampler=args.t_sampler, steps=args.steps, batch=args.batch, lr=args.lr,
                                    width=args.width, depth=args.depth, seed=args.seed, progress=not args.quiet,
                                    device=args.device, ema=args.ema, network=network, grad_clip=args.grad_clip,
-                                   on_log=on_log)
+                                   on_log=on_log, log_every=LOG_EVERY)
         model = result.model
         model.network.cpu()
         bound = evaluate_bound(model, sde, test, seed=args.seed)
