@@ -209,7 +209,17 @@ def test_train_digits_prints_the_held_out_bound_every_eval_every_steps(tmp_path,
     assert len(lines) == 1 and lines[0].startswith("step 50:"), lines
 
 
-def test_study_of_a_digits_model_writes_its_report_and_pictures(tmp_path):
+def test_study_of_a_digits_model_writes_its_report_and_pictures(tmp_path, monkeypatch):
+    from functools import cached_property
+    from sdekit.studies._digits_problem import DigitsProblem
+    real, floors = DigitsProblem.__dict__["_floor"].func, []
+
+    def counted(problem):                                    # the judge's floor: 16 bootstrap Frechet distances
+        floors.append(problem)
+        return real(problem)
+    prop = cached_property(counted)
+    prop.__set_name__(DigitsProblem, "_floor")
+    monkeypatch.setattr(DigitsProblem, "_floor", prop)
     path = str(tmp_path / "d.safetensors")
     assert main(["train", "--data", "digits", "--steps", "10", "--batch", "16", "--channels", "8", "--out", path,
                  "--quiet"]) == 0
@@ -217,6 +227,7 @@ def test_study_of_a_digits_model_writes_its_report_and_pictures(tmp_path):
     args = ["study", "--model", path, "--methods", "ode:ddim,sde:ddim", "--budgets", "nfe=2,4", "--samples", "40",
             "--reference-steps", "16", "--out", str(out), "--no-likelihood", "--quiet"]
     assert main(args) == 0
+    assert len(floors) == 1     # the study and its report judge with one problem: the floor is computed once
     report = (out / "digits.md").read_text()
     assert "| training split (the floor) |" in report and "| Gaussian fitted to the training split |" in report
     assert "| ode:sdekit.ddim | nfe=4 | 4 |" in report and "| sde:sdekit.ddim | nfe=2 | 2 |" in report

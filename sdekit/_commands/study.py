@@ -126,8 +126,9 @@ def run(args) -> int:
     return _run_study(args, s)[0]
 
 
-def _run_study(args, s: dict):
-    """The study of the settings ``s``: its exit status and its :class:`sdekit.StudyTable` (this run's rows)."""
+def _run_study(args, s: dict, problem=None):
+    """The study of the settings ``s`` (on ``problem`` where the caller has built it): its exit status and its
+    :class:`sdekit.StudyTable` (this run's rows)."""
     import torch
     from .._study_engine import as_method_spec, check_budgets, check_plan, parse_budgets, save_report, study
     from sdekit.studies import DEFAULT_BUDGETS, DEFAULT_METHODS
@@ -143,8 +144,9 @@ def _run_study(args, s: dict):
     methods = [as_method_spec(m) for m in methods]          # unknown names fail here, before anything runs
     budgets = parse_budgets(DEFAULT_BUDGETS if s["budgets"] is None else s["budgets"])
     check_budgets(methods, budgets)                          # before any folder is made
-    problem = _problem(s["sde"], s["problem"], s["score"], _shape(s["shape"]), model=s["model"],
-                       exact=getattr(args, "model_part", None) == "exact")
+    if problem is None:
+        problem = _problem(s["sde"], s["problem"], s["score"], _shape(s["shape"]), model=s["model"],
+                           exact=getattr(args, "model_part", None) == "exact")
     check_plan(problem, methods, budgets, s["reference"])   # steps and reference sizes, before any folder
     x = problem.initial(2, torch.Generator().manual_seed(0))
     numel = s["samples"] * x[0].numel()
@@ -175,20 +177,20 @@ def _run_study(args, s: dict):
 def _run_with_model(args, s: dict) -> int:
     """``--model FILE``: the study on the trained network (``OUT/model``) and, where its data has an exact score,
     on that score (``OUT/exact``), then the two side by side (``OUT/comparison.md``); ``s`` the settings."""
-    from sdekit.studies import trained_problem
     from sdekit.studies._trained import comparison_table
     out, model = s["out"], s["model"]
     if not isinstance(model, str):
         raise UsageError(f"model must be the path of a .safetensors file from sdekit train, got {model!r}")
-    data = trained_problem(model).config.get("model_info", {}).get("data")
+    problem = _problem(s["sde"], s["problem"], s["score"], _shape(s["shape"]), model=model)   # built once
+    data = problem.config.get("model_info", {}).get("data")
     if data == "digits":
-        return _run_digits(args, s)
+        return _run_digits(args, s, problem)
     parts = ["model", "exact"] if data == "mixture-2d" else ["model"]
     status, tables = 0, {}
     for part in parts:
         a = copy.copy(args)
         a.model_part, a.model, a.out = part, model, os.path.join(out, part)
-        code, tables[part] = _run_study(a, dict(s, out=a.out))
+        code, tables[part] = _run_study(a, dict(s, out=a.out), problem if part == "model" else None)
         status = max(status, code)
     if len(parts) == 2:
         text = comparison_table(tables["model"].rows, tables["exact"].rows)
@@ -210,10 +212,10 @@ DIGITS_SAMPLES = 1000
 DIGITS_REFERENCE = {"ode_tol": 1e-5}
 
 
-def _run_digits(args, s: dict) -> int:
-    """``--model`` of a digits model: the study on it (``OUT``), then ``digits.md``, the likelihoods and the
-    pictures of :mod:`sdekit.studies._digits_report`."""
-    from sdekit.studies import trained_problem
+def _run_digits(args, s: dict, problem) -> int:
+    """``--model`` of a digits model (``problem``, built once: its judge's test features and floor are computed
+    once): the study on it (``OUT``), then ``digits.md``, the likelihoods and the pictures of
+    :mod:`sdekit.studies._digits_report`."""
     from sdekit.studies._digits_report import write_digits_report
     s = dict(s)
     given = _read_toml(args.config) if getattr(args, "config", None) else {}
@@ -227,8 +229,7 @@ def _run_digits(args, s: dict) -> int:
         s["reference"] = dict(DIGITS_REFERENCE)
     a = copy.copy(args)
     a.model_part = "model"
-    status, table = _run_study(a, s)
-    problem = trained_problem(s["model"])
+    status, table = _run_study(a, s, problem)
     files = write_digits_report(problem, table, s["out"], plots=not args.no_plots,
                                 likelihood=not getattr(args, "no_likelihood", False),
                                 log=lambda m: _say(bool(s["quiet"]), m))
